@@ -1,0 +1,27 @@
+// File helpers: whole-file reads with clear errors, SHA-256 of files and buffers, staging folders that
+// become visible only by one rename when complete.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <string>
+#include <string_view>
+
+namespace shardtune::fs {
+
+namespace stdfs = std::filesystem;
+
+std::string read_file(const stdfs::path& path);  // throws Error naming the path
+std::string sha256_hex(std::string_view data);
+std::string sha256_file(const stdfs::path& path);
+
+// Writes `data` to `path` via a temporary sibling and rename, so readers never see a partial file.
+void write_file_atomic(const stdfs::path& path, std::string_view data);
+
+// Refuses (Error with hint) if `dir` exists and is not empty, so nothing the user had is overwritten.
+void require_absent_or_empty(const stdfs::path& dir, const std::string& what);
+
+// Renames a completed staging folder onto `final_dir` (which must be absent or empty).
+void publish_dir(const stdfs::path& staging, const stdfs::path& final_dir);
+
+}  // namespace shardtune::fs

@@ -1,0 +1,48 @@
+// The tokenizer interface shared by prep, the trainer and the tools, and the loader for every
+// tokenizer kind that does not need libsentencepiece (see data_prep/sentencepiece.h for `.model`).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace shardtune {
+
+using TokenId = int32_t;
+
+// A tokenizer turns UTF-8 text into ids and back. Implementations are immutable after construction
+// and `encode`/`decode` are safe to call from many threads at once (caches are per thread or locked).
+class Tokenizer {
+ public:
+  virtual ~Tokenizer() = default;
+
+  // Encodes text WITHOUT adding BOS/EOS. When `parse_special` is false (user content), special token
+  // strings such as "<|endoftext|>" or "</s>" are treated as ordinary text; when true (trusted template
+  // text) they become their ids. Added tokens that are not special are always matched, as in HF.
+  virtual std::vector<TokenId> encode(std::string_view text, bool parse_special = false) const = 0;
+
+  // Decodes ids to text; special tokens are rendered as their strings unless `skip_special`.
+  virtual std::string decode(const std::vector<TokenId>& ids, bool skip_special = false) const = 0;
+
+  virtual int32_t vocab_size() const = 0;      // number of ids, including added/special tokens
+  virtual std::string token_text(TokenId id) const = 0;  // raw vocabulary string of one id (debugging)
+  virtual std::optional<TokenId> token_to_id(std::string_view token) const = 0;
+
+  std::optional<TokenId> bos_id, eos_id, pad_id;
+  bool add_bos = false;  // convention of this tokenizer: prepend BOS to each sample (Llama yes, GPT-2 no)
+  std::string name;      // e.g. "gpt2-bpe", "hf-bpe-bytelevel", "hf-bpe-sentencepiece", "sentencepiece", "byte"
+  std::string source;    // the spec it was loaded from
+  std::string hash;      // sha256 over the file(s) it was loaded from (or over the name for "byte")
+};
+
+// Loads a tokenizer from a SPEC:
+//   "byte"                              256 byte ids, then <s>=256, </s>=257, <pad>=258
+//   path/to/tokenizer.json  (or a dir holding one)   Hugging Face BPE (byte-level or SentencePiece-style)
+//   path/to/encoder.json[,path/to/vocab.bpe] or a dir holding encoder.json+vocab.bpe or vocab.json+merges.txt
+// A ".model" SPEC throws an Error saying only shardtune-prep/shardtune-tokenize read SentencePiece models.
+std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);
+
+}  // namespace shardtune
