@@ -7,6 +7,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace shardtune {
@@ -30,6 +31,16 @@ class Tokenizer {
   virtual int32_t vocab_size() const = 0;      // number of ids, including added/special tokens
   virtual std::string token_text(TokenId id) const = 0;  // raw vocabulary string of one id (debugging)
   virtual std::optional<TokenId> token_to_id(std::string_view token) const = 0;
+
+  // Strings that `encode(text, /*parse_special=*/true)` turns into single special ids. Prep uses this to
+  // split trusted template text at special tokens while user content stays plain text. The default
+  // lists BOS/EOS/PAD; tokenizers with more added special tokens override it.
+  virtual std::vector<std::pair<std::string, TokenId>> special_tokens() const {
+    std::vector<std::pair<std::string, TokenId>> out;
+    for (const auto& id : {bos_id, eos_id, pad_id})
+      if (id) out.emplace_back(token_text(*id), *id);
+    return out;
+  }
 
   std::optional<TokenId> bos_id, eos_id, pad_id;
   bool add_bos = false;  // convention of this tokenizer: prepend BOS to each sample (Llama yes, GPT-2 no)
