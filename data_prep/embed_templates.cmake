@@ -1,0 +1,17 @@
+# Generates builtin_templates.h from configs/templates/*.json so the binary carries its templates.
+# Invoked as: cmake -DOUT=... -DSRC_DIR=... -P embed_templates.cmake
+file(GLOB files "${SRC_DIR}/*.json")
+list(SORT files)
+set(body "// Generated from configs/templates/*.json by data_prep/embed_templates.cmake. Do not edit.\n#pragma once\nnamespace shardtune::prep {\nstruct BuiltinTemplate { const char* name; const char* json; };\ninline const BuiltinTemplate kBuiltinTemplates[] = {\n")
+foreach(f ${files})
+  get_filename_component(name "${f}" NAME_WE)
+  file(READ "${f}" content)
+  string(APPEND body "  {\"${name}\", R\"__json__(${content})__json__\"},\n")
+endforeach()
+string(APPEND body "};\n}  // namespace shardtune::prep\n")
+if(EXISTS "${OUT}")
+  file(READ "${OUT}" old)
+endif()
+if(NOT "${old}" STREQUAL "${body}")
+  file(WRITE "${OUT}" "${body}")
+endif()

@@ -1,0 +1,507 @@
+// The prep job: phase 1 tokenizes this rank's lines into spool files (threads, ordered); phase 2 cuts the
+// global sample stream into shards (identical for any rank/thread count) and writes them; rank 0 writes
+// manifest.json last and renames the staging folder onto --output.
+#include "prep.h"
+
+#include <simdjson.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "inputs.h"
+#include "ordered_pool.h"
+#include "record.h"
+#include "sentencepiece_tokenizer.h"
+#include "shardtune/core/error.h"
+#include "shardtune/core/fs.h"
+#include "shardtune/core/log.h"
+#include "shardtune/data/shard.h"
+#include "shardtune/dist/mpi_runtime.h"
+#include "template.h"
+
+namespace shardtune::prep {
+
+namespace stdfs = std::filesystem;
+using ojson = nlohmann::ordered_json;
+
+void PrepOptions::validate() const {
+  ST_CHECK(!inputs.empty(), "no --input given", "pass one or more JSONL files with --input FILE");
+  ST_CHECK(!output.empty(), "no --output given", "pass the folder to create with --output DIR");
+  ST_CHECK(!tokenizer.empty(), "no --tokenizer given", "pass a tokenizer.json, a SentencePiece .model, GPT-2 files or 'byte'");
+  parse_format(format);
+  ST_CHECK(max_seq_len >= 2, "--max-seq-len must be at least 2 (got " + std::to_string(max_seq_len) + ")");
+  ST_CHECK(overlong == "truncate" || overlong == "drop" || overlong == "split",
+           "unknown --overlong '" + overlong + "'", "use truncate, drop or split");
+  ST_CHECK(overlong != "split" || format == "text", "--overlong split applies to plain text only",
+           "use --format text, or --overlong truncate|drop for prompt/response data");
+  ST_CHECK(val_fraction >= 0.0 && val_fraction < 1.0, "--val-fraction must be in [0, 1) (got " + std::to_string(val_fraction) + ")");
+  ST_CHECK(shard_tokens >= max_seq_len, "--shard-tokens must be at least --max-seq-len");
+  ST_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores)");
+}
+
+namespace {
+
+enum Split { kTrain = 0, kVal = 1 };
+const char* kSplitName[2] = {"train", "val"};
+
+struct Stats {
+  int64_t lines = 0, samples = 0, empty = 0, truncated = 0, dropped_overlong = 0, dropped_no_target = 0,
+          split_pieces = 0, skipped_invalid = 0;
+  void add(const Stats& o) {
+    lines += o.lines; samples += o.samples; empty += o.empty; truncated += o.truncated;
+    dropped_overlong += o.dropped_overlong; dropped_no_target += o.dropped_no_target;
+    split_pieces += o.split_pieces; skipped_invalid += o.skipped_invalid;
+  }
+};
+
+struct Skipped {
+  int file;
+  int64_t line;
+  std::string error;
+};
+
+struct ChunkResult {
+  std::vector<Sample> samples;
+  std::vector<uint8_t> split;
+  std::vector<Skipped> skipped;
+  Stats stats;
+};
+
+uint64_t splitmix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ull;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+// Train/val assignment depends only on (seed, file, line): the same for any rank or thread count.
+Split choose_split(uint64_t seed, int file, int64_t line, double val_fraction) {
+  if (val_fraction <= 0) return kTrain;
+  uint64_t h = splitmix64(splitmix64(seed ^ (static_cast<uint64_t>(file) << 40)) ^ static_cast<uint64_t>(line));
+  return (h >> 11) * 0x1.0p-53 < val_fraction ? kVal : kTrain;
+}
+
+bool blank(std::string_view s) {
+  return std::all_of(s.begin(), s.end(), [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; });
+}
+
+int64_t count_targets(const std::vector<uint8_t>& m) { return std::count(m.begin(), m.end(), 1); }
+
+// Applies the overlong policy; appends 0..n samples to `out`.
+void finish_sample(Sample&& s, const PrepOptions& opt, Split split, ChunkResult& out) {
+  const auto L = static_cast<size_t>(opt.max_seq_len);
+  auto push = [&](Sample&& x) {
+    if (count_targets(x.mask) == 0) {
+      ++out.stats.dropped_no_target;
+      return;
+    }
+    out.samples.push_back(std::move(x));
+    out.split.push_back(split);
+    ++out.stats.samples;
+  };
+  if (s.tokens.size() <= L) return push(std::move(s));
+  if (opt.overlong == "drop") {
+    ++out.stats.dropped_overlong;
+  } else if (opt.overlong == "truncate") {
+    ++out.stats.truncated;
+    s.tokens.resize(L);
+    s.mask.resize(L);
+    push(std::move(s));
+  } else {  // split (text): consecutive pieces of L tokens
+    for (size_t at = 0; at < s.tokens.size(); at += L) {
+      size_t end = std::min(s.tokens.size(), at + L);
+      if (end - at < 2) break;  // a one-token tail carries no prediction
+      Sample piece;
+      piece.tokens.assign(s.tokens.begin() + at, s.tokens.begin() + end);
+      piece.mask.assign(s.mask.begin() + at, s.mask.begin() + end);
+      piece.mask[0] = 0;  // the first token of a piece has no context in it
+      ++out.stats.split_pieces;
+      push(std::move(piece));
+    }
+  }
+}
+
+// Tokenizes one chunk of lines. A bad line throws an Error naming file:line unless --skip-invalid.
+ChunkResult process_chunk(const Chunk& c, const std::vector<const MappedFile*>& files, const PrepOptions& opt,
+                          Format format, const PromptTemplate& tpl, const Tokenizer& tok) {
+  thread_local simdjson::dom::parser parser;
+  ChunkResult out;
+  int64_t line = c.first_line;
+  size_t pos = 0;
+  while (pos < c.text.size()) {
+    size_t nl = c.text.find('\n', pos);
+    std::string_view text = c.text.substr(pos, (nl == std::string_view::npos ? c.text.size() : nl) - pos);
+    pos = nl == std::string_view::npos ? c.text.size() : nl + 1;
+    const int64_t this_line = line++;
+    if (blank(text)) continue;
+    ++out.stats.lines;
+    try {
+      Record rec = parse_record(parser, text, format);
+      if (rec.format == Format::Text && rec.text.empty()) {
+        ++out.stats.empty;
+        continue;
+      }
+      if (opt.overlong == "split" && rec.format != Format::Text)
+        throw RecordError{"--overlong split applies to plain text, but this line is " + std::string(format_name(rec.format))};
+      finish_sample(build_sample(rec, tpl, tok), opt, choose_split(opt.seed, c.file, this_line, opt.val_fraction), out);
+    } catch (const RecordError& e) {
+      std::string where = files[c.file]->path() + ":" + std::to_string(this_line);
+      if (!opt.skip_invalid)
+        ST_FAIL(where + ": " + e.message, "fix or remove this line, or pass --skip-invalid to skip bad lines (they are listed in manifest.json)");
+      ++out.stats.skipped_invalid;
+      out.skipped.push_back({c.file, this_line, e.message});
+    }
+  }
+  return out;
+}
+
+// Per-rank spool of one split: tokens and mask appended in order, sample lengths kept in memory.
+struct Spool {
+  std::unique_ptr<FILE, int (*)(FILE*)> tok{nullptr, &std::fclose}, msk{nullptr, &std::fclose};
+  std::vector<int64_t> lens;
+  std::vector<char> tok_buf, msk_buf;
+  std::string base;
+
+  void open(const std::string& b) {
+    base = b;
+    tok.reset(std::fopen((b + ".tok").c_str(), "wb"));
+    msk.reset(std::fopen((b + ".msk").c_str(), "wb"));
+    ST_CHECK(tok && msk, "cannot create spool file '" + b + ".*'", "check free space and permissions of the output folder");
+    tok_buf.resize(1 << 20);
+    msk_buf.resize(1 << 18);
+    std::setvbuf(tok.get(), tok_buf.data(), _IOFBF, tok_buf.size());
+    std::setvbuf(msk.get(), msk_buf.data(), _IOFBF, msk_buf.size());
+  }
+  void append(const Sample& s) {
+    bool ok = std::fwrite(s.tokens.data(), sizeof(TokenId), s.tokens.size(), tok.get()) == s.tokens.size() &&
+              std::fwrite(s.mask.data(), 1, s.mask.size(), msk.get()) == s.mask.size();
+    ST_CHECK(ok, "cannot write spool file '" + base + ".*' (disk full?)");
+    lens.push_back(static_cast<int64_t>(s.tokens.size()));
+  }
+  void close() {
+    bool ok = std::fflush(tok.get()) == 0 && std::fflush(msk.get()) == 0;
+    ST_CHECK(ok, "cannot write spool file '" + base + ".*' (disk full?)");
+    tok.reset();
+    msk.reset();
+    std::string lens_bytes(reinterpret_cast<const char*>(lens.data()), lens.size() * sizeof(int64_t));
+    fs::write_file_atomic(base + ".len", lens_bytes);
+  }
+};
+
+std::string spool_base(const stdfs::path& staging, int rank, int split) {
+  return (staging / (".spool-" + std::to_string(rank) + "-" + kSplitName[split])).string();
+}
+
+std::vector<int64_t> read_lens(const std::string& base) {
+  std::string bytes = fs::read_file(base + ".len");
+  std::vector<int64_t> v(bytes.size() / sizeof(int64_t));
+  std::memcpy(v.data(), bytes.data(), v.size() * sizeof(int64_t));
+  return v;
+}
+
+// A shard is a contiguous range of the global sample stream of one split.
+struct ShardPlan {
+  int split;
+  int index;  // within the split
+  int64_t first, last;  // global sample range [first, last)
+  int64_t tokens;
+};
+
+std::vector<ShardPlan> plan_shards(int split, const std::vector<int64_t>& lens, int64_t shard_tokens) {
+  std::vector<ShardPlan> out;
+  int64_t start = 0, tokens = 0;
+  for (int64_t i = 0; i < static_cast<int64_t>(lens.size()); ++i) {
+    if (tokens > 0 && tokens + lens[i] > shard_tokens) {
+      out.push_back({split, static_cast<int>(out.size()), start, i, tokens});
+      start = i;
+      tokens = 0;
+    }
+    tokens += lens[i];
+  }
+  if (tokens > 0) out.push_back({split, static_cast<int>(out.size()), start, static_cast<int64_t>(lens.size()), tokens});
+  return out;
+}
+
+std::string shard_name(const ShardPlan& p) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "%s-%05d.h5", kSplitName[p.split], p.index);
+  return buf;
+}
+
+// Reads [from, to) elements of type T from a spool file.
+template <class T>
+void read_range(const std::string& path, int64_t from, int64_t count, std::vector<T>& out) {
+  std::ifstream in(path, std::ios::binary);
+  ST_CHECK(in.good(), "cannot open spool file '" + path + "'", "is the output folder on a file system shared by all ranks?");
+  in.seekg(static_cast<std::streamoff>(from * sizeof(T)));
+  size_t old = out.size();
+  out.resize(old + count);
+  in.read(reinterpret_cast<char*>(out.data() + old), static_cast<std::streamsize>(count * sizeof(T)));
+  ST_CHECK(in.gcount() == static_cast<std::streamsize>(count * sizeof(T)), "spool file '" + path + "' is shorter than expected");
+}
+
+std::string json_array_of(const std::vector<std::string>& v) { return ojson(v).dump(); }
+
+int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt, const stdfs::path& staging,
+                              const stdfs::path& out_dir, const Tokenizer& tok, const PromptTemplate& tpl, Stats stats,
+                              const std::vector<Skipped>& skipped, const std::vector<std::unique_ptr<MappedFile>>& mapped);
+
+}  // namespace
+
+int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
+  opt.validate();
+  const int rank = rt.rank(), world = rt.world();
+  const int threads = opt.threads > 0 ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
+
+  // Rank 0 checks the output folder and creates a hidden staging folder beside it; others learn its name.
+  const stdfs::path out_dir = stdfs::absolute(opt.output).lexically_normal();
+  std::string staging_or_error;
+  if (rank == 0) {
+    try {
+      fs::require_absent_or_empty(out_dir, "output folder");
+      stdfs::create_directories(out_dir.parent_path());
+      stdfs::path staging = out_dir.parent_path() / ("." + out_dir.filename().string() + ".partial-" + std::to_string(::getpid()));
+      stdfs::create_directory(staging);
+      staging_or_error = "ok:" + staging.string();
+    } catch (const std::exception& e) {
+      staging_or_error = "error:" + describe(e);
+    }
+  }
+  staging_or_error = rt.broadcast(staging_or_error, 0);
+  if (staging_or_error.rfind("error:", 0) == 0) {
+    if (rank == 0) std::fprintf(stderr, "shardtune-prep: %s\n", staging_or_error.c_str() + 6);
+    return 1;
+  }
+  const stdfs::path staging = staging_or_error.substr(3);
+
+  // ---- phase 1: tokenize this rank's lines into spools -------------------------------------------
+  Stats stats;
+  std::vector<Skipped> skipped;
+  std::unique_ptr<Tokenizer> tok;
+  PromptTemplate tpl;
+  std::vector<std::unique_ptr<MappedFile>> mapped;
+  int failed = 0;
+  try {
+    tok = load_tokenizer_any(opt.tokenizer);
+    tpl = PromptTemplate::load(opt.template_spec);
+    const Format format = parse_format(opt.format);
+    std::vector<const MappedFile*> files;
+    for (const auto& p : opt.inputs) {
+      mapped.push_back(std::make_unique<MappedFile>(p));
+      files.push_back(mapped.back().get());
+    }
+    std::vector<Chunk> chunks = plan_chunks(files, rank, world, 1 << 20);
+    uint64_t my_bytes = 0;
+    for (const auto& c : chunks) my_bytes += c.text.size();
+
+    Spool spools[2];
+    for (int s = 0; s < 2; ++s) spools[s].open(spool_base(staging, rank, s));
+    log::Progress progress("prep", my_bytes, "B");
+    uint64_t done_bytes = 0;
+    std::function<ChunkResult(size_t)> work = [&](size_t i) {
+      return process_chunk(chunks[i], files, opt, format, tpl, *tok);
+    };
+    std::function<void(size_t, ChunkResult&&)> consume = [&](size_t i, ChunkResult&& r) {
+      for (size_t k = 0; k < r.samples.size(); ++k) spools[r.split[k]].append(r.samples[k]);
+      stats.add(r.stats);
+      for (auto& s : r.skipped) skipped.push_back(std::move(s));
+      done_bytes += chunks[i].text.size();
+      if (!opt.quiet) progress.update(done_bytes);
+    };
+    ordered_parallel<ChunkResult>(chunks.size(), threads, static_cast<size_t>(threads) * 4, work, consume);
+    if (!opt.quiet) progress.finish();
+    for (auto& s : spools) s.close();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, world > 1 ? "shardtune-prep [rank %d]: %s\n" : "shardtune-prep: %s\n",
+                 world > 1 ? rank : 0, describe(e).c_str());
+    if (world == 1) std::fprintf(stderr, "shardtune-prep: %s\n", "nothing was written");
+    failed = 1;
+  }
+  if (rt.allreduce_max(failed)) {
+    rt.barrier();
+    if (rank == 0) {
+      std::error_code ec;
+      stdfs::remove_all(staging, ec);
+      if (world > 1) std::fprintf(stderr, "shardtune-prep: failed (see the message above); nothing was written\n");
+    }
+    return 1;
+  }
+  if (rt.allreduce_sum(stats.samples) == 0) {
+    if (rank == 0) {
+      std::error_code ec;
+      stdfs::remove_all(staging, ec);
+      std::fprintf(stderr, "shardtune-prep: error: no samples were produced (all lines blank, empty, dropped or skipped)\n"
+                           "  ---> HINT: check --format, --max-seq-len and --overlong; nothing was written\n");
+    }
+    return 1;
+  }
+  try {
+    return write_shards_and_manifest(opt, rt, staging, out_dir, *tok, tpl, stats, skipped, mapped);
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "shardtune-prep [rank %d]: %s\n  nothing was published\n", rank, describe(e).c_str());
+    std::error_code ec;
+    stdfs::remove_all(staging, ec);
+    rt.abort(1);
+  }
+}
+
+namespace {
+
+int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt, const stdfs::path& staging,
+                              const stdfs::path& out_dir, const Tokenizer& tok_ref, const PromptTemplate& tpl,
+                              Stats stats, const std::vector<Skipped>& skipped,
+                              const std::vector<std::unique_ptr<MappedFile>>& mapped) {
+  const Tokenizer* tok = &tok_ref;
+  const int rank = rt.rank(), world = rt.world();
+  // ---- phase 2: cut the global stream into shards; rank k % world writes shard k --------------------
+  std::vector<std::vector<int64_t>> lens(world * 2);  // [rank * 2 + split]
+  std::vector<ShardPlan> plans;
+  std::vector<int64_t> split_total_samples(2, 0);
+  for (int s = 0; s < 2; ++s) {
+    std::vector<int64_t> all;
+    for (int r = 0; r < world; ++r) {
+      lens[r * 2 + s] = read_lens(spool_base(staging, r, s));
+      all.insert(all.end(), lens[r * 2 + s].begin(), lens[r * 2 + s].end());
+    }
+    split_total_samples[s] = static_cast<int64_t>(all.size());
+    for (auto& p : plan_shards(s, all, opt.shard_tokens)) plans.push_back(p);
+  }
+  data::ShardInfo info;
+  info.tokenizer_name = tok->name;
+  info.tokenizer_hash = tok->hash;
+  info.vocab_size = tok->vocab_size();
+  info.bos_id = tok->bos_id.value_or(-1);
+  info.eos_id = tok->eos_id.value_or(-1);
+  info.pad_id = tok->pad_id.value_or(-1);
+  info.template_name = opt.format == "text" ? "" : tpl.name;
+  info.source_files = json_array_of(opt.inputs);
+
+  std::string my_shards;  // "index\tsha256\tloss_tokens\n" per shard written here
+  for (size_t k = rank; k < plans.size(); k += world) {
+    const ShardPlan& p = plans[k];
+    data::ShardData d;
+    // Walk the ranks' spools of this split; sample g of the split lives in the rank whose range holds g.
+    int64_t g0 = 0;
+    for (int r = 0; r < world; ++r) {
+      const auto& L = lens[r * 2 + p.split];
+      int64_t g1 = g0 + static_cast<int64_t>(L.size());
+      int64_t a = std::max(p.first, g0), b = std::min(p.last, g1);
+      if (a < b) {
+        int64_t tok_from = 0;
+        for (int64_t i = 0; i < a - g0; ++i) tok_from += L[i];
+        int64_t count = 0;
+        for (int64_t i = a - g0; i < b - g0; ++i) {
+          count += L[i];
+          d.offsets.push_back(d.offsets.back() + L[i]);
+        }
+        std::string base = spool_base(staging, r, p.split);
+        read_range<int32_t>(base + ".tok", tok_from, count, d.tokens);
+        read_range<uint8_t>(base + ".msk", tok_from, count, d.loss_mask);
+      }
+      g0 = g1;
+    }
+    info.split = kSplitName[p.split];
+    std::string path = (staging / shard_name(p)).string();
+    data::write_shard(path, info, d);
+    my_shards += std::to_string(k) + "\t" + fs::sha256_file(path) + "\t" + std::to_string(d.num_loss_tokens()) + "\n";
+  }
+
+  // ---- phase 3: totals and manifest (rank 0), then publish ---------------------------------------
+  std::vector<std::string> shard_lines = rt.allgather(my_shards);
+  Stats total;
+  for (int64_t* f : {&stats.lines, &stats.samples, &stats.empty, &stats.truncated, &stats.dropped_overlong,
+                     &stats.dropped_no_target, &stats.split_pieces, &stats.skipped_invalid})
+    *f = rt.allreduce_sum(*f);
+  ojson my_skipped = ojson::array();
+  for (const auto& s : skipped)
+    if (my_skipped.size() < 1000) my_skipped.push_back({{"file", opt.inputs[s.file]}, {"line", s.line}, {"error", s.error}});
+  std::vector<std::string> all_skipped = rt.allgather(my_skipped.dump());
+  std::vector<std::string> in_hashes;
+  if (rank == 0)
+    for (const auto& p : opt.inputs) in_hashes.push_back(fs::sha256_file(p));
+
+  if (rank == 0) {
+    std::vector<std::pair<std::string, int64_t>> sha(plans.size());
+    for (const auto& block : shard_lines) {
+      size_t pos = 0;
+      while (pos < block.size()) {
+        size_t nl = block.find('\n', pos);
+        std::string line = block.substr(pos, nl - pos);
+        pos = nl + 1;
+        size_t t1 = line.find('\t'), t2 = line.find('\t', t1 + 1);
+        size_t k = std::stoul(line.substr(0, t1));
+        sha[k] = {line.substr(t1 + 1, t2 - t1 - 1), std::stoll(line.substr(t2 + 1))};
+      }
+    }
+    ojson m;
+    m["format"] = "shardtune-manifest";
+    m["format_version"] = 1;
+    m["created_by"] = "shardtune-prep " SHARDTUNE_VERSION;
+    m["tokenizer"] = {{"name", tok->name}, {"source", opt.tokenizer}, {"hash", tok->hash}, {"vocab_size", tok->vocab_size()},
+                      {"bos_id", info.bos_id}, {"eos_id", info.eos_id}, {"pad_id", info.pad_id}, {"add_bos", tok->add_bos}};
+    m["format_kind"] = opt.format;
+    m["template"] = {{"name", tpl.name}, {"source", opt.template_spec}, {"hash", tpl.hash}};
+    m["options"] = {{"max_seq_len", opt.max_seq_len}, {"overlong", opt.overlong}, {"val_fraction", opt.val_fraction},
+                    {"seed", opt.seed}, {"shard_tokens", opt.shard_tokens}, {"skip_invalid", opt.skip_invalid}};
+    ojson inputs = ojson::array();
+    for (size_t i = 0; i < opt.inputs.size(); ++i)
+      inputs.push_back({{"path", opt.inputs[i]}, {"bytes", mapped[i]->view().size()}, {"sha256", in_hashes[i]}});
+    m["inputs"] = inputs;
+    int64_t tokens[2] = {0, 0}, loss[2] = {0, 0};
+    ojson shards = ojson::array();
+    for (size_t k = 0; k < plans.size(); ++k) {
+      const auto& p = plans[k];
+      tokens[p.split] += p.tokens;
+      loss[p.split] += sha[k].second;
+      shards.push_back({{"file", shard_name(p)}, {"split", kSplitName[p.split]}, {"samples", p.last - p.first},
+                        {"tokens", p.tokens}, {"loss_tokens", sha[k].second}, {"sha256", sha[k].first}});
+    }
+    m["counts"] = {{"lines", stats.lines},
+                   {"samples", stats.samples},
+                   {"train_samples", split_total_samples[0]},
+                   {"val_samples", split_total_samples[1]},
+                   {"train_tokens", tokens[0]},
+                   {"val_tokens", tokens[1]},
+                   {"train_loss_tokens", loss[0]},
+                   {"val_loss_tokens", loss[1]},
+                   {"empty_skipped", stats.empty},
+                   {"truncated", stats.truncated},
+                   {"dropped_overlong", stats.dropped_overlong},
+                   {"dropped_no_target", stats.dropped_no_target},
+                   {"split_pieces", stats.split_pieces},
+                   {"skipped_invalid", stats.skipped_invalid}};
+    ojson sk = ojson::array();
+    for (const auto& block : all_skipped)
+      for (auto& e : ojson::parse(block))
+        if (sk.size() < 1000) sk.push_back(e);
+    m["skipped_lines"] = sk;  // first 1000; the full count is counts.skipped_invalid
+    m["shards"] = shards;
+
+    for (int r = 0; r < world; ++r)
+      for (int s = 0; s < 2; ++s)
+        for (const char* ext : {".tok", ".msk", ".len"}) stdfs::remove(spool_base(staging, r, s) + ext);
+    fs::write_file_atomic(staging / "manifest.json", m.dump(2) + "\n");
+    fs::publish_dir(staging, out_dir);
+    if (!opt.quiet) {
+      log::info("wrote " + std::to_string(plans.size()) + " shard(s) to " + out_dir.string() + ": " +
+                std::to_string(split_total_samples[0]) + " train / " + std::to_string(split_total_samples[1]) +
+                " val samples, " + std::to_string(tokens[0] + tokens[1]) + " tokens");
+      if (stats.skipped_invalid) log::info("skipped " + std::to_string(stats.skipped_invalid) + " invalid line(s); see manifest.json");
+      if (stats.truncated) log::info("truncated " + std::to_string(stats.truncated) + " sample(s) to --max-seq-len");
+      if (stats.dropped_overlong + stats.dropped_no_target)
+        log::info("dropped " + std::to_string(stats.dropped_overlong + stats.dropped_no_target) + " sample(s) (overlong or no target tokens)");
+    }
+  }
+  rt.barrier();
+  return 0;
+}
+
+}  // namespace
+
+}  // namespace shardtune::prep

@@ -1,0 +1,239 @@
+// JSONL record parsing with simdjson (UTF-8 validated by the parser) and sample assembly.
+#include "record.h"
+
+#include <simdjson.h>
+
+#include <algorithm>
+
+#include "shardtune/core/error.h"
+
+namespace shardtune::prep {
+
+Format parse_format(const std::string& s) {
+  if (s == "auto") return Format::Auto;
+  if (s == "text") return Format::Text;
+  if (s == "instruction") return Format::Instruction;
+  if (s == "input_output") return Format::InputOutput;
+  if (s == "chat") return Format::Chat;
+  ST_FAIL("unknown --format '" + s + "'", "use one of auto, text, instruction, input_output, chat");
+}
+
+const char* format_name(Format f) {
+  switch (f) {
+    case Format::Auto: return "auto";
+    case Format::Text: return "text";
+    case Format::Instruction: return "instruction";
+    case Format::InputOutput: return "input_output";
+    case Format::Chat: return "chat";
+  }
+  return "?";
+}
+
+namespace {
+
+const char* type_name(simdjson::dom::element_type t) {
+  using T = simdjson::dom::element_type;
+  switch (t) {
+    case T::ARRAY: return "an array";
+    case T::OBJECT: return "an object";
+    case T::INT64:
+    case T::UINT64:
+    case T::DOUBLE: return "a number";
+    case T::STRING: return "a string";
+    case T::BOOL: return "a boolean";
+    case T::NULL_VALUE: return "null";
+  }
+  return "?";
+}
+
+[[noreturn]] void bad(std::string msg) { throw RecordError{std::move(msg)}; }
+
+bool has(simdjson::dom::object obj, const char* key) { return !obj[key].error(); }
+
+std::string get_string(simdjson::dom::object obj, const char* key, bool required, const std::string& ctx = "") {
+  auto field = obj[key];
+  if (field.error()) {
+    if (required) bad(ctx + "missing field \"" + key + "\"");
+    return {};
+  }
+  simdjson::dom::element el = field.value_unsafe();
+  if (!el.is_string()) {
+    if (!required && el.is_null()) return {};
+    bad(ctx + "field \"" + key + "\" must be a string, found " + type_name(el.type()));
+  }
+  return std::string(el.get_string().value_unsafe());
+}
+
+std::string keys_of(simdjson::dom::object obj) {
+  std::string s;
+  for (auto [k, v] : obj) s += (s.empty() ? "" : ", ") + std::string("\"") + std::string(k) + "\"";
+  return s.empty() ? "none" : s;
+}
+
+}  // namespace
+
+Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format want) {
+  simdjson::dom::element doc;
+  auto err = parser.parse(line.data(), line.size(), true).get(doc);
+  if (err == simdjson::UTF8_ERROR) bad("invalid UTF-8");
+  if (err) bad(std::string("malformed JSON: ") + simdjson::error_message(err));
+  if (!doc.is_object()) bad(std::string("expected a JSON object, found ") + type_name(doc.type()));
+  simdjson::dom::object obj = doc.get_object().value_unsafe();
+
+  Format f = want;
+  if (f == Format::Auto) {
+    if (has(obj, "messages"))
+      f = Format::Chat;
+    else if (has(obj, "instruction"))
+      f = Format::Instruction;
+    else if (has(obj, "input") && has(obj, "output"))
+      f = Format::InputOutput;
+    else if (has(obj, "text"))
+      f = Format::Text;
+    else
+      bad("cannot tell the format from the fields (found " + keys_of(obj) +
+          "); expected \"text\", \"instruction\"/\"input\"/\"output\", \"input\"/\"output\" or \"messages\"");
+  }
+  Record r;
+  r.format = f;
+  switch (f) {
+    case Format::Text: r.text = get_string(obj, "text", true); break;
+    case Format::Instruction:
+      r.instruction = get_string(obj, "instruction", true);
+      r.input = get_string(obj, "input", false);
+      r.output = get_string(obj, "output", true);
+      break;
+    case Format::InputOutput:
+      r.input = get_string(obj, "input", true);
+      r.output = get_string(obj, "output", true);
+      break;
+    case Format::Chat: {
+      auto msgs = obj["messages"];
+      if (msgs.error()) bad("missing field \"messages\"");
+      simdjson::dom::element m = msgs.value_unsafe();
+      if (!m.is_array()) bad(std::string("field \"messages\" must be an array, found ") + type_name(m.type()));
+      size_t i = 0;
+      bool any_assistant = false;
+      for (simdjson::dom::element item : m.get_array().value_unsafe()) {
+        std::string ctx = "messages[" + std::to_string(i++) + "]: ";
+        if (!item.is_object()) bad(ctx + "must be an object, found " + type_name(item.type()));
+        simdjson::dom::object mo = item.get_object().value_unsafe();
+        Message msg{get_string(mo, "role", true, ctx), get_string(mo, "content", true, ctx)};
+        if (msg.role != "system" && msg.role != "user" && msg.role != "assistant")
+          bad(ctx + "unknown role \"" + msg.role + "\" (expected system, user or assistant)");
+        any_assistant |= msg.role == "assistant";
+        r.messages.push_back(std::move(msg));
+      }
+      if (!any_assistant) bad("\"messages\" has no assistant message, so there is nothing to train on");
+      break;
+    }
+    case Format::Auto: break;
+  }
+  return r;
+}
+
+namespace {
+
+// Encodes runs: trusted text is split at the tokenizer's special-token strings; all plain text between
+// specials is joined and encoded in one call (so template and field text tokenize as one string).
+void encode_runs(const std::vector<Run>& runs, const Tokenizer& tok, uint8_t mask, Sample& out) {
+  static thread_local const Tokenizer* cached_tok = nullptr;
+  static thread_local std::vector<std::pair<std::string, TokenId>> specials;
+  if (cached_tok != &tok) {
+    specials = tok.special_tokens();
+    specials.erase(std::remove_if(specials.begin(), specials.end(), [](const auto& s) { return s.first.empty(); }),
+                   specials.end());
+    // Longest first, so that "<|im_start|>" wins over a shorter special that is its prefix.
+    std::sort(specials.begin(), specials.end(), [](const auto& a, const auto& b) { return a.first.size() > b.first.size(); });
+    cached_tok = &tok;
+  }
+  std::string plain;
+  auto flush = [&] {
+    if (plain.empty()) return;
+    std::vector<TokenId> ids = tok.encode(plain, false);
+    out.tokens.insert(out.tokens.end(), ids.begin(), ids.end());
+    out.mask.insert(out.mask.end(), ids.size(), mask);
+    plain.clear();
+  };
+  for (const Run& run : runs) {
+    if (!run.trusted) {
+      plain += run.text;
+      continue;
+    }
+    size_t pos = 0;
+    while (pos < run.text.size()) {
+      size_t best = std::string::npos;
+      const std::pair<std::string, TokenId>* hit = nullptr;
+      for (const auto& s : specials) {
+        size_t at = run.text.find(s.first, pos);
+        if (at < best) {
+          best = at;
+          hit = &s;
+        }
+      }
+      if (!hit) {
+        plain.append(run.text, pos, std::string::npos);
+        break;
+      }
+      plain.append(run.text, pos, best - pos);
+      flush();
+      out.tokens.push_back(hit->second);
+      out.mask.push_back(mask);
+      pos = best + hit->first.size();
+    }
+  }
+  flush();
+}
+
+}  // namespace
+
+Sample build_sample(const Record& rec, const PromptTemplate& tpl, const Tokenizer& tok) {
+  Sample s;
+  if (tok.add_bos && tok.bos_id) {
+    s.tokens.push_back(*tok.bos_id);
+    s.mask.push_back(0);  // never a target: nothing precedes it
+  }
+  auto need = [&](const Pattern& p, const char* what) {
+    if (p.empty()) throw RecordError{std::string("template '") + tpl.name + "' has no \"" + what + "\" section for this record's format"};
+  };
+  switch (rec.format) {
+    case Format::Text:
+      encode_runs({{rec.text, false}}, tok, 1, s);
+      break;
+    case Format::Instruction: {
+      std::map<std::string, std::string> f{{"instruction", rec.instruction}, {"input", rec.input}, {"output", rec.output}};
+      const Pattern& prompt = rec.input.empty() && !tpl.instruction_prompt_no_input.empty() ? tpl.instruction_prompt_no_input
+                                                                                             : tpl.instruction_prompt;
+      need(prompt, "instruction.prompt");
+      encode_runs(prompt.render(f), tok, 0, s);
+      encode_runs(tpl.instruction_response.render(f), tok, 1, s);
+      break;
+    }
+    case Format::InputOutput: {
+      std::map<std::string, std::string> f{{"input", rec.input}, {"output", rec.output}};
+      need(tpl.io_prompt, "input_output.prompt");
+      encode_runs(tpl.io_prompt.render(f), tok, 0, s);
+      encode_runs(tpl.io_response.render(f), tok, 1, s);
+      break;
+    }
+    case Format::Chat:
+      for (const Message& m : rec.messages) {
+        auto it = tpl.chat.find(m.role);
+        if (it == tpl.chat.end())
+          throw RecordError{"template '" + tpl.name + "' has no chat turn for role \"" + m.role + "\""};
+        std::map<std::string, std::string> f{{"content", m.content}};
+        const Turn& turn = it->second;
+        encode_runs(turn.prompt.render(f), tok, 0, s);
+        if (turn.has_response) encode_runs(turn.response.render(f), tok, m.role == "assistant" ? 1 : 0, s);
+      }
+      break;
+    case Format::Auto: break;
+  }
+  if (tpl.append_eos && tok.eos_id) {
+    s.tokens.push_back(*tok.eos_id);
+    s.mask.push_back(1);  // learning to stop is part of the response
+  }
+  return s;
+}
+
+}  // namespace shardtune::prep

@@ -1,0 +1,226 @@
+// HDF5 shard writer/reader over the HDF5 C API (RAII handles; object time tracking off for determinism).
+#include "shardtune/data/shard.h"
+
+#include <hdf5.h>
+
+#include <algorithm>
+#include <cstring>
+#include <numeric>
+
+#include "shardtune/core/error.h"
+
+namespace shardtune::data {
+namespace {
+
+// Owns one hid_t and closes it with the matching H5*close function.
+class H5 {
+ public:
+  H5(hid_t id, herr_t (*close)(hid_t)) : id_(id), close_(close) {}
+  ~H5() {
+    if (id_ >= 0) close_(id_);
+  }
+  H5(const H5&) = delete;
+  H5& operator=(const H5&) = delete;
+  hid_t get() const { return id_; }
+  bool ok() const { return id_ >= 0; }
+
+ private:
+  hid_t id_;
+  herr_t (*close_)(hid_t);
+};
+
+// Silences HDF5's own stderr dump while we turn failures into our Errors.
+struct QuietHdf5 {
+  H5E_auto2_t func = nullptr;
+  void* data = nullptr;
+  QuietHdf5() {
+    H5Eget_auto2(H5E_DEFAULT, &func, &data);
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+  }
+  ~QuietHdf5() { H5Eset_auto2(H5E_DEFAULT, func, data); }
+};
+
+void write_string_attr(hid_t obj, const char* name, const std::string& value) {
+  H5 type(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(type.get(), std::max<size_t>(1, value.size()));
+  H5Tset_strpad(type.get(), H5T_STR_NULLPAD);
+  H5 space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5 attr(H5Acreate2(obj, name, type.get(), space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  ST_CHECK(attr.ok(), std::string("HDF5: cannot create attribute ") + name);
+  std::string padded = value.empty() ? std::string(1, '\0') : value;
+  ST_CHECK(H5Awrite(attr.get(), type.get(), padded.data()) >= 0, std::string("HDF5: cannot write attribute ") + name);
+}
+
+void write_int_attr(hid_t obj, const char* name, int64_t value) {
+  H5 space(H5Screate(H5S_SCALAR), H5Sclose);
+  H5 attr(H5Acreate2(obj, name, H5T_STD_I64LE, space.get(), H5P_DEFAULT, H5P_DEFAULT), H5Aclose);
+  ST_CHECK(attr.ok() && H5Awrite(attr.get(), H5T_NATIVE_INT64, &value) >= 0,
+           std::string("HDF5: cannot write attribute ") + name);
+}
+
+template <class T>
+void write_dataset(hid_t file, hid_t dcpl, const char* name, hid_t file_type, hid_t mem_type, const std::vector<T>& v) {
+  hsize_t dims[1] = {static_cast<hsize_t>(v.size())};
+  H5 space(H5Screate_simple(1, dims, nullptr), H5Sclose);
+  H5 ds(H5Dcreate2(file, name, file_type, space.get(), H5P_DEFAULT, dcpl, H5P_DEFAULT), H5Dclose);
+  ST_CHECK(ds.ok(), std::string("HDF5: cannot create dataset ") + name);
+  if (!v.empty())
+    ST_CHECK(H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) >= 0,
+             std::string("HDF5: cannot write dataset ") + name + " (disk full?)");
+}
+
+bool has_attr(hid_t obj, const char* name) { return H5Aexists(obj, name) > 0; }
+
+std::string read_string_attr(hid_t obj, const char* name, const std::string& path) {
+  ST_CHECK(has_attr(obj, name), "shard '" + path + "' lacks attribute '" + name + "'",
+           "the file was not written by shardtune-prep (or by an incompatible version); re-run shardtune-prep");
+  H5 attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+  H5 type(H5Aget_type(attr.get()), H5Tclose);
+  ST_CHECK(H5Tget_class(type.get()) == H5T_STRING, "shard '" + path + "': attribute '" + name + "' is not a string");
+  ST_CHECK(!H5Tis_variable_str(type.get()), "shard '" + path + "': attribute '" + name + "' is a variable-length string");
+  size_t n = H5Tget_size(type.get());
+  std::string out(n, '\0');
+  H5 mem(H5Tcopy(H5T_C_S1), H5Tclose);
+  H5Tset_size(mem.get(), n);
+  H5Tset_strpad(mem.get(), H5T_STR_NULLPAD);
+  ST_CHECK(H5Aread(attr.get(), mem.get(), out.data()) >= 0, "shard '" + path + "': cannot read attribute '" + name + "'");
+  out.resize(std::strlen(out.c_str()));
+  return out;
+}
+
+int64_t read_int_attr(hid_t obj, const char* name, const std::string& path) {
+  ST_CHECK(has_attr(obj, name), "shard '" + path + "' lacks attribute '" + name + "'",
+           "the file was not written by shardtune-prep (or by an incompatible version); re-run shardtune-prep");
+  H5 attr(H5Aopen(obj, name, H5P_DEFAULT), H5Aclose);
+  int64_t v = 0;
+  ST_CHECK(H5Aread(attr.get(), H5T_NATIVE_INT64, &v) >= 0, "shard '" + path + "': cannot read attribute '" + name + "'");
+  return v;
+}
+
+template <class T>
+std::vector<T> read_dataset(hid_t file, const char* name, hid_t mem_type, const std::string& path) {
+  ST_CHECK(H5Lexists(file, name, H5P_DEFAULT) > 0, "shard '" + path + "' has no dataset '" + name + "'",
+           "the file is incomplete or not a shardtune shard; re-run shardtune-prep");
+  H5 ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  H5 space(H5Dget_space(ds.get()), H5Sclose);
+  ST_CHECK(H5Sget_simple_extent_ndims(space.get()) == 1, "shard '" + path + "': dataset '" + name + "' is not 1-D");
+  hsize_t n = 0;
+  H5Sget_simple_extent_dims(space.get(), &n, nullptr);
+  std::vector<T> v(n);
+  if (n) ST_CHECK(H5Dread(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()) >= 0,
+                  "shard '" + path + "': cannot read dataset '" + name + "' (truncated or corrupt file?)");
+  return v;
+}
+
+ShardInfo read_info(hid_t file, const std::string& path) {
+  ST_CHECK(has_attr(file, "format") && read_string_attr(file, "format", path) == kShardMagic,
+           "'" + path + "' is not a shardtune shard (missing format = \"" + kShardMagic + "\")",
+           "pass a folder written by shardtune-prep");
+  int64_t version = read_int_attr(file, "format_version", path);
+  ST_CHECK(version == kShardVersion,
+           "shard '" + path + "' has format_version " + std::to_string(version) + ", this build reads " +
+               std::to_string(kShardVersion),
+           "re-run shardtune-prep with this version of shardtune");
+  ShardInfo info;
+  info.split = read_string_attr(file, "split", path);
+  info.tokenizer_name = read_string_attr(file, "tokenizer_name", path);
+  info.tokenizer_hash = read_string_attr(file, "tokenizer_hash", path);
+  info.vocab_size = read_int_attr(file, "vocab_size", path);
+  info.bos_id = read_int_attr(file, "bos_id", path);
+  info.eos_id = read_int_attr(file, "eos_id", path);
+  info.pad_id = read_int_attr(file, "pad_id", path);
+  info.template_name = read_string_attr(file, "template", path);
+  info.source_files = read_string_attr(file, "source_files", path);
+  return info;
+}
+
+H5 open_for_read(const std::string& path) {
+  QuietHdf5 quiet;
+  ST_CHECK(H5Fis_accessible(path.c_str(), H5P_DEFAULT) > 0, "'" + path + "' is not a readable HDF5 file",
+           "check the path; a shard that was cut short by a crash is never given its final name, so re-run shardtune-prep");
+  H5 file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+  ST_CHECK(file.ok(), "cannot open HDF5 file '" + path + "'");
+  return file;
+}
+
+}  // namespace
+
+int64_t ShardData::num_loss_tokens() const {
+  return std::accumulate(loss_mask.begin(), loss_mask.end(), int64_t{0});
+}
+
+void write_shard(const std::string& path, const ShardInfo& info, const ShardData& d) {
+  ST_CHECK(static_cast<int64_t>(d.loss_mask.size()) == d.num_tokens() && d.offsets.back() == d.num_tokens(),
+           "internal: inconsistent shard data for '" + path + "'");
+  QuietHdf5 quiet;
+  // No object timestamps and fixed library-version bounds: the same data gives the same bytes.
+  H5 fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
+  H5Pset_obj_track_times(fcpl.get(), false);
+  H5 fapl(H5Pcreate(H5P_FILE_ACCESS), H5Pclose);
+  H5Pset_libver_bounds(fapl.get(), H5F_LIBVER_V18, H5F_LIBVER_V18);
+  H5 file(H5Fcreate(path.c_str(), H5F_ACC_EXCL, fcpl.get(), fapl.get()), H5Fclose);
+  ST_CHECK(file.ok(), "cannot create shard '" + path + "'", "check that the folder is writable and the file does not exist");
+  H5 dcpl(H5Pcreate(H5P_DATASET_CREATE), H5Pclose);
+  H5Pset_obj_track_times(dcpl.get(), false);
+  write_dataset(file.get(), dcpl.get(), "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, d.tokens);
+  write_dataset(file.get(), dcpl.get(), "offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, d.offsets);
+  write_dataset(file.get(), dcpl.get(), "loss_mask", H5T_STD_U8LE, H5T_NATIVE_UINT8, d.loss_mask);
+  write_string_attr(file.get(), "format", kShardMagic);
+  write_int_attr(file.get(), "format_version", kShardVersion);
+  write_string_attr(file.get(), "split", info.split);
+  write_string_attr(file.get(), "tokenizer_name", info.tokenizer_name);
+  write_string_attr(file.get(), "tokenizer_hash", info.tokenizer_hash);
+  write_int_attr(file.get(), "vocab_size", info.vocab_size);
+  write_int_attr(file.get(), "bos_id", info.bos_id);
+  write_int_attr(file.get(), "eos_id", info.eos_id);
+  write_int_attr(file.get(), "pad_id", info.pad_id);
+  write_string_attr(file.get(), "template", info.template_name);
+  write_string_attr(file.get(), "source_files", info.source_files);
+  write_int_attr(file.get(), "num_samples", d.num_samples());
+  write_int_attr(file.get(), "num_tokens", d.num_tokens());
+  ST_CHECK(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, "cannot flush shard '" + path + "' (disk full?)");
+}
+
+ShardInfo read_shard_info(const std::string& path) {
+  H5 file = open_for_read(path);
+  QuietHdf5 quiet;
+  return read_info(file.get(), path);
+}
+
+Shard read_shard(const std::string& path, int64_t expect_vocab) {
+  H5 file = open_for_read(path);
+  QuietHdf5 quiet;
+  Shard s;
+  s.info = read_info(file.get(), path);
+  s.data.tokens = read_dataset<int32_t>(file.get(), "tokens", H5T_NATIVE_INT32, path);
+  s.data.offsets = read_dataset<int64_t>(file.get(), "offsets", H5T_NATIVE_INT64, path);
+  s.data.loss_mask = read_dataset<uint8_t>(file.get(), "loss_mask", H5T_NATIVE_UINT8, path);
+  const auto& d = s.data;
+  const std::string where = "shard '" + path + "': ";
+  const std::string rerun = "the shard is corrupt; re-run shardtune-prep";
+  ST_CHECK(!d.offsets.empty() && d.offsets.front() == 0, where + "/offsets must start at 0", rerun);
+  ST_CHECK(d.offsets.back() == d.num_tokens(),
+           where + "/offsets ends at " + std::to_string(d.offsets.back()) + " but /tokens has " +
+               std::to_string(d.num_tokens()) + " entries", rerun);
+  for (size_t i = 1; i < d.offsets.size(); ++i)
+    ST_CHECK(d.offsets[i] >= d.offsets[i - 1], where + "/offsets decreases at sample " + std::to_string(i - 1), rerun);
+  ST_CHECK(d.loss_mask.size() == d.tokens.size(),
+           where + "/loss_mask has " + std::to_string(d.loss_mask.size()) + " entries, /tokens " +
+               std::to_string(d.tokens.size()), rerun);
+  ST_CHECK(s.info.vocab_size > 0, where + "vocab_size attribute is not positive", rerun);
+  for (size_t i = 0; i < d.tokens.size(); ++i)
+    ST_CHECK(d.tokens[i] >= 0 && d.tokens[i] < s.info.vocab_size,
+             where + "token id " + std::to_string(d.tokens[i]) + " at position " + std::to_string(i) +
+                 " is outside the vocabulary [0, " + std::to_string(s.info.vocab_size) + ")", rerun);
+  for (size_t i = 0; i < d.loss_mask.size(); ++i)
+    ST_CHECK(d.loss_mask[i] <= 1, where + "loss_mask value " + std::to_string(d.loss_mask[i]) + " at position " +
+                                      std::to_string(i) + " is not 0 or 1", rerun);
+  if (expect_vocab > 0)
+    ST_CHECK(s.info.vocab_size == expect_vocab,
+             where + "was tokenized with vocab size " + std::to_string(s.info.vocab_size) + " (" +
+                 s.info.tokenizer_name + "), the model expects " + std::to_string(expect_vocab),
+             "prepare the data with the model's own tokenizer");
+  return s;
+}
+
+}  // namespace shardtune::data

@@ -1,0 +1,136 @@
+// shardtune-inspect: what a shard folder (manifest + shards) or one shard holds, with a decoded sample
+// whose prompt (no loss) and trained parts are marked. `--verify` re-checks every shard and checksum.
+#include <unistd.h>
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <filesystem>
+#include <nlohmann/json.hpp>
+
+#include "sentencepiece_tokenizer.h"
+#include "shardtune/core/error.h"
+#include "shardtune/core/fs.h"
+#include "shardtune/data/shard.h"
+
+namespace {
+
+namespace stdfs = std::filesystem;
+using nlohmann::json;
+using namespace shardtune;
+
+void print_sample(const data::Shard& shard, int64_t index, const std::string& tokenizer_spec, bool show_ids) {
+  const auto& d = shard.data;
+  if (d.num_samples() == 0) return;
+  ST_CHECK(index >= 0 && index < d.num_samples(),
+           "--sample " + std::to_string(index) + " is out of range (the shard has " + std::to_string(d.num_samples()) + " samples)");
+  int64_t a = d.offsets[index], b = d.offsets[index + 1];
+  std::unique_ptr<Tokenizer> tok;
+  std::string why;
+  try {
+    if (!tokenizer_spec.empty()) tok = load_tokenizer_any(tokenizer_spec);
+  } catch (const std::exception& e) {
+    why = e.what();
+  }
+  std::printf("\nsample %lld: %lld tokens, %lld trained (loss_mask = 1)\n", static_cast<long long>(index),
+              static_cast<long long>(b - a),
+              static_cast<long long>(std::count(d.loss_mask.begin() + a, d.loss_mask.begin() + b, 1)));
+  const bool tty = isatty(fileno(stdout));
+  for (int64_t s = a; s < b;) {
+    int64_t e = s;
+    while (e < b && d.loss_mask[e] == d.loss_mask[s]) ++e;
+    std::vector<TokenId> ids(d.tokens.begin() + s, d.tokens.begin() + e);
+    const char* label = d.loss_mask[s] ? "TRAINED " : "no loss ";
+    std::string body;
+    if (tok && !show_ids) {
+      body = tok->decode(ids);
+    } else {
+      for (auto id : ids) body += std::to_string(id) + " ";
+    }
+    if (tty)
+      std::printf("%s%s| %s\033[0m\n", d.loss_mask[s] ? "\033[32m" : "\033[2m", label, body.c_str());
+    else
+      std::printf("%s| %s\n", label, body.c_str());
+    s = e;
+  }
+  if (!tok && !why.empty()) std::printf("(ids shown: tokenizer not loadable: %s)\n", why.c_str());
+}
+
+void print_shard(const std::string& path) {
+  data::ShardInfo i = data::read_shard_info(path);
+  std::printf("%s: split=%s tokenizer=%s (sha256 %s…) vocab=%lld bos=%lld eos=%lld pad=%lld template=%s sources=%s\n",
+              path.c_str(), i.split.c_str(), i.tokenizer_name.c_str(), i.tokenizer_hash.substr(0, 12).c_str(),
+              static_cast<long long>(i.vocab_size), static_cast<long long>(i.bos_id), static_cast<long long>(i.eos_id),
+              static_cast<long long>(i.pad_id), i.template_name.c_str(), i.source_files.c_str());
+}
+
+int inspect_main(int argc, char** argv) {
+  CLI::App app{"shardtune-inspect: print what a shard folder or shard file holds"};
+  std::string target, tokenizer;
+  int64_t sample = 0;
+  bool verify = false, ids = false;
+  app.add_option("path", target, "a folder written by shardtune-prep, or one .h5 shard")->required();
+  app.add_option("--sample", sample, "which sample of the first shard to show")->capture_default_str();
+  app.add_option("--tokenizer", tokenizer, "tokenizer for decoding (default: the one recorded in manifest.json)");
+  app.add_flag("--ids", ids, "show token ids instead of text");
+  app.add_flag("--verify", verify, "validate every shard and compare its sha256 with the manifest");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e);
+  }
+  if (stdfs::is_regular_file(target)) {
+    print_shard(target);
+    data::Shard s = data::read_shard(target);
+    std::printf("%lld samples, %lld tokens, %lld trained tokens\n", static_cast<long long>(s.data.num_samples()),
+                static_cast<long long>(s.data.num_tokens()), static_cast<long long>(s.data.num_loss_tokens()));
+    print_sample(s, sample, tokenizer, ids);
+    return 0;
+  }
+  stdfs::path manifest_path = stdfs::path(target) / "manifest.json";
+  ST_CHECK(stdfs::is_regular_file(manifest_path), "'" + target + "' has no manifest.json",
+           "pass a folder written by shardtune-prep (an unfinished one has no manifest) or a .h5 shard");
+  json m;
+  try {
+    m = json::parse(fs::read_file(manifest_path));
+  } catch (const json::exception& e) {
+    ST_FAIL("'" + manifest_path.string() + "' is not valid JSON: " + e.what());
+  }
+  ST_CHECK(m.value("format", "") == "shardtune-manifest", "'" + manifest_path.string() + "' is not a shardtune manifest");
+  const auto& t = m["tokenizer"];
+  std::printf("shard folder %s (manifest format_version %d)\n", target.c_str(), m.value("format_version", 0));
+  std::printf("tokenizer  %s from %s, vocab %lld, bos %lld, eos %lld, add_bos %s\n", t.value("name", "?").c_str(),
+              t.value("source", "?").c_str(), static_cast<long long>(t.value("vocab_size", 0)),
+              static_cast<long long>(t.value("bos_id", -1)), static_cast<long long>(t.value("eos_id", -1)),
+              t.value("add_bos", false) ? "yes" : "no");
+  std::printf("format     %s, template %s\n", m.value("format_kind", "?").c_str(), m["template"].value("name", "?").c_str());
+  std::printf("counts    ");
+  for (auto& [k, v] : m["counts"].items()) std::printf(" %s=%s", k.c_str(), v.dump().c_str());
+  std::printf("\n\n%-18s %-6s %10s %12s %12s  %s\n", "shard", "split", "samples", "tokens", "trained", "sha256");
+  int bad = 0;
+  for (const auto& s : m["shards"]) {
+    std::string file = s.value("file", "");
+    std::string status;
+    if (verify) {
+      try {
+        data::read_shard((stdfs::path(target) / file).string(), t.value("vocab_size", 0));
+        status = fs::sha256_file(stdfs::path(target) / file) == s.value("sha256", "") ? "  ok" : "  CHECKSUM MISMATCH";
+      } catch (const std::exception& e) {
+        status = std::string("  INVALID: ") + e.what();
+      }
+      bad += status != "  ok";
+    }
+    std::printf("%-18s %-6s %10lld %12lld %12lld  %s…%s\n", file.c_str(), s.value("split", "").c_str(),
+                static_cast<long long>(s.value("samples", 0)), static_cast<long long>(s.value("tokens", 0)),
+                static_cast<long long>(s.value("loss_tokens", 0)), s.value("sha256", "").substr(0, 16).c_str(), status.c_str());
+  }
+  if (!m["shards"].empty()) {
+    std::string first = (stdfs::path(target) / m["shards"][0].value("file", "")).string();
+    print_sample(data::read_shard(first), sample, tokenizer.empty() ? t.value("source", "") : tokenizer, ids);
+  }
+  ST_CHECK(bad == 0, std::to_string(bad) + " shard(s) failed verification", "re-run shardtune-prep to regenerate the folder");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) { return shardtune::run_guarded("shardtune-inspect", inspect_main, argc, argv); }
