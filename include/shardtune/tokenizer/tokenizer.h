@@ -1,5 +1,6 @@
 // The tokenizer interface shared by prep, the trainer and the tools, and the loader for every
-// tokenizer kind that does not need libsentencepiece (see data_prep/sentencepiece.h for `.model`).
+// tokenizer kind that does not need libsentencepiece (see data_prep/sentencepiece_tokenizer.h for
+// `.model`). Conventions (BOS/EOS, add_bos, parse_special) are documented in docs/TOKENIZERS.md.
 #pragma once
 
 #include <cstdint>
@@ -50,7 +51,8 @@ class Tokenizer {
 };
 
 // Loads a tokenizer from a SPEC:
-//   "byte"                              256 byte ids, then <s>=256, </s>=257, <pad>=258
+//   "byte"                              256 byte ids, then <s>=256, </s>=257, <pad>=258; add_bos=true
+//                                       (Llama-like: each sample starts with <s>)
 //   path/to/tokenizer.json  (or a dir holding one)   Hugging Face BPE (byte-level or SentencePiece-style)
 //   path/to/encoder.json[,path/to/vocab.bpe] or a dir holding encoder.json+vocab.bpe or vocab.json+merges.txt
 // A ".model" SPEC throws an Error saying only shardtune-prep/shardtune-tokenize read SentencePiece models.

@@ -1,0 +1,281 @@
+// BPE merge loop with the same semantics as Hugging Face tokenizers' Word::merge_all: repeatedly merge
+// the adjacent pair of lowest rank (leftmost first), using a heap of candidates over a linked list of
+// symbols, so that a whole SentencePiece-style text (one "word") costs O(n log n).
+#include "bpe.h"
+
+#include <algorithm>
+#include <atomic>
+#include <cstdio>
+#include <functional>
+#include <memory>
+
+#include "shardtune/core/error.h"
+#include "unicode.h"
+
+namespace shardtune::tok {
+
+void MergeTable::build(const std::vector<std::pair<uint64_t, std::pair<uint32_t, TokenId>>>& items) {
+  size_t cap = 16;
+  while (cap < items.size() * 2 + 1) cap <<= 1;
+  slots_.assign(cap, Entry{kEmpty, 0, 0});
+  mask_ = cap - 1;
+  for (const auto& [key, v] : items) {
+    size_t h = hash(key) & mask_;
+    while (slots_[h].key != kEmpty && slots_[h].key != key) h = (h + 1) & mask_;
+    if (slots_[h].key == key) continue;  // duplicate merge: the first (lowest rank) wins, as in HF
+    slots_[h] = Entry{key, v.first, v.second};
+  }
+}
+
+namespace {
+std::atomic<uint64_t> g_serial{1};
+
+// A direct-mapped cache of word -> ids, one per (thread, model). Bounded by construction.
+struct WordCache {
+  static constexpr size_t kSlots = 1 << 15;
+  static constexpr size_t kMaxWord = 48;
+  struct Slot {
+    std::string key;
+    std::vector<TokenId> ids;
+    bool used = false;
+  };
+  std::vector<Slot> slots{kSlots};
+};
+
+WordCache& cache_for(uint64_t serial) {
+  // A few models per thread are enough; older ones are dropped (their memory is reclaimed).
+  thread_local std::vector<std::pair<uint64_t, std::unique_ptr<WordCache>>> caches;
+  for (auto& [s, c] : caches)
+    if (s == serial) return *c;
+  if (caches.size() >= 4) caches.erase(caches.begin());
+  caches.emplace_back(serial, std::make_unique<WordCache>());
+  return *caches.back().second;
+}
+}  // namespace
+
+BpeModel::BpeModel(const BpeConfig& cfg, const std::vector<std::pair<std::string, TokenId>>& vocab,
+                   const std::vector<std::pair<std::string, std::string>>& merges, const std::string& file)
+    : cfg_(cfg), serial_(g_serial.fetch_add(1)) {
+  TokenId max_id = -1;
+  for (const auto& [tok, id] : vocab) {
+    ST_CHECK(id >= 0, file + ": vocabulary id " + std::to_string(id) + " of token '" + tok + "' is negative",
+             "ids must be 0..N-1");
+    max_id = std::max(max_id, id);
+  }
+  ST_CHECK(max_id < (1 << 30), file + ": vocabulary id " + std::to_string(max_id) + " is implausibly large");
+  id_to_token_.assign(static_cast<size_t>(max_id + 1), std::string());
+  token_to_id_.reserve(vocab.size() * 2);
+  for (const auto& [tok, id] : vocab) {
+    id_to_token_[id] = tok;
+    token_to_id_.emplace(tok, id);
+  }
+  std::fill(std::begin(byte_ids_), std::end(byte_ids_), -1);
+  std::string raw;
+  if (cfg_.units == BpeUnits::Bytes) {
+    raw_to_id_.reserve(vocab.size() * 2);
+    for (const auto& [tok, id] : vocab)
+      if (byte_level_decode(tok, raw)) {
+        raw_to_id_.emplace(raw, id);
+        if (raw.size() == 1) byte_ids_[static_cast<unsigned char>(raw[0])] = id;
+      }
+  } else {
+    for (const auto& [tok, id] : vocab) {
+      size_t i = 0;
+      uint32_t cp = utf8_next(tok, i);
+      if (i == tok.size() && !tok.empty()) char_to_id_.emplace(cp, id);
+    }
+    if (cfg_.byte_fallback)
+      for (int b = 0; b < 256; ++b) {
+        char name[8];
+        std::snprintf(name, sizeof name, "<0x%02X>", b);
+        auto it = token_to_id_.find(name);
+        if (it != token_to_id_.end()) byte_ids_[b] = it->second;
+      }
+  }
+  if (cfg_.unk_token) {
+    auto it = token_to_id_.find(*cfg_.unk_token);
+    ST_CHECK(it != token_to_id_.end(), file + ": unk_token '" + *cfg_.unk_token + "' is not in the vocabulary",
+             "fix model.unk_token or add the token to model.vocab");
+    unk_id_ = it->second;
+  }
+
+  std::vector<std::pair<uint64_t, std::pair<uint32_t, TokenId>>> items;
+  items.reserve(merges.size());
+  for (size_t rank = 0; rank < merges.size(); ++rank) {
+    const auto& [a, b] = merges[rank];
+    auto ia = token_to_id_.find(a), ib = token_to_id_.find(b), im = token_to_id_.find(a + b);
+    if (ia == token_to_id_.end() || ib == token_to_id_.end() || im == token_to_id_.end())
+      ST_FAIL(file + ": merge #" + std::to_string(rank) + " '" + a + " " + b +
+                  "' uses a token that is not in the vocabulary",
+              "the vocabulary and merges come from different tokenizers, or the file is truncated");
+    items.push_back({MergeTable::pack(ia->second, ib->second), {static_cast<uint32_t>(rank), im->second}});
+  }
+  merges_.build(items);
+}
+
+std::optional<TokenId> BpeModel::find(std::string_view token) const {
+  auto it = token_to_id_.find(std::string(token));
+  if (it == token_to_id_.end()) return std::nullopt;
+  return it->second;
+}
+
+void BpeModel::initial_symbols(std::string_view word, std::vector<TokenId>& ids,
+                               std::vector<uint32_t>& lens) const {
+  if (cfg_.units == BpeUnits::Bytes) {
+    for (unsigned char c : word) {
+      TokenId id = byte_ids_[c];
+      if (id >= 0) {
+        ids.push_back(id);
+        lens.push_back(1);
+      } else if (unk_id_) {  // a byte-level vocab missing a byte: unk, or dropped as HF does without unk
+        if (cfg_.fuse_unk && !ids.empty() && ids.back() == *unk_id_) {
+          lens.back() += 1;
+        } else {
+          ids.push_back(*unk_id_);
+          lens.push_back(1);
+        }
+      }
+    }
+    return;
+  }
+  // Chars: HF BPE::merge_word. A pending unk run is flushed before the next known symbol.
+  bool pending_unk = false;
+  uint32_t unk_len = 0;
+  size_t i = 0;
+  while (i < word.size()) {
+    size_t start = i;
+    uint32_t cp = utf8_next(word, i);
+    uint32_t len = static_cast<uint32_t>(i - start);
+    auto it = char_to_id_.find(cp);
+    if (it != char_to_id_.end()) {
+      if (pending_unk) {
+        ids.push_back(*unk_id_);
+        lens.push_back(unk_len);
+        pending_unk = false;
+      }
+      ids.push_back(it->second);
+      lens.push_back(len);
+      continue;
+    }
+    if (cfg_.byte_fallback) {
+      bool all = true;
+      for (size_t k = start; k < i; ++k) all = all && byte_ids_[static_cast<unsigned char>(word[k])] >= 0;
+      if (all) {
+        // HF adds byte tokens without flushing a pending unk first; keep that order.
+        for (size_t k = start; k < i; ++k) {
+          ids.push_back(byte_ids_[static_cast<unsigned char>(word[k])]);
+          lens.push_back(1);
+        }
+        continue;
+      }
+    }
+    if (unk_id_) {
+      if (pending_unk && cfg_.fuse_unk) {
+        unk_len += len;
+      } else {
+        if (pending_unk) {
+          ids.push_back(*unk_id_);
+          lens.push_back(unk_len);
+        }
+        pending_unk = true;
+        unk_len = len;
+      }
+    }
+  }
+  if (pending_unk) {
+    ids.push_back(*unk_id_);
+    lens.push_back(unk_len);
+  }
+}
+
+void BpeModel::merge_word(std::string_view word, std::vector<TokenId>& out) const {
+  if (cfg_.ignore_merges) {
+    if (cfg_.units == BpeUnits::Bytes) {
+      auto it = raw_to_id_.find(std::string(word));
+      if (it != raw_to_id_.end()) {
+        out.push_back(it->second);
+        return;
+      }
+    } else if (auto id = find(word)) {
+      out.push_back(*id);
+      return;
+    }
+  }
+  struct Symbol {
+    TokenId id;
+    int32_t prev, next;
+    bool alive;
+  };
+  struct Cand {
+    uint32_t rank;
+    int32_t pos;
+    TokenId id;
+    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
+  };
+  thread_local std::vector<TokenId> ids;
+  thread_local std::vector<uint32_t> lens;
+  thread_local std::vector<Symbol> sym;
+  thread_local std::vector<Cand> heap;
+  ids.clear();
+  lens.clear();
+  initial_symbols(word, ids, lens);
+  const int32_t n = static_cast<int32_t>(ids.size());
+  if (n <= 1) {
+    out.insert(out.end(), ids.begin(), ids.end());
+    return;
+  }
+  sym.resize(n);
+  heap.clear();
+  for (int32_t i = 0; i < n; ++i) sym[i] = Symbol{ids[i], i - 1, i + 1 < n ? i + 1 : -1, true};
+  for (int32_t i = 0; i + 1 < n; ++i)
+    if (const auto* m = merges_.find(ids[i], ids[i + 1])) heap.push_back(Cand{m->rank, i, m->id});
+  auto cmp = std::greater<Cand>();
+  std::make_heap(heap.begin(), heap.end(), cmp);
+  while (!heap.empty()) {
+    std::pop_heap(heap.begin(), heap.end(), cmp);
+    Cand top = heap.back();
+    heap.pop_back();
+    Symbol& left = sym[top.pos];
+    if (!left.alive || left.next < 0) continue;
+    Symbol& right = sym[left.next];
+    const auto* m = merges_.find(left.id, right.id);
+    if (!m || m->id != top.id) continue;  // stale candidate
+    left.id = top.id;
+    right.alive = false;
+    left.next = right.next;
+    if (left.next >= 0) sym[left.next].prev = top.pos;
+    if (left.prev >= 0)
+      if (const auto* pm = merges_.find(sym[left.prev].id, left.id)) {
+        heap.push_back(Cand{pm->rank, left.prev, pm->id});
+        std::push_heap(heap.begin(), heap.end(), cmp);
+      }
+    if (left.next >= 0)
+      if (const auto* nm = merges_.find(left.id, sym[left.next].id)) {
+        heap.push_back(Cand{nm->rank, top.pos, nm->id});
+        std::push_heap(heap.begin(), heap.end(), cmp);
+      }
+  }
+  for (int32_t i = 0; i >= 0; i = sym[i].next) out.push_back(sym[i].id);
+}
+
+void BpeModel::encode_word(std::string_view word, std::vector<TokenId>& out) const {
+  if (word.empty()) return;
+  if (word.size() > WordCache::kMaxWord) {
+    merge_word(word, out);
+    return;
+  }
+  WordCache& cache = cache_for(serial_);
+  size_t h = std::hash<std::string_view>()(word) & (WordCache::kSlots - 1);
+  auto& slot = cache.slots[h];
+  if (slot.used && slot.key == word) {
+    out.insert(out.end(), slot.ids.begin(), slot.ids.end());
+    return;
+  }
+  size_t before = out.size();
+  merge_word(word, out);
+  slot.key.assign(word.data(), word.size());
+  slot.ids.assign(out.begin() + static_cast<std::ptrdiff_t>(before), out.end());
+  slot.used = true;
+}
+
+}  // namespace shardtune::tok
