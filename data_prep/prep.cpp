@@ -109,9 +109,9 @@ void finish_sample(Sample&& s, const PrepOptions& opt, Split split, ChunkResult&
   if (opt.overlong == "drop") {
     ++out.stats.dropped_overlong;
   } else if (opt.overlong == "truncate") {
-    ++out.stats.truncated;
     s.tokens.resize(L);
     s.mask.resize(L);
+    if (count_targets(s.mask) > 0) ++out.stats.truncated;  // else push() counts it as dropped
     push(std::move(s));
   } else {  // split (text): consecutive pieces of L tokens
     for (size_t at = 0; at < s.tokens.size(); at += L) {
@@ -318,9 +318,10 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
     if (!opt.quiet) progress.finish();
     for (auto& s : spools) s.close();
   } catch (const std::exception& e) {
-    std::fprintf(stderr, world > 1 ? "shardtune-prep [rank %d]: %s\n" : "shardtune-prep: %s\n",
-                 world > 1 ? rank : 0, describe(e).c_str());
-    if (world == 1) std::fprintf(stderr, "shardtune-prep: %s\n", "nothing was written");
+    if (world > 1)
+      std::fprintf(stderr, "shardtune-prep [rank %d]: %s\n", rank, describe(e).c_str());
+    else
+      std::fprintf(stderr, "shardtune-prep: %s\nshardtune-prep: nothing was written\n", describe(e).c_str());
     failed = 1;
   }
   if (rt.allreduce_max(failed)) {

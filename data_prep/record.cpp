@@ -114,7 +114,8 @@ Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format
       if (!m.is_array()) bad(std::string("field \"messages\" must be an array, found ") + type_name(m.type()));
       size_t i = 0;
       bool any_assistant = false;
-      for (simdjson::dom::element item : m.get_array().value_unsafe()) {
+      simdjson::dom::array items = m.get_array().value_unsafe();  // a named copy: the result temporary dies
+      for (simdjson::dom::element item : items) {
         std::string ctx = "messages[" + std::to_string(i++) + "]: ";
         if (!item.is_object()) bad(ctx + "must be an object, found " + type_name(item.type()));
         simdjson::dom::object mo = item.get_object().value_unsafe();

