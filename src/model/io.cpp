@@ -1,0 +1,344 @@
+// HF folder and llama2.c import/export over the torch-free safetensors layer; LoRA adapter merge.
+#include "shardtune/model/io.h"
+
+#include <c10/core/GradMode.h>
+
+#include <algorithm>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "shardtune/core/error.h"
+#include "shardtune/core/fs.h"
+#include "shardtune/core/log.h"
+
+namespace shardtune::model {
+
+namespace stdfs = std::filesystem;
+
+namespace {
+
+std::string shape_str(at::IntArrayRef s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+// Tensors some HF checkpoints carry that are buffers, not parameters.
+bool ignorable(const std::string& name) {
+  return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias") ||
+         ends_with(name, "rotary_emb.inv_freq");
+}
+
+}  // namespace
+
+at::ScalarType to_scalar_type(st::DType d) {
+  switch (d) {
+    case st::DType::F64: return at::kDouble;
+    case st::DType::F32: return at::kFloat;
+    case st::DType::F16: return at::kHalf;
+    case st::DType::BF16: return at::kBFloat16;
+    case st::DType::I64: return at::kLong;
+    case st::DType::I32: return at::kInt;
+    case st::DType::I16: return at::kShort;
+    case st::DType::I8: return at::kChar;
+    case st::DType::U8: return at::kByte;
+    case st::DType::BOOL: return at::kBool;
+  }
+  return at::kFloat;
+}
+
+st::DType to_st_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kDouble: return st::DType::F64;
+    case at::kFloat: return st::DType::F32;
+    case at::kHalf: return st::DType::F16;
+    case at::kBFloat16: return st::DType::BF16;
+    case at::kLong: return st::DType::I64;
+    case at::kInt: return st::DType::I32;
+    case at::kShort: return st::DType::I16;
+    case at::kChar: return st::DType::I8;
+    case at::kByte: return st::DType::U8;
+    case at::kBool: return st::DType::BOOL;
+    default: ST_FAIL(std::string("cannot store dtype ") + c10::toString(t) + " in safetensors");
+  }
+}
+
+at::Tensor to_tensor(const st::File& f, const st::TensorInfo& t) {
+  at::Tensor out = at::empty(t.shape, at::TensorOptions().dtype(to_scalar_type(t.dtype)));
+  if (t.nbytes()) std::memcpy(out.data_ptr(), f.data(t), t.nbytes());  // also fixes any misalignment
+  return out;
+}
+
+std::map<std::string, at::Tensor> read_safetensors(const stdfs::path& path) {
+  st::File f(path);
+  std::map<std::string, at::Tensor> out;
+  for (const auto& t : f.tensors()) out[t.name] = to_tensor(f, t);
+  return out;
+}
+
+void write_safetensors(const stdfs::path& path, const std::vector<std::pair<std::string, at::Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  std::vector<at::Tensor> keep;
+  std::vector<st::TensorRef> refs;
+  for (const auto& [name, t] : tensors) {
+    keep.push_back(t.detach().to(at::kCPU).contiguous());
+    const at::Tensor& c = keep.back();
+    refs.push_back({name, to_st_dtype(c.scalar_type()), c.sizes().vec(), c.data_ptr(), uint64_t(c.nbytes())});
+  }
+  st::write_file(path, refs, metadata);
+}
+
+at::Tensor interleaved_to_hf(const at::Tensor& w, int64_t n_heads) {
+  const int64_t d1 = w.size(0), d2 = w.size(1);
+  return w.reshape({n_heads, d1 / n_heads / 2, 2, d2}).transpose(1, 2).reshape({d1, d2});
+}
+
+at::Tensor hf_to_interleaved(const at::Tensor& w, int64_t n_heads) {
+  const int64_t d1 = w.size(0), d2 = w.size(1);
+  return w.reshape({n_heads, 2, d1 / n_heads / 2, d2}).transpose(1, 2).reshape({d1, d2});
+}
+
+std::shared_ptr<CausalLM> load_hf(const stdfs::path& dir) {
+  const stdfs::path cfg_path = dir / "config.json";
+  ST_CHECK(stdfs::exists(cfg_path), dir.string() + ": no config.json",
+           "point --model at a Hugging Face model folder (config.json + model.safetensors) or a llama2.c .bin file");
+  auto model = std::make_shared<CausalLM>(ModelConfig::from_file(cfg_path.string()));
+  const ModelConfig& cfg = model->config();
+  std::vector<std::unique_ptr<st::File>> files;
+  for (const auto& p : st::model_files(dir)) files.push_back(std::make_unique<st::File>(p));
+
+  // HF name on disk -> (file, tensor); GPT-2 checkpoints may omit the "transformer." prefix.
+  std::map<std::string, std::pair<const st::File*, const st::TensorInfo*>> found;
+  std::vector<std::string> unexpected;
+  for (const auto& f : files) {
+    for (const auto& t : f->tensors()) {
+      std::string name = t.name;
+      if (cfg.arch == Arch::GPT2 && name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0)
+        name = "transformer." + name;
+      if (model->has_param(name)) {
+        ST_CHECK(!found.count(name), f->path().string() + ": tensor '" + t.name + "' also appears in " +
+                                         found[name].first->path().string(), "the checkpoint is inconsistent");
+        found[name] = {f.get(), &t};
+      } else if (!(name == "lm_head.weight" && cfg.tie_word_embeddings) && !ignorable(name)) {
+        unexpected.push_back(f->path().filename().string() + ":" + t.name);
+      }
+    }
+  }
+  std::string files_str;
+  for (const auto& f : files) files_str += (files_str.empty() ? "" : ", ") + f->path().string();
+  at::NoGradGuard no_grad;
+  for (auto& [name, p] : model->hf_parameters()) {
+    auto it = found.find(name);
+    ST_CHECK(it != found.end(),
+             files_str + ": tensor '" + name + "' (expected shape " + shape_str(p.sizes()) + ") is missing",
+             "the weights do not match config.json (model_type '" + cfg.model_type +
+                 "'): check the download is complete and the config belongs to these weights");
+    const auto& [f, t] = it->second;
+    ST_CHECK(at::IntArrayRef(t->shape) == p.sizes(),
+             f->path().string() + ": tensor '" + t->name + "' has shape " + shape_str(t->shape) + ", expected " +
+                 shape_str(p.sizes()),
+             "config.json does not describe these weights (hidden size, heads, vocab?)");
+    ST_CHECK(t->dtype == st::DType::F32 || t->dtype == st::DType::BF16 || t->dtype == st::DType::F16,
+             f->path().string() + ": tensor '" + t->name + "' has dtype " + st::dtype_name(t->dtype) +
+                 ", expected F32, BF16 or F16");
+    p.copy_(to_tensor(*f, *t));
+    model->source_dtypes[name] = st::dtype_name(t->dtype);
+  }
+  if (!unexpected.empty()) {
+    std::string list;
+    for (size_t i = 0; i < unexpected.size() && i < 5; ++i) list += " " + unexpected[i];
+    log::warn("ignoring " + std::to_string(unexpected.size()) + " tensor(s) the model does not use:" + list +
+              (unexpected.size() > 5 ? " ..." : ""));
+  }
+  return model;
+}
+
+std::shared_ptr<CausalLM> load_llama2c(const stdfs::path& file) {
+  const std::string fname = file.string();
+  const std::string hint = "expected llama2.c's legacy export (version 0): 7 int32 header + fp32 weights";
+  std::ifstream in(file, std::ios::binary);
+  ST_CHECK(in.good(), fname + ": cannot open", "check the path");
+  const uint64_t size = stdfs::file_size(file);
+  int32_t h[7];
+  ST_CHECK(size >= sizeof h, fname + ": too short for a llama2.c header", hint);
+  in.read(reinterpret_cast<char*>(h), sizeof h);
+  const int64_t dim = h[0], hidden = h[1], n_layers = h[2], n_heads = h[3], n_kv = h[4], seq_len = h[6];
+  const bool shared = h[5] > 0;
+  const int64_t vocab = std::abs(int64_t(h[5]));
+  for (int i = 0; i < 7; ++i)
+    ST_CHECK(h[i] != 0 && (i == 5 || (h[i] > 0 && h[i] < (1 << 24))),
+             fname + ": implausible header value " + std::to_string(h[i]) + " at position " + std::to_string(i), hint);
+  ST_CHECK(dim % n_heads == 0 && n_heads % n_kv == 0, fname + ": dim/n_heads/n_kv_heads are inconsistent", hint);
+  const int64_t hd = dim / n_heads, kv_dim = n_kv * hd;
+  const int64_t L = n_layers;
+  const int64_t n_floats = vocab * dim + L * dim + L * dim * dim + 2 * L * kv_dim * dim + L * dim * dim + L * dim +
+                           3 * L * hidden * dim + dim + seq_len * hd + (shared ? 0 : vocab * dim);
+  const uint64_t expect = sizeof h + uint64_t(n_floats) * 4;
+  ST_CHECK(size == expect, fname + ": " + std::to_string(size) + " bytes, expected " + std::to_string(expect) +
+                               " for dim " + std::to_string(dim) + ", " + std::to_string(L) + " layers, vocab " +
+                               std::to_string(vocab) + (shared ? " (shared classifier)" : " (separate classifier)"),
+           hint + "; a truncated download or a newer (v1/v2) export?");
+  at::Tensor all = at::empty({n_floats}, at::kFloat);
+  in.read(reinterpret_cast<char*>(all.data_ptr<float>()), n_floats * 4);
+  ST_CHECK(in.good(), fname + ": read failed", hint);
+
+  nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}},
+                      {"model_type", "llama"},
+                      {"vocab_size", vocab},
+                      {"hidden_size", dim},
+                      {"intermediate_size", hidden},
+                      {"num_hidden_layers", L},
+                      {"num_attention_heads", n_heads},
+                      {"num_key_value_heads", n_kv},
+                      {"max_position_embeddings", seq_len},
+                      {"rms_norm_eps", 1e-5},
+                      {"rope_theta", 10000.0},
+                      {"tie_word_embeddings", shared},
+                      {"hidden_act", "silu"},
+                      {"torch_dtype", "float32"},
+                      {"bos_token_id", 1},
+                      {"eos_token_id", 2}};
+  auto model = std::make_shared<CausalLM>(ModelConfig::from_json(j, fname));
+  int64_t off = 0;
+  auto take = [&](std::vector<int64_t> shape) {
+    int64_t n = 1;
+    for (int64_t s : shape) n *= s;
+    at::Tensor t = all.narrow(0, off, n).view(shape);
+    off += n;
+    return t;
+  };
+  at::NoGradGuard no_grad;
+  auto set = [&](const std::string& name, const at::Tensor& t) { model->param(name).copy_(t); };
+  auto lp = [](int64_t l) { return "model.layers." + std::to_string(l) + "."; };
+  set("model.embed_tokens.weight", take({vocab, dim}));
+  const at::Tensor rms_att = take({L, dim}), wq = take({L, dim, dim}), wk = take({L, kv_dim, dim}),
+                   wv = take({L, kv_dim, dim}), wo = take({L, dim, dim}), rms_ffn = take({L, dim}),
+                   w1 = take({L, hidden, dim}), w2 = take({L, dim, hidden}), w3 = take({L, hidden, dim});
+  for (int64_t l = 0; l < L; ++l) {
+    set(lp(l) + "input_layernorm.weight", rms_att[l]);
+    set(lp(l) + "self_attn.q_proj.weight", interleaved_to_hf(wq[l], n_heads));
+    set(lp(l) + "self_attn.k_proj.weight", interleaved_to_hf(wk[l], n_kv));
+    set(lp(l) + "self_attn.v_proj.weight", wv[l]);
+    set(lp(l) + "self_attn.o_proj.weight", wo[l]);
+    set(lp(l) + "post_attention_layernorm.weight", rms_ffn[l]);
+    set(lp(l) + "mlp.gate_proj.weight", w1[l]);
+    set(lp(l) + "mlp.down_proj.weight", w2[l]);
+    set(lp(l) + "mlp.up_proj.weight", w3[l]);
+  }
+  set("model.norm.weight", take({dim}));
+  take({seq_len, hd});  // freq_cis real/imag: recomputed from rope_theta
+  if (!shared) set("lm_head.weight", take({vocab, dim}));
+  ST_CHECK(off == n_floats, fname + ": internal size mismatch");
+  return model;
+}
+
+std::shared_ptr<CausalLM> load_model(const std::string& path_str) {
+  stdfs::path path(path_str);
+  ST_CHECK(stdfs::exists(path), path_str + ": no such file or folder",
+           "--model takes a Hugging Face model folder or a llama2.c .bin file");
+  if (stdfs::is_directory(path)) return load_hf(path);
+  const std::string name = path.filename().string();
+  if (name == "config.json" || ends_with(name, ".safetensors") || ends_with(name, ".safetensors.index.json"))
+    return load_hf(path.has_parent_path() ? path.parent_path() : stdfs::path("."));
+  // Refuse pickle/zip checkpoints (PyTorch .bin/.pt) with a clear message instead of misreading them.
+  std::ifstream in(path, std::ios::binary);
+  unsigned char magic[2] = {0, 0};
+  in.read(reinterpret_cast<char*>(magic), 2);
+  ST_CHECK(!(magic[0] == 0x80 || (magic[0] == 'P' && magic[1] == 'K')),
+           path_str + ": looks like a PyTorch pickle/zip checkpoint, which shardtune never reads",
+           "convert it with transformers: model.save_pretrained(dir, safe_serialization=True)");
+  return load_llama2c(path);
+}
+
+void save_hf(const CausalLM& model, const stdfs::path& dir, const SaveOptions& opts) {
+  stdfs::create_directories(dir);
+  for (const auto& e : stdfs::directory_iterator(dir)) {
+    const std::string n = e.path().filename().string();
+    if (n == "model.safetensors" || n == "model.safetensors.index.json" ||
+        (n.rfind("model-", 0) == 0 && ends_with(n, ".safetensors")))
+      stdfs::remove(e.path());
+  }
+  std::vector<at::Tensor> keep;
+  std::vector<st::TensorRef> refs;
+  std::map<std::string, int> dtype_count;
+  for (const auto& [name, p] : model.hf_parameters()) {
+    std::string dt = opts.dtype;
+    if (dt.empty()) {
+      auto it = model.source_dtypes.find(name);
+      dt = it == model.source_dtypes.end() ? "F32" : it->second;
+    }
+    const st::DType d = st::parse_dtype(dt, "save dtype");
+    keep.push_back(p.detach().to(at::kCPU, to_scalar_type(d)).contiguous());
+    const at::Tensor& c = keep.back();
+    refs.push_back({name, d, c.sizes().vec(), c.data_ptr(), uint64_t(c.nbytes())});
+    dtype_count[dt]++;
+  }
+  ModelConfig cfg = model.config();
+  std::string major = "F32";
+  for (const auto& [d, n] : dtype_count)
+    if (n > dtype_count[major]) major = d;
+  cfg.torch_dtype = major == "BF16" ? "bfloat16" : major == "F16" ? "float16" : "float32";
+  fs::write_file_atomic(dir / "config.json", cfg.to_json().dump(2) + "\n");
+  st::write_sharded(dir, "model", refs, opts.max_shard_bytes, {{"format", "pt"}});
+}
+
+int merge_lora(CausalLM& model, const stdfs::path& adapter_dir) {
+  const stdfs::path cfg_path = adapter_dir / "adapter_config.json";
+  const stdfs::path w_path = adapter_dir / "adapter_model.safetensors";
+  ST_CHECK(stdfs::exists(cfg_path) && stdfs::exists(w_path),
+           adapter_dir.string() + ": expected adapter_config.json and adapter_model.safetensors (PEFT layout)",
+           "save the adapter with PEFT's save_pretrained(safe_serialization=True) or shardtune's trainer");
+  nlohmann::json cfg;
+  try {
+    cfg = nlohmann::json::parse(fs::read_file(cfg_path));
+  } catch (const nlohmann::json::exception& e) {
+    ST_FAIL(cfg_path.string() + ": not valid JSON (" + e.what() + ")");
+  }
+  const std::string ptype = cfg.value("peft_type", "LORA");
+  ST_CHECK(ptype == "LORA", cfg_path.string() + ": peft_type '" + ptype + "' is not supported", "only LoRA adapters");
+  ST_CHECK(cfg.contains("r") && cfg["r"].is_number(), cfg_path.string() + ": missing \"r\"");
+  const double r = cfg["r"].get<double>();
+  const double alpha = cfg.value("lora_alpha", r);
+  const bool rslora = cfg.value("use_rslora", false);
+  const double scale = rslora ? alpha / std::sqrt(r) : alpha / r;
+  st::File f(w_path);
+  const std::string prefix = "base_model.model.";
+  const std::string a_suffix = ".lora_A.weight";
+  int merged = 0;
+  at::NoGradGuard no_grad;
+  for (const auto& t : f.tensors()) {
+    if (!ends_with(t.name, a_suffix)) continue;
+    std::string base = t.name.substr(0, t.name.size() - a_suffix.size());
+    const std::string b_name = base + ".lora_B.weight";
+    const st::TensorInfo& tb = f.at(b_name);
+    if (base.rfind(prefix, 0) == 0) base = base.substr(prefix.size());
+    std::string target = base + ".weight";
+    if (!model.has_param(target) && model.config().arch == Arch::GPT2 && target.rfind("transformer.", 0) != 0)
+      target = "transformer." + target;
+    ST_CHECK(model.has_param(target), w_path.string() + ": tensor '" + t.name + "' targets '" + target +
+                                          "', which the model does not have",
+             "the adapter was trained for a different architecture");
+    at::Tensor W = model.param(target);
+    const at::Tensor A = to_tensor(f, t).to(at::kFloat), B = to_tensor(f, tb).to(at::kFloat);
+    ST_CHECK(A.dim() == 2 && B.dim() == 2 && B.size(1) == A.size(0),
+             w_path.string() + ": '" + t.name + "' " + shape_str(A.sizes()) + " and '" + b_name + "' " +
+                 shape_str(B.sizes()) + " do not form B @ A");
+    const at::Tensor delta = at::mm(B, A) * scale;  // [out, in]
+    if (W.sizes() == delta.sizes()) W.add_(delta);
+    else if (W.dim() == 2 && W.size(0) == delta.size(1) && W.size(1) == delta.size(0)) W.add_(delta.t());  // Conv1D
+    else
+      ST_FAIL(w_path.string() + ": LoRA delta for '" + target + "' is " + shape_str(delta.sizes()) +
+              " but the weight is " + shape_str(W.sizes()), "the adapter was trained for a different model size");
+    ++merged;
+  }
+  ST_CHECK(merged > 0, w_path.string() + ": no '*.lora_A.weight' tensors found", "is this a LoRA adapter?");
+  return merged;
+}
+
+}  // namespace shardtune::model

@@ -1,0 +1,70 @@
+// Fused, chunked linear + cross-entropy: computes the loss and, in the same pass, its gradients, so the
+// [N,V] logits never exist beyond one chunk and backward is two scalings (no recompute).
+#include <c10/core/GradMode.h>
+#include <torch/csrc/autograd/custom_function.h>
+
+#include "shardtune/core/error.h"
+#include "shardtune/model/model.h"
+
+namespace shardtune::model {
+
+namespace {
+
+struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
+  // h [N,C], w [V,C], targets [N]; returns sum_n CE(h_n @ w^T, targets_n) as a fp32 scalar.
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const at::Tensor& w,
+                            const at::Tensor& targets, int64_t chunk, int64_t compute_dtype, bool need_grad) {
+    const auto cd = static_cast<at::ScalarType>(compute_dtype);
+    const int64_t N = h.size(0), V = w.size(0);
+    const at::Tensor wc = w.to(cd);
+    at::Tensor gh, gw;
+    if (need_grad) {
+      gh = at::empty(h.sizes(), h.options().dtype(at::kFloat));
+      gw = at::zeros(w.sizes(), w.options().dtype(at::kFloat));
+    }
+    at::Tensor total = at::zeros({}, h.options().dtype(at::kDouble));
+    for (int64_t i = 0; i < N; i += chunk) {
+      const int64_t n = std::min(chunk, N - i);
+      const at::Tensor hc = h.narrow(0, i, n).to(cd);
+      const at::Tensor tc = targets.narrow(0, i, n).unsqueeze(1);
+      at::Tensor logits = at::mm(hc, wc.t()).to(at::kFloat);  // [n,V]
+      const at::Tensor lse = logits.logsumexp(1, /*keepdim=*/true);
+      total += (lse.squeeze(1) - logits.gather(1, tc).squeeze(1)).sum().to(at::kDouble);
+      if (!need_grad) continue;
+      // d(CE)/d(logits) = softmax - onehot(target)
+      logits.sub_(lse).exp_();
+      logits.scatter_add_(1, tc, at::full({n, 1}, -1.0, logits.options()));
+      const at::Tensor g = logits.to(cd);
+      gh.narrow(0, i, n).copy_(at::mm(g, wc));
+      gw.add_(at::mm(g.t(), hc));
+    }
+    (void)V;
+    ctx->saved_data["gh"] = gh;
+    ctx->saved_data["gw"] = gw;
+    return total.to(at::kFloat);
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grad_out) {
+    const at::Tensor g = grad_out[0];
+    const at::Tensor gh = ctx->saved_data["gh"].toTensor();
+    const at::Tensor gw = ctx->saved_data["gw"].toTensor();
+    ST_CHECK(gh.defined(), "linear_cross_entropy_sum: backward without gradients computed in forward");
+    return {gh * g, gw * g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+}  // namespace
+
+at::Tensor linear_cross_entropy_sum(const at::Tensor& h, const at::Tensor& w, const at::Tensor& targets,
+                                    int64_t chunk_tokens, at::ScalarType compute_dtype) {
+  ST_CHECK(h.dim() == 2 && w.dim() == 2 && h.size(1) == w.size(1) && targets.dim() == 1 &&
+               targets.size(0) == h.size(0),
+           "linear_cross_entropy_sum: shapes h [N,C], w [V,C], targets [N] expected");
+  ST_CHECK(chunk_tokens > 0, "chunk_tokens must be positive");
+  const bool need_grad = c10::GradMode::is_enabled() && (h.requires_grad() || w.requires_grad());
+  return LinearCrossEntropy::apply(h, w, targets.to(at::kLong), chunk_tokens, static_cast<int64_t>(compute_dtype),
+                                   need_grad);
+}
+
+}  // namespace shardtune::model

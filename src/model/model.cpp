@@ -1,0 +1,331 @@
+// Llama-family and GPT-2 forward passes over HF-named parameters (see model.h for shapes).
+#include "shardtune/model/model.h"
+
+#include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/GradMode.h>
+
+#include <cmath>
+#include <limits>
+
+#include "shardtune/core/error.h"
+#include "shardtune/model/runtime.h"
+
+namespace shardtune::model {
+
+namespace {
+
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& w, double eps) {
+  // HF LlamaRMSNorm: normalize in fp32, scale by the weight.
+  const at::Tensor xf = x.to(at::kFloat);
+  const at::Tensor var = xf.pow(2).mean(-1, /*keepdim=*/true);
+  return w * (xf * at::rsqrt(var + eps)).to(x.scalar_type());
+}
+
+at::Tensor rotate_half(const at::Tensor& x) {
+  const int64_t half = x.size(-1) / 2;
+  return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+}
+
+// HF Conv1D: weight [in, out], y = x @ w + b.
+at::Tensor conv1d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
+  auto sizes = x.sizes().vec();
+  sizes.back() = w.size(1);
+  return at::addmm(b, x.reshape({-1, x.size(-1)}), w).view(sizes);
+}
+
+at::Tensor llama_inv_freq(const ModelConfig& c) {
+  // Same float32 arithmetic as HF's _compute_default_rope_parameters / _compute_llama3_parameters.
+  const int64_t hd = c.head_dim;
+  at::Tensor inv = 1.0 / at::pow(c.rope_theta, at::arange(0, hd, 2, at::kLong).to(at::kFloat) / double(hd));
+  if (c.rope_scaling.type == "llama3") {
+    const auto& rs = c.rope_scaling;
+    const double old_ctx = double(rs.original_max_position_embeddings);
+    const double low_wavelen = old_ctx / rs.low_freq_factor;
+    const double high_wavelen = old_ctx / rs.high_freq_factor;
+    const at::Tensor wavelen = 2 * M_PI / inv;
+    at::Tensor scaled = at::where(wavelen > low_wavelen, inv / rs.factor, inv);
+    const at::Tensor smooth = (old_ctx / wavelen - rs.low_freq_factor) / (rs.high_freq_factor - rs.low_freq_factor);
+    const at::Tensor smoothed = (1 - smooth) * scaled / rs.factor + smooth * scaled;
+    const at::Tensor medium = (wavelen >= high_wavelen).logical_and(wavelen <= low_wavelen);
+    scaled = at::where(medium, smoothed, scaled);
+    inv = scaled;
+  }
+  return inv.contiguous();
+}
+
+std::string layer_prefix(const ModelConfig& c, int64_t l) {
+  return (c.arch == Arch::GPT2 ? "transformer.h." : "model.layers.") + std::to_string(l) + ".";
+}
+
+}  // namespace
+
+at::Tensor positions_from_doc_ids(const at::Tensor& doc_ids) {
+  // Position of token t = t - (index of the first token of its document).
+  ST_CHECK(doc_ids.dim() == 2, "doc_ids must be [B,T]");
+  const int64_t T = doc_ids.size(1);
+  const at::Tensor idx = at::arange(T, doc_ids.options().dtype(at::kLong)).unsqueeze(0).expand(doc_ids.sizes());
+  at::Tensor starts = at::ones(doc_ids.sizes(), doc_ids.options().dtype(at::kBool));
+  if (T > 1) starts.narrow(1, 1, T - 1).copy_(doc_ids.narrow(1, 1, T - 1) != doc_ids.narrow(1, 0, T - 1));
+  const at::Tensor start_idx = std::get<0>(at::where(starts, idx, at::zeros_like(idx)).cummax(1));
+  return idx - start_idx;
+}
+
+CausalLM::CausalLM(ModelConfig config) : torch::nn::Module("CausalLM"), cfg_(std::move(config)) {
+  cfg_.validate("model config");
+  const auto& c = cfg_;
+  const int64_t C = c.hidden_size, V = c.vocab_size, hd = c.head_dim, H = c.num_heads, Hkv = c.num_kv_heads,
+                I = c.intermediate_size;
+  layers_.resize(size_t(c.num_layers));
+  if (c.arch == Arch::Llama) {
+    embed_ = add("model.embed_tokens.weight", {V, C});
+    const bool qkv_b = c.attention_bias || c.qkv_bias;
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      Layer& L = layers_[size_t(l)];
+      const std::string p = layer_prefix(c, l);
+      L.ln1_w = add(p + "input_layernorm.weight", {C});
+      L.q_w = add(p + "self_attn.q_proj.weight", {H * hd, C});
+      if (qkv_b) L.q_b = add(p + "self_attn.q_proj.bias", {H * hd});
+      L.k_w = add(p + "self_attn.k_proj.weight", {Hkv * hd, C});
+      if (qkv_b) L.k_b = add(p + "self_attn.k_proj.bias", {Hkv * hd});
+      L.v_w = add(p + "self_attn.v_proj.weight", {Hkv * hd, C});
+      if (qkv_b) L.v_b = add(p + "self_attn.v_proj.bias", {Hkv * hd});
+      L.o_w = add(p + "self_attn.o_proj.weight", {C, H * hd});
+      if (c.attention_bias) L.o_b = add(p + "self_attn.o_proj.bias", {C});
+      L.ln2_w = add(p + "post_attention_layernorm.weight", {C});
+      L.gate_w = add(p + "mlp.gate_proj.weight", {I, C});
+      if (c.mlp_bias) L.gate_b = add(p + "mlp.gate_proj.bias", {I});
+      L.up_w = add(p + "mlp.up_proj.weight", {I, C});
+      if (c.mlp_bias) L.up_b = add(p + "mlp.up_proj.bias", {I});
+      L.down_w = add(p + "mlp.down_proj.weight", {C, I});
+      if (c.mlp_bias) L.down_b = add(p + "mlp.down_proj.bias", {C});
+    }
+    norm_w_ = add("model.norm.weight", {C});
+    lm_head_ = c.tie_word_embeddings ? embed_ : add("lm_head.weight", {V, C});
+    inv_freq_ = llama_inv_freq(c);
+  } else {
+    embed_ = add("transformer.wte.weight", {V, C});
+    pos_embed_ = add("transformer.wpe.weight", {c.max_position_embeddings, C});
+    for (int64_t l = 0; l < c.num_layers; ++l) {
+      Layer& L = layers_[size_t(l)];
+      const std::string p = layer_prefix(c, l);
+      L.ln1_w = add(p + "ln_1.weight", {C});
+      L.ln1_b = add(p + "ln_1.bias", {C});
+      L.c_attn_w = add(p + "attn.c_attn.weight", {C, 3 * C});
+      L.c_attn_b = add(p + "attn.c_attn.bias", {3 * C});
+      L.c_proj_w = add(p + "attn.c_proj.weight", {C, C});
+      L.c_proj_b = add(p + "attn.c_proj.bias", {C});
+      L.ln2_w = add(p + "ln_2.weight", {C});
+      L.ln2_b = add(p + "ln_2.bias", {C});
+      L.fc_w = add(p + "mlp.c_fc.weight", {C, I});
+      L.fc_b = add(p + "mlp.c_fc.bias", {I});
+      L.mlp_proj_w = add(p + "mlp.c_proj.weight", {I, C});
+      L.mlp_proj_b = add(p + "mlp.c_proj.bias", {C});
+    }
+    norm_w_ = add("transformer.ln_f.weight", {C});
+    norm_b_ = add("transformer.ln_f.bias", {C});
+    lm_head_ = embed_;
+  }
+}
+
+at::Tensor CausalLM::add(const std::string& hf_name, std::vector<int64_t> shape) {
+  // Walk/create one plain Module per dotted component so named_parameters() yields the HF name.
+  const size_t last = hf_name.rfind('.');
+  torch::nn::Module* parent = this;
+  std::string path;
+  size_t start = 0;
+  while (start < last) {
+    const size_t dot = hf_name.find('.', start);
+    const std::string part = hf_name.substr(start, dot - start);
+    path += (path.empty() ? "" : ".") + part;
+    auto it = modules_.find(path);
+    if (it == modules_.end()) {
+      auto m = std::make_shared<torch::nn::Module>(part);
+      parent->register_module(part, m);
+      it = modules_.emplace(path, m).first;
+    }
+    parent = it->second.get();
+    start = dot + 1;
+  }
+  // Norm weights start at one, everything else at zero, until loaded or init_random().
+  const bool is_norm = shape.size() == 1 && hf_name.size() > 7 && hf_name.compare(hf_name.size() - 7, 7, ".weight") == 0;
+  at::Tensor t = is_norm ? at::ones(shape, at::kFloat) : at::zeros(shape, at::kFloat);
+  at::Tensor& reg = parent->register_parameter(hf_name.substr(last + 1), t);
+  index_[hf_name] = params_.size();
+  params_.emplace_back(hf_name, reg);
+  return reg;
+}
+
+void CausalLM::init_random(uint64_t seed, double std) {
+  at::NoGradGuard no_grad;
+  auto gen = at::detail::createCPUGenerator(seed);
+  for (auto& [name, p] : params_) {
+    const bool bias = name.size() > 5 && name.compare(name.size() - 5, 5, ".bias") == 0;
+    if (bias) p.zero_();
+    else if (p.dim() == 1) p.fill_(1.0);
+    else {
+      at::Tensor r = at::empty(p.sizes(), at::kFloat).normal_(0.0, std, gen);
+      p.copy_(r);
+    }
+  }
+}
+
+std::vector<std::pair<std::string, at::Tensor>> CausalLM::hf_parameters() const { return params_; }
+
+bool CausalLM::has_param(const std::string& hf_name) const { return index_.count(hf_name) != 0; }
+
+at::Tensor CausalLM::param(const std::string& hf_name) const {
+  auto it = index_.find(hf_name);
+  ST_CHECK(it != index_.end(), "model has no parameter '" + hf_name + "'",
+           "names follow Hugging Face (e.g. model.layers.0.self_attn.q_proj.weight)");
+  return params_[it->second].second;
+}
+
+at::Tensor CausalLM::lm_head_weight() const { return lm_head_; }
+
+KVCache CausalLM::make_cache(int64_t batch, int64_t capacity) const {
+  KVCache c;
+  c.capacity = capacity;
+  const auto opts = embed_.options().requires_grad(false);
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    c.k.push_back(at::zeros({batch, cfg_.num_kv_heads, capacity, cfg_.head_dim}, opts));
+    c.v.push_back(at::zeros({batch, cfg_.num_kv_heads, capacity, cfg_.head_dim}, opts));
+  }
+  return c;
+}
+
+std::pair<at::Tensor, at::Tensor> CausalLM::rope_tables(const at::Tensor& positions) const {
+  const at::Tensor inv = inv_freq_.to(positions.device());
+  const at::Tensor freqs = positions.to(at::kFloat).unsqueeze(-1) * inv;  // [B,T,hd/2]
+  const at::Tensor emb = at::cat({freqs, freqs}, -1).unsqueeze(1);        // [B,1,T,hd]
+  return {emb.cos(), emb.sin()};
+}
+
+at::Tensor CausalLM::attention(const Layer& L, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
+                               const at::Tensor& blocked, KVCache* cache, int64_t layer) {
+  const int64_t B = x.size(0), T = x.size(1), H = cfg_.num_heads, Hkv = cfg_.num_kv_heads, hd = cfg_.head_dim;
+  at::Tensor q, k, v;
+  if (cfg_.arch == Arch::Llama) {
+    q = at::linear(x, L.q_w, L.q_b).view({B, T, H, hd}).transpose(1, 2);
+    k = at::linear(x, L.k_w, L.k_b).view({B, T, Hkv, hd}).transpose(1, 2);
+    v = at::linear(x, L.v_w, L.v_b).view({B, T, Hkv, hd}).transpose(1, 2);
+    q = q * cos + rotate_half(q) * sin;
+    k = k * cos + rotate_half(k) * sin;
+  } else {
+    const at::Tensor qkv = conv1d(x, L.c_attn_w, L.c_attn_b);  // [B,T,3C]
+    const int64_t C = cfg_.hidden_size;
+    q = qkv.narrow(2, 0, C).view({B, T, H, hd}).transpose(1, 2);
+    k = qkv.narrow(2, C, C).view({B, T, H, hd}).transpose(1, 2);
+    v = qkv.narrow(2, 2 * C, C).view({B, T, H, hd}).transpose(1, 2);
+  }
+  if (cache) {
+    const int64_t off = cache->length;
+    cache->k[size_t(layer)].narrow(2, off, T).copy_(k);
+    cache->v[size_t(layer)].narrow(2, off, T).copy_(v);
+    k = cache->k[size_t(layer)].narrow(2, 0, off + T).to(q.scalar_type());
+    v = cache->v[size_t(layer)].narrow(2, 0, off + T).to(q.scalar_type());
+  }
+  const int64_t S = k.size(2);
+  if (Hkv != H) {  // head h reads kv head h / (H / Hkv), as HF repeat_kv
+    k = k.unsqueeze(2).expand({B, Hkv, H / Hkv, S, hd}).reshape({B, H, S, hd});
+    v = v.unsqueeze(2).expand({B, Hkv, H / Hkv, S, hd}).reshape({B, H, S, hd});
+  }
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));  // [B,H,T,S]
+  if (blocked.defined()) scores = scores.masked_fill(blocked, -std::numeric_limits<double>::infinity());
+  const at::Tensor p = at::softmax(scores, -1, at::kFloat).to(v.scalar_type());
+  const at::Tensor y = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * hd});
+  if (cfg_.arch == Arch::Llama) return at::linear(y, L.o_w, L.o_b);
+  return conv1d(y, L.c_proj_w, L.c_proj_b);
+}
+
+at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCache* cache) {
+  ST_CHECK(ids_in.dim() == 2, "input ids must be [B,T], got " + std::to_string(ids_in.dim()) + " dims");
+  const at::Tensor ids = ids_in.to(embed_.device(), at::kLong);
+  const int64_t B = ids.size(0), T = ids.size(1);
+  const int64_t off = cache ? cache->length : 0;
+  ST_CHECK(!cache || off + T <= cache->capacity, "KV cache full: " + std::to_string(off + T) + " tokens > capacity " +
+                                                      std::to_string(cache->capacity));
+  ST_CHECK(!(cache && pack.doc_ids.defined()), "doc_ids with a KV cache is not supported");
+  const auto lopts = ids.options();
+  at::Tensor doc = pack.doc_ids.defined() ? pack.doc_ids.to(ids.device(), at::kLong) : at::Tensor();
+  if (doc.defined()) ST_CHECK(doc.sizes() == ids.sizes(), "doc_ids must have the shape of ids [B,T]");
+  at::Tensor pos;
+  if (pack.positions.defined()) pos = pack.positions.to(ids.device(), at::kLong);
+  else if (doc.defined()) pos = positions_from_doc_ids(doc);
+  else pos = at::arange(off, off + T, lopts).unsqueeze(0).expand({B, T});
+  ST_CHECK(pos.sizes() == ids.sizes(), "positions must have the shape of ids [B,T]");
+
+  // blocked[b,0,i,j] = key j is invisible to query i (future, or another document).
+  at::Tensor blocked;
+  const int64_t S = off + T;
+  if (T > 1 || doc.defined()) {
+    const at::Tensor qi = at::arange(off, off + T, lopts).unsqueeze(1);
+    const at::Tensor kj = at::arange(0, S, lopts).unsqueeze(0);
+    blocked = (kj > qi).view({1, 1, T, S});
+    if (doc.defined()) blocked = blocked.logical_or((doc.unsqueeze(2) != doc.unsqueeze(1)).unsqueeze(1));
+  }
+
+  at::Tensor x = at::embedding(embed_, ids);  // [B,T,C]
+  at::Tensor cos, sin;
+  if (cfg_.arch == Arch::GPT2) {
+    ST_CHECK(pos.max().item<int64_t>() < cfg_.max_position_embeddings,
+             "position " + std::to_string(pos.max().item<int64_t>()) + " is beyond n_positions " +
+                 std::to_string(cfg_.max_position_embeddings),
+             "GPT-2 has learned positions: use shorter sequences");
+    x = x + at::embedding(pos_embed_, pos);
+  } else {
+    std::tie(cos, sin) = rope_tables(pos);
+  }
+  const double eps = cfg_.norm_eps;
+  for (int64_t l = 0; l < cfg_.num_layers; ++l) {
+    const Layer& L = layers_[size_t(l)];
+    if (cfg_.arch == Arch::Llama) {
+      x = x + attention(L, rms_norm(x, L.ln1_w, eps), cos, sin, blocked, cache, l);
+      const at::Tensor h = rms_norm(x, L.ln2_w, eps);
+      x = x + at::linear(at::silu(at::linear(h, L.gate_w, L.gate_b)) * at::linear(h, L.up_w, L.up_b), L.down_w,
+                         L.down_b);
+    } else {
+      x = x + attention(L, at::layer_norm(x, {cfg_.hidden_size}, L.ln1_w, L.ln1_b, eps), cos, sin, blocked, cache, l);
+      const at::Tensor h = at::layer_norm(x, {cfg_.hidden_size}, L.ln2_w, L.ln2_b, eps);
+      x = x + conv1d(at::gelu(conv1d(h, L.fc_w, L.fc_b), "tanh"), L.mlp_proj_w, L.mlp_proj_b);
+    }
+  }
+  if (cache) cache->length += T;
+  if (cfg_.arch == Arch::Llama) return rms_norm(x, norm_w_, eps);
+  return at::layer_norm(x, {cfg_.hidden_size}, norm_w_, norm_b_, eps);
+}
+
+at::Tensor CausalLM::logits(const at::Tensor& ids, const Packing& pack, KVCache* cache) {
+  return at::matmul(hidden(ids, pack, cache), lm_head_.t()).to(at::kFloat);
+}
+
+LossResult CausalLM::loss(const at::Tensor& ids_in, const at::Tensor& loss_mask, const Packing& pack,
+                          int64_t chunk_tokens) {
+  const at::Tensor ids = ids_in.to(embed_.device(), at::kLong);
+  ST_CHECK(ids.dim() == 2 && ids.size(1) >= 2, "loss needs ids [B,T] with T >= 2");
+  const int64_t B = ids.size(0), T = ids.size(1);
+  at::Tensor target = loss_mask.defined() ? loss_mask.to(ids.device()).to(at::kBool)
+                                          : at::ones({B, T}, ids.options().dtype(at::kBool));
+  ST_CHECK(target.sizes() == ids.sizes(), "loss_mask must have the shape of ids [B,T]");
+  // valid[b,t]: hidden state t predicts token t+1.
+  at::Tensor valid = at::zeros({B, T}, target.options());
+  at::Tensor next = target.narrow(1, 1, T - 1);
+  if (pack.doc_ids.defined()) {
+    const at::Tensor d = pack.doc_ids.to(ids.device(), at::kLong);
+    next = next.logical_and(d.narrow(1, 1, T - 1) == d.narrow(1, 0, T - 1));
+  }
+  valid.narrow(1, 0, T - 1).copy_(next);
+  const at::Tensor idx = valid.reshape({-1}).nonzero().reshape({-1});
+  const at::Tensor h = hidden(ids, pack);
+  LossResult r;
+  r.count = idx.numel();
+  if (r.count == 0) {
+    r.sum = h.sum() * 0.0;  // keeps the graph so backward still runs on every rank
+    return r;
+  }
+  const at::Tensor hsel = h.reshape({B * T, h.size(2)}).index_select(0, idx);
+  const at::Tensor tsel = ids.reshape({-1}).index_select(0, idx + 1);
+  r.sum = linear_cross_entropy_sum(hsel, lm_head_, tsel, chunk_tokens, autocast_dtype(ids.device().type()));
+  return r;
+}
+
+}  // namespace shardtune::model

@@ -1,0 +1,306 @@
+// Safetensors parsing (validated, mmap) and writing; torch-free so that any tool may link it.
+#include "shardtune/model/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <nlohmann/json.hpp>
+
+#include "shardtune/core/error.h"
+#include "shardtune/core/fs.h"
+
+namespace shardtune::st {
+
+namespace {
+constexpr uint64_t kMaxHeader = 100ull << 20;  // the reference implementation's limit (100 MB)
+using json = nlohmann::json;
+}  // namespace
+
+size_t dtype_size(DType d) {
+  switch (d) {
+    case DType::F64: case DType::I64: return 8;
+    case DType::F32: case DType::I32: return 4;
+    case DType::F16: case DType::BF16: case DType::I16: return 2;
+    case DType::I8: case DType::U8: case DType::BOOL: return 1;
+  }
+  return 0;
+}
+
+const char* dtype_name(DType d) {
+  switch (d) {
+    case DType::F64: return "F64";
+    case DType::F32: return "F32";
+    case DType::F16: return "F16";
+    case DType::BF16: return "BF16";
+    case DType::I64: return "I64";
+    case DType::I32: return "I32";
+    case DType::I16: return "I16";
+    case DType::I8: return "I8";
+    case DType::U8: return "U8";
+    case DType::BOOL: return "BOOL";
+  }
+  return "?";
+}
+
+DType parse_dtype(std::string_view name, const std::string& context) {
+  static const std::pair<const char*, DType> table[] = {
+      {"F64", DType::F64}, {"F32", DType::F32}, {"F16", DType::F16}, {"BF16", DType::BF16},
+      {"I64", DType::I64}, {"I32", DType::I32}, {"I16", DType::I16}, {"I8", DType::I8},
+      {"U8", DType::U8},   {"BOOL", DType::BOOL}};
+  for (const auto& [n, d] : table)
+    if (name == n) return d;
+  ST_FAIL(context + ": unsupported dtype '" + std::string(name) + "'",
+          "supported: F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL (convert FP8/other dtypes with Hugging Face first)");
+}
+
+int64_t TensorInfo::numel() const {
+  int64_t n = 1;
+  for (int64_t s : shape) n *= s;
+  return n;
+}
+
+std::vector<TensorInfo> parse_header(std::string_view json_text, uint64_t data_size, const std::string& file,
+                                     std::map<std::string, std::string>* metadata) {
+  const std::string hint = "the file is not a valid safetensors file (truncated or corrupt?); re-download or re-export it";
+  json header;
+  try {
+    header = json::parse(json_text.begin(), json_text.end());
+  } catch (const std::exception& e) {
+    ST_FAIL(file + ": safetensors header is not valid JSON (" + e.what() + ")", hint);
+  }
+  ST_CHECK(header.is_object(), file + ": safetensors header is not a JSON object", hint);
+  std::vector<TensorInfo> out;
+  for (auto it = header.begin(); it != header.end(); ++it) {
+    const std::string& name = it.key();
+    const std::string ctx = file + ": tensor '" + name + "'";
+    if (name == "__metadata__") {
+      ST_CHECK(it->is_object(), file + ": __metadata__ is not an object", hint);
+      for (auto m = it->begin(); m != it->end(); ++m) {
+        ST_CHECK(m->is_string(), file + ": __metadata__ value '" + m.key() + "' is not a string", hint);
+        if (metadata) (*metadata)[m.key()] = m->get<std::string>();
+      }
+      continue;
+    }
+    const json& e = *it;
+    ST_CHECK(e.is_object() && e.contains("dtype") && e.contains("shape") && e.contains("data_offsets"),
+             ctx + ": entry needs dtype, shape and data_offsets", hint);
+    ST_CHECK(e["dtype"].is_string(), ctx + ": dtype is not a string", hint);
+    TensorInfo t;
+    t.name = name;
+    t.dtype = parse_dtype(e["dtype"].get<std::string>(), ctx);
+    ST_CHECK(e["shape"].is_array(), ctx + ": shape is not an array", hint);
+    uint64_t numel = 1;
+    for (const json& s : e["shape"]) {
+      ST_CHECK(s.is_number_unsigned() || (s.is_number_integer() && s.get<int64_t>() >= 0),
+               ctx + ": shape has a non-integer or negative entry", hint);
+      const uint64_t d = s.get<uint64_t>();
+      ST_CHECK(d == 0 || numel <= (uint64_t(1) << 62) / d, ctx + ": shape is absurdly large", hint);
+      numel *= d;
+      t.shape.push_back(int64_t(d));
+    }
+    const json& off = e["data_offsets"];
+    ST_CHECK(off.is_array() && off.size() == 2 && off[0].is_number_unsigned() && off[1].is_number_unsigned(),
+             ctx + ": data_offsets must be two non-negative integers", hint);
+    t.begin = off[0].get<uint64_t>();
+    t.end = off[1].get<uint64_t>();
+    ST_CHECK(t.begin <= t.end, ctx + ": data_offsets [" + std::to_string(t.begin) + ", " + std::to_string(t.end) +
+                                   "] are reversed", hint);
+    ST_CHECK(t.end <= data_size, ctx + ": data_offsets end " + std::to_string(t.end) + " is past the data section (" +
+                                     std::to_string(data_size) + " bytes): file truncated?", hint);
+    const uint64_t expect = numel * dtype_size(t.dtype);
+    ST_CHECK(expect == t.nbytes(), ctx + ": shape x dtype size = " + std::to_string(expect) +
+                                       " bytes but data_offsets span " + std::to_string(t.nbytes()) + " bytes", hint);
+    out.push_back(std::move(t));
+  }
+  std::sort(out.begin(), out.end(), [](const TensorInfo& a, const TensorInfo& b) {
+    return a.begin != b.begin ? a.begin < b.begin : a.end < b.end;
+  });
+  for (size_t i = 1; i < out.size(); ++i) {
+    const TensorInfo& a = out[i - 1];
+    const TensorInfo& b = out[i];
+    // Zero-sized tensors occupy no bytes and cannot overlap anything.
+    if (a.nbytes() == 0 || b.nbytes() == 0) continue;
+    ST_CHECK(b.begin >= a.end, file + ": tensors '" + a.name + "' [" + std::to_string(a.begin) + ", " +
+                                   std::to_string(a.end) + ") and '" + b.name + "' [" + std::to_string(b.begin) + ", " +
+                                   std::to_string(b.end) + ") overlap", hint);
+  }
+  return out;
+}
+
+File::File(const std::filesystem::path& path) : path_(path) {
+  const std::string file = path.string();
+  const int fd = ::open(file.c_str(), O_RDONLY | O_CLOEXEC);
+  ST_CHECK(fd >= 0, file + ": cannot open (" + std::strerror(errno) + ")", "check the path and permissions");
+  struct stat sb {};
+  if (::fstat(fd, &sb) != 0) {
+    ::close(fd);
+    ST_FAIL(file + ": cannot stat (" + std::strerror(errno) + ")");
+  }
+  map_size_ = size_t(sb.st_size);
+  if (map_size_ < 8) {
+    ::close(fd);
+    ST_FAIL(file + ": only " + std::to_string(map_size_) + " bytes, too short for a safetensors file",
+            "the file is truncated; re-download or re-export it");
+  }
+  map_ = ::mmap(nullptr, map_size_, PROT_READ, MAP_PRIVATE, fd, 0);
+  ::close(fd);
+  ST_CHECK(map_ != MAP_FAILED, file + ": mmap failed (" + std::strerror(errno) + ")");
+  const auto* bytes = static_cast<const uint8_t*>(map_);
+  uint64_t n = 0;
+  for (int i = 7; i >= 0; --i) n = (n << 8) | bytes[i];
+  try {
+    ST_CHECK(n <= kMaxHeader && n <= map_size_ - 8,
+             file + ": header length " + std::to_string(n) + " is impossible for a file of " +
+                 std::to_string(map_size_) + " bytes",
+             "the file is truncated or not a safetensors file");
+    data_ = bytes + 8 + n;
+    tensors_ = parse_header(std::string_view(reinterpret_cast<const char*>(bytes + 8), n), map_size_ - 8 - n, file,
+                            &metadata_);
+  } catch (...) {
+    ::munmap(map_, map_size_);
+    map_ = nullptr;
+    throw;
+  }
+  for (size_t i = 0; i < tensors_.size(); ++i) index_[tensors_[i].name] = i;
+}
+
+File::~File() {
+  if (map_ && map_ != MAP_FAILED) ::munmap(map_, map_size_);
+}
+
+const TensorInfo* File::find(const std::string& name) const {
+  auto it = index_.find(name);
+  return it == index_.end() ? nullptr : &tensors_[it->second];
+}
+
+const TensorInfo& File::at(const std::string& name) const {
+  const TensorInfo* t = find(name);
+  ST_CHECK(t, path_.string() + ": tensor '" + name + "' is missing",
+           "the checkpoint does not match the config (wrong architecture or incomplete download?)");
+  return *t;
+}
+
+namespace {
+std::string header_for(const std::vector<TensorRef>& tensors, const std::map<std::string, std::string>& metadata) {
+  // ordered_json keeps the write order, so the header lists tensors as they lie in the file.
+  nlohmann::ordered_json h = nlohmann::ordered_json::object();
+  if (!metadata.empty()) h["__metadata__"] = metadata;
+  uint64_t off = 0;
+  for (const TensorRef& t : tensors) {
+    uint64_t numel = 1;
+    for (int64_t s : t.shape) numel *= uint64_t(s);
+    ST_CHECK(numel * dtype_size(t.dtype) == t.nbytes,
+             "tensor '" + t.name + "': " + std::to_string(t.nbytes) + " bytes given for shape x dtype size " +
+                 std::to_string(numel * dtype_size(t.dtype)));
+    h[t.name] = {{"dtype", dtype_name(t.dtype)}, {"shape", t.shape}, {"data_offsets", {off, off + t.nbytes}}};
+    off += t.nbytes;
+  }
+  std::string s = h.dump();
+  while (s.size() % 8 != 0) s.push_back(' ');
+  return s;
+}
+}  // namespace
+
+void write_file(const std::filesystem::path& path, const std::vector<TensorRef>& tensors,
+                const std::map<std::string, std::string>& metadata) {
+  // Streams to a temporary sibling and renames, so a multi-GB model is never copied into one buffer
+  // and readers never see a partial file.
+  const std::string header = header_for(tensors, metadata);
+  const std::filesystem::path tmp = path.string() + ".tmp" + std::to_string(::getpid());
+  std::FILE* f = std::fopen(tmp.c_str(), "wb");
+  ST_CHECK(f, tmp.string() + ": cannot create (" + std::strerror(errno) + ")", "check that the folder is writable");
+  bool ok = true;
+  unsigned char len[8];
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) len[i] = (unsigned char)((n >> (8 * i)) & 0xff);
+  ok = ok && std::fwrite(len, 1, 8, f) == 8;
+  ok = ok && std::fwrite(header.data(), 1, header.size(), f) == header.size();
+  for (const TensorRef& t : tensors)
+    if (ok && t.nbytes) ok = std::fwrite(t.data, 1, t.nbytes, f) == t.nbytes;
+  ok = (std::fflush(f) == 0) && ok;
+  ok = (std::fclose(f) == 0) && ok;
+  if (!ok) {
+    std::filesystem::remove(tmp);
+    ST_FAIL(path.string() + ": write failed (" + std::strerror(errno) + ")", "check free disk space");
+  }
+  std::filesystem::rename(tmp, path);
+}
+
+std::vector<std::filesystem::path> write_sharded(const std::filesystem::path& dir, const std::string& stem,
+                                                 const std::vector<TensorRef>& tensors, uint64_t max_shard_bytes,
+                                                 const std::map<std::string, std::string>& metadata) {
+  std::filesystem::create_directories(dir);
+  std::vector<std::vector<TensorRef>> shards(1);
+  uint64_t cur = 0, total = 0;
+  for (const TensorRef& t : tensors) {
+    if (max_shard_bytes && cur > 0 && cur + t.nbytes > max_shard_bytes) {
+      shards.emplace_back();
+      cur = 0;
+    }
+    shards.back().push_back(t);
+    cur += t.nbytes;
+    total += t.nbytes;
+  }
+  std::vector<std::filesystem::path> out;
+  if (shards.size() == 1) {
+    out.push_back(dir / (stem + ".safetensors"));
+    write_file(out.back(), shards[0], metadata);
+    return out;
+  }
+  nlohmann::ordered_json weight_map = nlohmann::ordered_json::object();
+  char name[64];
+  for (size_t i = 0; i < shards.size(); ++i) {
+    std::snprintf(name, sizeof name, "-%05zu-of-%05zu.safetensors", i + 1, shards.size());
+    const std::string fname = stem + name;
+    out.push_back(dir / fname);
+    write_file(out.back(), shards[i], metadata);
+    for (const TensorRef& t : shards[i]) weight_map[t.name] = fname;
+  }
+  nlohmann::ordered_json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+  fs::write_file_atomic(dir / (stem + ".safetensors.index.json"), index.dump(2) + "\n");
+  return out;
+}
+
+std::vector<std::filesystem::path> model_files(const std::filesystem::path& dir, const std::string& stem) {
+  const auto index_path = dir / (stem + ".safetensors.index.json");
+  const auto single = dir / (stem + ".safetensors");
+  if (std::filesystem::exists(index_path)) {
+    json index;
+    try {
+      index = json::parse(fs::read_file(index_path));
+    } catch (const json::exception& e) {
+      ST_FAIL(index_path.string() + ": not valid JSON (" + e.what() + ")", "re-download or re-export the model");
+    }
+    ST_CHECK(index.contains("weight_map") && index["weight_map"].is_object(),
+             index_path.string() + ": no \"weight_map\" object", "re-download or re-export the model");
+    std::vector<std::string> names;
+    for (const auto& [k, v] : index["weight_map"].items()) {
+      ST_CHECK(v.is_string(), index_path.string() + ": weight_map entry '" + k + "' is not a file name");
+      const std::string f = v.get<std::string>();
+      ST_CHECK(f.find('/') == std::string::npos && f != ".." && !f.empty(),
+               index_path.string() + ": weight_map file '" + f + "' for tensor '" + k + "' is not a plain file name");
+      if (std::find(names.begin(), names.end(), f) == names.end()) names.push_back(f);
+    }
+    std::sort(names.begin(), names.end());
+    std::vector<std::filesystem::path> out;
+    for (const auto& n : names) {
+      ST_CHECK(std::filesystem::exists(dir / n), index_path.string() + " lists shard '" + n + "' which is missing",
+               "download every shard of the model");
+      out.push_back(dir / n);
+    }
+    return out;
+  }
+  ST_CHECK(std::filesystem::exists(single),
+           dir.string() + ": neither " + stem + ".safetensors nor " + stem + ".safetensors.index.json found",
+           "point --model at a Hugging Face model folder (config.json + model.safetensors) or a llama2.c .bin file; "
+           "pickle (.bin/.pt) checkpoints are not read: convert them with transformers' save_pretrained(safe_serialization=True)");
+  return {single};
+}
+
+}  // namespace shardtune::st

@@ -1,0 +1,197 @@
+// Model layer unit tests: loader error paths, loss convention, fused cross-entropy, LoRA merge, dtypes.
+#include <gtest/gtest.h>
+
+#include <filesystem>
+#include <fstream>
+
+#include "shardtune/core/error.h"
+#include "shardtune/model/io.h"
+#include "shardtune/model/runtime.h"
+
+namespace sm = shardtune::model;
+namespace stdfs = std::filesystem;
+
+namespace {
+
+stdfs::path tmp_dir(const std::string& name) {
+  const stdfs::path d = stdfs::path(ST_BINARY_DIR) / "test_tmp" / "model" / name;
+  stdfs::remove_all(d);
+  stdfs::create_directories(d);
+  return d;
+}
+
+sm::ModelConfig tiny_llama() {
+  nlohmann::json j = {{"model_type", "llama"},     {"vocab_size", 32},          {"hidden_size", 16},
+                      {"intermediate_size", 24},   {"num_hidden_layers", 2},    {"num_attention_heads", 4},
+                      {"num_key_value_heads", 2},  {"rms_norm_eps", 1e-5},      {"max_position_embeddings", 64}};
+  return sm::ModelConfig::from_json(j, "test config");
+}
+
+std::string load_error(const std::string& path) {
+  try {
+    sm::load_model(path);
+  } catch (const shardtune::Error& e) {
+    return std::string(e.what()) + " | HINT " + e.hint();
+  }
+  return "";
+}
+
+stdfs::path saved_tiny(const std::string& name) {
+  const auto d = tmp_dir(name);
+  sm::CausalLM m(tiny_llama());
+  m.init_random(1);
+  sm::save_hf(m, d);
+  return d;
+}
+
+void rewrite(const stdfs::path& file, const std::function<void(std::map<std::string, at::Tensor>&)>& edit) {
+  auto t = sm::read_safetensors(file);
+  edit(t);
+  std::vector<std::pair<std::string, at::Tensor>> v(t.begin(), t.end());
+  sm::write_safetensors(file, v);
+}
+
+}  // namespace
+
+TEST(model_unit, UnknownArchitectureNamesConfigFile) {
+  const auto d = saved_tiny("unknown_arch");
+  std::ofstream(d / "config.json") << R"({"model_type": "mamba", "architectures": ["MambaForCausalLM"]})";
+  const std::string msg = load_error(d.string());
+  EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("unknown architecture"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("mamba"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("HINT supported"), std::string::npos) << msg;
+}
+
+TEST(model_unit, MissingTensorNamesFileTensorAndShape) {
+  const auto d = saved_tiny("missing_tensor");
+  rewrite(d / "model.safetensors", [](auto& t) { t.erase("model.layers.1.mlp.up_proj.weight"); });
+  const std::string msg = load_error(d.string());
+  EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.layers.1.mlp.up_proj.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[24, 16]"), std::string::npos) << msg;
+}
+
+TEST(model_unit, WrongShapeNamesExpectedAndFound) {
+  const auto d = saved_tiny("wrong_shape");
+  rewrite(d / "model.safetensors", [](auto& t) { t["model.layers.0.self_attn.k_proj.weight"] = at::zeros({16, 16}); });
+  const std::string msg = load_error(d.string());
+  EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("model.layers.0.self_attn.k_proj.weight"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("[16, 16]"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("expected [8, 16]"), std::string::npos) << msg;
+}
+
+TEST(model_unit, TruncatedWeightsAndLlama2cFiles) {
+  const auto d = saved_tiny("truncated");
+  stdfs::resize_file(d / "model.safetensors", stdfs::file_size(d / "model.safetensors") - 100);
+  std::string msg = load_error(d.string());
+  EXPECT_NE(msg.find("model.safetensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("truncated"), std::string::npos) << msg;
+
+  const stdfs::path bin = d / "tiny.bin";
+  const int32_t h[7] = {16, 24, 2, 4, 2, 32, 64};
+  std::ofstream(bin, std::ios::binary).write(reinterpret_cast<const char*>(h), sizeof h);
+  msg = load_error(bin.string());
+  EXPECT_NE(msg.find("tiny.bin"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("expected"), std::string::npos) << msg;
+
+  std::ofstream(d / "pickle.bin", std::ios::binary) << "\x80\x02}q";
+  msg = load_error((d / "pickle.bin").string());
+  EXPECT_NE(msg.find("pickle"), std::string::npos) << msg;
+  EXPECT_NE(load_error((d / "nowhere").string()).find("no such file"), std::string::npos);
+}
+
+TEST(model_unit, Bf16SaveReloadIsBitExact) {
+  const auto d = tmp_dir("bf16");
+  sm::CausalLM m(tiny_llama());
+  m.init_random(2);
+  sm::SaveOptions o;
+  o.dtype = "BF16";
+  sm::save_hf(m, d, o);
+  auto a = sm::load_model(d.string());
+  sm::save_hf(*a, d / "again");  // keeps BF16 because that is what it was loaded from
+  auto b = sm::read_safetensors(d / "model.safetensors");
+  auto c = sm::read_safetensors(d / "again" / "model.safetensors");
+  ASSERT_EQ(b.size(), c.size());
+  for (auto& [k, v] : b) {
+    EXPECT_EQ(c[k].scalar_type(), at::kBFloat16) << k;
+    EXPECT_TRUE(at::equal(v, c[k])) << k;
+  }
+  auto cfg = nlohmann::json::parse(std::ifstream(d / "config.json"));
+  EXPECT_EQ(cfg["torch_dtype"], "bfloat16");
+  EXPECT_EQ(cfg["architectures"][0], "LlamaForCausalLM");
+}
+
+TEST(model_unit, PositionsRestartPerDocument) {
+  const at::Tensor doc = at::tensor({0, 0, 0, 1, 1, 2, 2, 2, 2}, at::kLong).view({1, -1});
+  const at::Tensor pos = sm::positions_from_doc_ids(doc);
+  EXPECT_TRUE(at::equal(pos, at::tensor({0, 1, 2, 0, 1, 0, 1, 2, 3}, at::kLong).view({1, -1})));
+}
+
+TEST(model_unit, FusedCrossEntropyMatchesNaiveWithGradients) {
+  at::manual_seed(0);
+  const at::Tensor h0 = at::randn({37, 16}, at::kDouble).to(at::kFloat), w0 = at::randn({50, 16}).mul(0.3);
+  const at::Tensor tg = at::randint(0, 50, {37}, at::kLong);
+  at::Tensor h1 = h0.clone().requires_grad_(true), w1 = w0.clone().requires_grad_(true);
+  at::Tensor h2 = h0.clone().requires_grad_(true), w2 = w0.clone().requires_grad_(true);
+  const at::Tensor fused = sm::linear_cross_entropy_sum(h1, w1, tg, 5, at::kFloat);
+  const at::Tensor naive = at::cross_entropy_loss(at::mm(h2, w2.t()), tg, {}, at::Reduction::Sum);
+  EXPECT_NEAR(fused.item<double>(), naive.item<double>(), 1e-4);
+  (fused * 0.5).backward();
+  (naive * 0.5).backward();
+  EXPECT_TRUE(at::allclose(h1.grad(), h2.grad(), 1e-5, 1e-6));
+  EXPECT_TRUE(at::allclose(w1.grad(), w2.grad(), 1e-5, 1e-6));
+}
+
+TEST(model_unit, LossMaskConventionAndDocumentBoundaries) {
+  sm::CausalLM m(tiny_llama());
+  m.init_random(3, 0.2);
+  const at::Tensor ids = at::randint(0, 32, {1, 8}, at::kLong);
+  at::Tensor mask = at::zeros({1, 8}, at::kLong);
+  mask[0][3] = 1;  // only token 3 is a target, predicted from position 2
+  const auto r = m.loss(ids, mask);
+  EXPECT_EQ(r.count, 1);
+  const at::Tensor logits = m.logits(ids);
+  const double expect = at::cross_entropy_loss(logits[0][2].unsqueeze(0), ids[0][3].unsqueeze(0)).item<double>();
+  EXPECT_NEAR(r.sum.item<double>(), expect, 1e-5);
+  // Document starts are never targets of the previous document.
+  sm::Packing pk;
+  pk.doc_ids = at::tensor({0, 0, 0, 0, 1, 1, 1, 1}, at::kLong).view({1, -1});
+  EXPECT_EQ(m.loss(ids, {}, pk).count, 6);
+}
+
+TEST(model_unit, LoraAdapterMergesIntoWeights) {
+  const auto d = tmp_dir("lora");
+  sm::CausalLM m(tiny_llama());
+  m.init_random(4);
+  const at::Tensor before = m.param("model.layers.0.self_attn.q_proj.weight").detach().clone();
+  const at::Tensor A = at::randn({2, 16}), B = at::randn({16, 2});
+  sm::write_safetensors(d / "adapter_model.safetensors",
+                        {{"base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight", A},
+                         {"base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight", B}});
+  std::ofstream(d / "adapter_config.json") << R"({"peft_type": "LORA", "r": 2, "lora_alpha": 4})";
+  EXPECT_EQ(sm::merge_lora(m, d), 1);
+  EXPECT_TRUE(at::allclose(m.param("model.layers.0.self_attn.q_proj.weight"), before + 2.0 * at::mm(B, A)));
+}
+
+TEST(model_unit, ParametersAreRepointable) {
+  // The trainer re-points parameters into one flat buffer; forward must follow.
+  sm::CausalLM m(tiny_llama());
+  m.init_random(5);
+  const at::Tensor ids = at::randint(0, 32, {2, 6}, at::kLong);
+  const at::Tensor ref = m.logits(ids).detach();
+  int64_t total = 0;
+  for (auto& [n, p] : m.hf_parameters()) total += p.numel();
+  at::Tensor flat = at::empty({total});
+  int64_t off = 0;
+  for (auto& [n, p] : m.hf_parameters()) {
+    at::Tensor view = flat.narrow(0, off, p.numel()).view(p.sizes());
+    view.copy_(p.detach());
+    p.set_data(view);
+    off += p.numel();
+  }
+  EXPECT_TRUE(at::allclose(m.logits(ids), ref));
+  flat.zero_();
+  EXPECT_EQ(m.logits(ids).abs().max().item<double>(), 0.0);
+}

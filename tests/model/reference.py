@@ -1,0 +1,400 @@
+#!/usr/bin/python3
+"""Independent reference for shardtune's models (plain torch ops; imports nothing from the project).
+
+Creates random-init models in Hugging Face layout (config.json + safetensors), and writes, for fixed
+tokens, the reference logits, gradients of the masked mean loss w.r.t. every parameter, greedy
+generations and per-document logits of a packed row, to <case>/ref.safetensors.
+Also reads llama2.c legacy .bin files and runs them with llama2.c's own interleaved RoPE.
+
+usage: reference.py make OUT_DIR            (all random cases)
+       reference.py llama2c MODEL.bin OUT_DIR
+"""
+import json
+import math
+import os
+import struct
+import sys
+
+import numpy as np
+import torch
+
+torch.set_num_threads(int(os.environ.get("ST_REF_THREADS", "2")))
+
+# ---------------------------------------------------------------- safetensors (own reader/writer)
+DT = {"F32": (np.float32, torch.float32), "I64": (np.int64, torch.int64), "BF16": (None, torch.bfloat16),
+      "F16": (np.float16, torch.float16)}
+
+
+def write_safetensors(path, tensors, metadata=None):
+    header, blobs, off = {}, [], 0
+    if metadata:
+        header["__metadata__"] = metadata
+    for name, t in tensors.items():
+        t = t.detach().contiguous()
+        dt = {torch.float32: "F32", torch.int64: "I64", torch.bfloat16: "BF16", torch.float16: "F16"}[t.dtype]
+        raw = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
+        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        blobs.append(raw)
+        off += len(raw)
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(h)))
+        f.write(h)
+        for b in blobs:
+            f.write(b)
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        buf = f.read()
+    n = struct.unpack("<Q", buf[:8])[0]
+    header = json.loads(buf[8:8 + n])
+    out = {}
+    for name, e in header.items():
+        if name == "__metadata__":
+            continue
+        b, e_ = e["data_offsets"]
+        raw = buf[8 + n + b:8 + n + e_]
+        if e["dtype"] == "BF16":
+            t = torch.from_numpy(np.frombuffer(raw, dtype=np.int16).copy()).view(torch.bfloat16)
+        else:
+            t = torch.from_numpy(np.frombuffer(raw, dtype=DT[e["dtype"]][0]).copy())
+        out[name] = t.reshape(e["shape"])
+    return out
+
+
+# ---------------------------------------------------------------- models
+def llama_inv_freq(cfg):
+    hd = cfg.get("head_dim") or cfg["hidden_size"] // cfg["num_attention_heads"]
+    base = cfg.get("rope_theta", 10000.0)
+    inv = 1.0 / (base ** (torch.arange(0, hd, 2, dtype=torch.int64).float() / hd))
+    rs = cfg.get("rope_scaling")
+    if rs and rs.get("rope_type", rs.get("type")) == "llama3":
+        factor, lo, hi = rs["factor"], rs["low_freq_factor"], rs["high_freq_factor"]
+        old = rs["original_max_position_embeddings"]
+        lo_wl, hi_wl = old / lo, old / hi
+        wl = 2 * math.pi / inv
+        new = torch.where(wl > lo_wl, inv / factor, inv)
+        smooth = (old / wl - lo) / (hi - lo)
+        smoothed = (1 - smooth) * new / factor + smooth * new
+        medium = ~(wl < hi_wl) * ~(wl > lo_wl)
+        inv = torch.where(medium, smoothed, new)
+    return inv
+
+
+def rotate_half(x):
+    h = x.shape[-1] // 2
+    return torch.cat((-x[..., h:], x[..., :h]), dim=-1)
+
+
+def rmsnorm(x, w, eps):
+    return w * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps))
+
+
+def attend(q, k, v, positions, doc_ids):
+    # q [B,H,T,hd], k/v [B,Hkv,T,hd]
+    H, Hkv = q.shape[1], k.shape[1]
+    k = k.repeat_interleave(H // Hkv, dim=1)
+    v = v.repeat_interleave(H // Hkv, dim=1)
+    T = q.shape[2]
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    allowed = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
+    if doc_ids is not None:
+        allowed = allowed & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
+    s = s.masked_fill(~allowed, float("-inf"))
+    return torch.softmax(s, dim=-1) @ v
+
+
+def llama_forward(cfg, W, ids, positions=None, doc_ids=None):
+    B, T = ids.shape
+    C, H = cfg["hidden_size"], cfg["num_attention_heads"]
+    Hkv = cfg.get("num_key_value_heads", H)
+    hd = cfg.get("head_dim") or C // H
+    eps = cfg["rms_norm_eps"]
+    if positions is None:
+        positions = torch.arange(T)[None].expand(B, T)
+    ang = positions[..., None].float() * llama_inv_freq(cfg)
+    ang = torch.cat([ang, ang], -1)[:, None]
+    cos, sin = ang.cos(), ang.sin()
+
+    def lin(x, name):
+        y = x @ W[name + ".weight"].t()
+        if name + ".bias" in W:
+            y = y + W[name + ".bias"]
+        return y
+
+    x = W["model.embed_tokens.weight"][ids]
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        h = rmsnorm(x, W[p + "input_layernorm.weight"], eps)
+        q = lin(h, p + "self_attn.q_proj").view(B, T, H, hd).transpose(1, 2)
+        k = lin(h, p + "self_attn.k_proj").view(B, T, Hkv, hd).transpose(1, 2)
+        v = lin(h, p + "self_attn.v_proj").view(B, T, Hkv, hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        y = attend(q, k, v, positions, doc_ids).transpose(1, 2).reshape(B, T, H * hd)
+        x = x + lin(y, p + "self_attn.o_proj")
+        h = rmsnorm(x, W[p + "post_attention_layernorm.weight"], eps)
+        x = x + lin(torch.nn.functional.silu(lin(h, p + "mlp.gate_proj")) * lin(h, p + "mlp.up_proj"),
+                    p + "mlp.down_proj")
+    x = rmsnorm(x, W["model.norm.weight"], eps)
+    head = W["model.embed_tokens.weight"] if cfg.get("tie_word_embeddings") else W["lm_head.weight"]
+    return x @ head.t()
+
+
+def gelu_new(x):
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
+def gpt2_forward(cfg, W, ids, positions=None, doc_ids=None):
+    B, T = ids.shape
+    C, H = cfg["n_embd"], cfg["n_head"]
+    hd, eps = C // H, cfg["layer_norm_epsilon"]
+    if positions is None:
+        positions = torch.arange(T)[None].expand(B, T)
+    ln = lambda x, n: torch.nn.functional.layer_norm(x, (C,), W[n + ".weight"], W[n + ".bias"], eps)
+    conv = lambda x, n: x @ W[n + ".weight"] + W[n + ".bias"]
+    x = W["transformer.wte.weight"][ids] + W["transformer.wpe.weight"][positions]
+    for l in range(cfg["n_layer"]):
+        p = f"transformer.h.{l}."
+        qkv = conv(ln(x, p + "ln_1"), p + "attn.c_attn")
+        q, k, v = [t.view(B, T, H, hd).transpose(1, 2) for t in qkv.split(C, dim=2)]
+        y = attend(q, k, v, positions, doc_ids).transpose(1, 2).reshape(B, T, C)
+        x = x + conv(y, p + "attn.c_proj")
+        x = x + conv(gelu_new(conv(ln(x, p + "ln_2"), p + "mlp.c_fc")), p + "mlp.c_proj")
+    x = ln(x, "transformer.ln_f")
+    return x @ W["transformer.wte.weight"].t()
+
+
+def forward(cfg, W, ids, positions=None, doc_ids=None):
+    fn = gpt2_forward if cfg["model_type"] == "gpt2" else llama_forward
+    return fn(cfg, W, ids, positions, doc_ids)
+
+
+def masked_mean_loss(logits, ids, mask):
+    # loss_mask[t] = 1: token t is a target predicted from position t-1.
+    ce = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1),
+                                           reduction="none")
+    m = mask[:, 1:].reshape(-1).float()
+    return (ce * m).sum() / m.sum()
+
+
+def greedy(cfg, W, prompt, n):
+    ids = list(prompt)
+    with torch.no_grad():
+        for _ in range(n):
+            logits = forward(cfg, W, torch.tensor([ids]))
+            ids.append(int(logits[0, -1].argmax()))
+    return ids[len(prompt):]
+
+
+# ---------------------------------------------------------------- random models
+def param_shapes(cfg):
+    if cfg["model_type"] == "gpt2":
+        C, I, V, P = cfg["n_embd"], cfg.get("n_inner") or 4 * cfg["n_embd"], cfg["vocab_size"], cfg["n_positions"]
+        s = {"transformer.wte.weight": (V, C), "transformer.wpe.weight": (P, C)}
+        for l in range(cfg["n_layer"]):
+            p = f"transformer.h.{l}."
+            s.update({p + "ln_1.weight": (C,), p + "ln_1.bias": (C,), p + "attn.c_attn.weight": (C, 3 * C),
+                      p + "attn.c_attn.bias": (3 * C,), p + "attn.c_proj.weight": (C, C), p + "attn.c_proj.bias": (C,),
+                      p + "ln_2.weight": (C,), p + "ln_2.bias": (C,), p + "mlp.c_fc.weight": (C, I),
+                      p + "mlp.c_fc.bias": (I,), p + "mlp.c_proj.weight": (I, C), p + "mlp.c_proj.bias": (C,)})
+        s.update({"transformer.ln_f.weight": (C,), "transformer.ln_f.bias": (C,)})
+        return s
+    C, I, V, H = cfg["hidden_size"], cfg["intermediate_size"], cfg["vocab_size"], cfg["num_attention_heads"]
+    Hkv = cfg.get("num_key_value_heads", H)
+    hd = cfg.get("head_dim") or C // H
+    qkv_bias = cfg.get("attention_bias", False) or cfg["model_type"] == "qwen2"
+    s = {"model.embed_tokens.weight": (V, C)}
+    for l in range(cfg["num_hidden_layers"]):
+        p = f"model.layers.{l}."
+        s[p + "input_layernorm.weight"] = (C,)
+        for n, o in (("q", H * hd), ("k", Hkv * hd), ("v", Hkv * hd)):
+            s[p + f"self_attn.{n}_proj.weight"] = (o, C)
+            if qkv_bias:
+                s[p + f"self_attn.{n}_proj.bias"] = (o,)
+        s[p + "self_attn.o_proj.weight"] = (C, H * hd)
+        if cfg.get("attention_bias", False):
+            s[p + "self_attn.o_proj.bias"] = (C,)
+        s[p + "post_attention_layernorm.weight"] = (C,)
+        s[p + "mlp.gate_proj.weight"] = (I, C)
+        s[p + "mlp.up_proj.weight"] = (I, C)
+        s[p + "mlp.down_proj.weight"] = (C, I)
+    s["model.norm.weight"] = (C,)
+    if not cfg.get("tie_word_embeddings", False):
+        s["lm_head.weight"] = (V, C)
+    return s
+
+
+def random_weights(cfg, seed, std):
+    g = torch.Generator().manual_seed(seed)
+    W = {}
+    for name, shape in param_shapes(cfg).items():
+        if len(shape) == 1 and name.endswith(".weight"):
+            W[name] = 1.0 + 0.1 * torch.randn(shape, generator=g)
+        elif name.endswith(".bias"):
+            W[name] = 0.1 * torch.randn(shape, generator=g)
+        else:
+            W[name] = std * torch.randn(shape, generator=g)
+    return W
+
+
+def save_hf(cfg, W, out, shard_every=0, strip_gpt2_prefix=False):
+    os.makedirs(out, exist_ok=True)
+    with open(os.path.join(out, "config.json"), "w") as f:
+        json.dump(cfg, f, indent=2)
+    names = list(W)
+    disk = {n: (n[len("transformer."):] if strip_gpt2_prefix and n.startswith("transformer.") else n) for n in names}
+    if strip_gpt2_prefix:  # old GPT-2 checkpoints also carry the causal-mask buffers
+        extra = {f"h.{l}.attn.bias": torch.ones(1, 1, 4, 4).tril() for l in range(cfg["n_layer"])}
+    else:
+        extra = {}
+    if not shard_every:
+        write_safetensors(os.path.join(out, "model.safetensors"), {**{disk[n]: W[n] for n in names}, **extra},
+                          {"format": "pt"})
+        return
+    groups = [names[i:i + shard_every] for i in range(0, len(names), shard_every)]
+    wm = {}
+    for i, g in enumerate(groups):
+        fn = f"model-{i + 1:05d}-of-{len(groups):05d}.safetensors"
+        write_safetensors(os.path.join(out, fn), {disk[n]: W[n] for n in g}, {"format": "pt"})
+        wm.update({disk[n]: fn for n in g})
+    with open(os.path.join(out, "model.safetensors.index.json"), "w") as f:
+        json.dump({"metadata": {"total_size": 0}, "weight_map": wm}, f)
+
+
+def llama_cfg(**kw):
+    c = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "vocab_size": 97, "hidden_size": 64,
+         "intermediate_size": 160, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+         "max_position_embeddings": 256, "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "rope_scaling": None,
+         "tie_word_embeddings": False, "attention_bias": False, "hidden_act": "silu", "torch_dtype": "float32"}
+    c.update(kw)
+    return c
+
+
+CASES = {
+    "llama_gqa_untied": (llama_cfg(), {}),
+    "llama_mqa_tied_llama3": (llama_cfg(num_key_value_heads=1, tie_word_embeddings=True, rope_theta=500000.0,
+                                        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                                      "high_freq_factor": 4.0,
+                                                      "original_max_position_embeddings": 32}),
+                              {"shard_every": 7}),
+    "llama_bias_headdim": (llama_cfg(num_key_value_heads=4, attention_bias=True, head_dim=8), {}),
+    "qwen2_qkv_bias": (llama_cfg(architectures=["Qwen2ForCausalLM"], model_type="qwen2", rope_theta=1000000.0), {}),
+    "gpt2": ({"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 101, "n_embd": 64,
+              "n_layer": 2, "n_head": 4, "n_positions": 128, "n_ctx": 128, "n_inner": None,
+              "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": True},
+             {"strip_gpt2_prefix": True}),
+}
+
+
+def make_case(name, out_root):
+    cfg, save_kw = CASES[name]
+    out = os.path.join(out_root, name)
+    W = random_weights(cfg, seed=1234, std=0.15)
+    save_hf(cfg, W, os.path.join(out, "hf"), **save_kw)
+    V = cfg["vocab_size"]
+    g = torch.Generator().manual_seed(7)
+    B, T = 2, 24
+    ids = torch.randint(0, V, (B, T), generator=g)
+    mask = (torch.rand(B, T, generator=g) > 0.3).long()
+    params = {n: t.clone().requires_grad_(True) for n, t in W.items()}
+    logits = forward(cfg, params, ids)
+    loss = masked_mean_loss(logits, ids, mask)
+    loss.backward()
+    ref = {"ids": ids, "loss_mask": mask, "logits": logits.detach(), "loss": loss.detach().reshape(1)}
+    for n, p in params.items():
+        ref["grad/" + n] = p.grad
+    # Packed row: three documents; reference = separate forwards, concatenated.
+    docs = [7, 10, 7]
+    doc_ids = torch.cat([torch.full((n,), i) for i, n in enumerate(docs)])[None]
+    with torch.no_grad():
+        parts, s = [], 0
+        for n in docs:
+            parts.append(forward(cfg, W, ids[:1, s:s + n]))
+            s += n
+        ref["packed_doc_ids"] = doc_ids
+        ref["packed_logits"] = torch.cat(parts, dim=1)
+        # And the same through the reference's own doc mask (positions restart per document).
+        pos = torch.cat([torch.arange(n) for n in docs])[None]
+        ref["packed_logits_masked"] = forward(cfg, W, ids[:1], pos, doc_ids)
+    prompt = ids[0, :5].tolist()
+    ref["gen_prompt"] = torch.tensor(prompt)
+    ref["gen"] = torch.tensor(greedy(cfg, W, prompt, 32))
+    write_safetensors(os.path.join(out, "ref.safetensors"), ref)
+
+
+# ---------------------------------------------------------------- llama2.c legacy .bin
+def llama2c_forward(hp, W, ids):
+    """llama2.c model.py semantics: Meta/interleaved RoPE via complex multiplication."""
+    dim, hidden, L, H, Hkv, V, S = hp
+    hd = dim // H
+    T = ids.shape[1]
+    freqs = 1.0 / (10000.0 ** (torch.arange(0, hd, 2)[: hd // 2].float() / hd))
+    fc = torch.polar(torch.ones(T, hd // 2), torch.outer(torch.arange(T).float(), freqs))
+
+    def rope(x):  # x [B,T,h,hd], pairs (0,1), (2,3), ...
+        xc = torch.view_as_complex(x.float().reshape(*x.shape[:-1], -1, 2))
+        return torch.view_as_real(xc * fc[None, :, None, :]).flatten(3)
+
+    x = W["tok"][ids]
+    B = ids.shape[0]
+    for l in range(L):
+        h = rmsnorm(x, W["rms_att"][l], 1e-5)
+        q = rope((h @ W["wq"][l].t()).view(B, T, H, hd))
+        k = rope((h @ W["wk"][l].t()).view(B, T, Hkv, hd))
+        v = (h @ W["wv"][l].t()).view(B, T, Hkv, hd)
+        y = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), None, None)
+        x = x + y.transpose(1, 2).reshape(B, T, dim) @ W["wo"][l].t()
+        h = rmsnorm(x, W["rms_ffn"][l], 1e-5)
+        x = x + (torch.nn.functional.silu(h @ W["w1"][l].t()) * (h @ W["w3"][l].t())) @ W["w2"][l].t()
+    x = rmsnorm(x, W["rms_final"], 1e-5)
+    return x @ W["cls"].t()
+
+
+def llama2c(path, out):
+    with open(path, "rb") as f:
+        hp = list(struct.unpack("<7i", f.read(28)))
+        data = torch.from_numpy(np.frombuffer(f.read(), dtype=np.float32).copy())
+    shared = hp[5] > 0
+    hp[5] = abs(hp[5])
+    dim, hidden, L, H, Hkv, V, S = hp
+    kv = dim // H * Hkv
+    off = 0
+
+    def take(*shape):
+        nonlocal off
+        n = int(np.prod(shape))
+        t = data[off:off + n].view(*shape)
+        off += n
+        return t
+
+    W = {"tok": take(V, dim), "rms_att": take(L, dim), "wq": take(L, dim, dim), "wk": take(L, kv, dim),
+         "wv": take(L, kv, dim), "wo": take(L, dim, dim), "rms_ffn": take(L, dim), "w1": take(L, hidden, dim),
+         "w2": take(L, dim, hidden), "w3": take(L, hidden, dim), "rms_final": take(dim)}
+    take(S, dim // H)  # freq_cis
+    W["cls"] = W["tok"] if shared else take(V, dim)
+    os.makedirs(out, exist_ok=True)
+    g = torch.Generator().manual_seed(3)
+    ids = torch.randint(3, V, (2, 32), generator=g)
+    ids[:, 0] = 1
+    with torch.no_grad():
+        logits = llama2c_forward(hp, W, ids)
+        gen = [1]
+        for _ in range(32):
+            gen.append(int(llama2c_forward(hp, W, torch.tensor([gen]))[0, -1].argmax()))
+    write_safetensors(os.path.join(out, "ref.safetensors"),
+                      {"ids": ids, "logits": logits, "gen_prompt": torch.tensor([1]), "gen": torch.tensor(gen[1:])})
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "make":
+        for name in CASES:
+            make_case(name, sys.argv[2])
+        print("reference: wrote", ", ".join(CASES), "under", sys.argv[2])
+    elif sys.argv[1] == "llama2c":
+        llama2c(sys.argv[2], sys.argv[3])
+        print("reference: llama2.c", sys.argv[2], "->", sys.argv[3])
+    else:
+        sys.exit(__doc__)
