@@ -15,9 +15,10 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 }
 
 [[noreturn]] void sentencepiece_only(const std::string& spec) {
-  ST_FAIL("'" + spec + "' is a SentencePiece model; only shardtune-prep and shardtune-tokenize read .model files",
-          "for other programs pass the model's tokenizer.json instead (Hugging Face repos ship one next to "
-          "tokenizer.model); SentencePiece is kept out of the libraries that link libtorch");
+  ST_FAIL("'" + spec + "' is a SentencePiece model; only shardtune-prep and shardtune-tokenize read .model files, "
+          "other programs need the model's tokenizer.json",
+          "pass the tokenizer.json (Hugging Face repos ship one next to tokenizer.model); SentencePiece is kept "
+          "out of the programs that link libtorch because the two libraries crash in one process");
 }
 
 void require_file(const stdfs::path& p, const std::string& spec) {
