@@ -296,7 +296,7 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
       mapped.push_back(std::make_unique<MappedFile>(p));
       files.push_back(mapped.back().get());
     }
-    std::vector<Chunk> chunks = plan_chunks(files, rank, world, 1 << 20);
+    std::vector<Chunk> chunks = plan_chunks(files, rank, world, 256 << 10);
     uint64_t my_bytes = 0;
     for (const auto& c : chunks) my_bytes += c.text.size();
 

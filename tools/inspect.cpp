@@ -15,7 +15,7 @@
 namespace {
 
 namespace stdfs = std::filesystem;
-using nlohmann::json;
+using json = nlohmann::ordered_json;
 using namespace shardtune;
 
 void print_sample(const data::Shard& shard, int64_t index, const std::string& tokenizer_spec, bool show_ids) {

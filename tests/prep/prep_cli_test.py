@@ -180,7 +180,7 @@ def t_determinism(tmp):
 
 def t_threads_equal(tmp):
     path = big_text_jsonl(tmp)
-    assert os.path.getsize(path) > 3 << 20  # several 1 MB chunks
+    assert os.path.getsize(path) > 3 << 20  # many 256 KB chunks
     opts = ["--shard-tokens", "400000", "--val-fraction", "0.05"]
     prep(tmp, path, out="t1", extra=opts + ["--threads", "1"])
     prep(tmp, path, out="t3", extra=opts + ["--threads", "3"])
