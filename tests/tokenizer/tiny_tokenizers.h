@@ -104,20 +104,27 @@ inline json sp_style_json(bool array_merges) {
 }
 
 // Byte-level BPE whose ids 0..255 are the bytes; merges "a-", "-b", "--" make Split behaviours visible.
-inline json byte_level_json(const json& pre_tokenizer) {
+inline json byte_level_json(const json& pre_tokenizer, bool digit_merges = false) {
   json vocab = json::object();
   for (int b = 0; b < 256; ++b) vocab[byte_char(b)] = b;
   vocab["a-"] = 256;
   vocab["-b"] = 257;
   vocab["--"] = 258;
   vocab["<|end|>"] = 259;
+  json merges = json::array({"a -", "- b", "- -"});
+  if (digit_merges) {  // "12" = 260, "34" = 261
+    vocab["12"] = 260;
+    vocab["34"] = 261;
+    merges.push_back("1 2");
+    merges.push_back("3 4");
+  }
   json j;
   j["added_tokens"] = json::array({{{"id", 259}, {"content", "<|end|>"}, {"special", true}}});
   j["normalizer"] = nullptr;
   j["pre_tokenizer"] = pre_tokenizer;
   j["post_processor"] = {{"type", "ByteLevel"}, {"trim_offsets", false}};
   j["decoder"] = {{"type", "ByteLevel"}};
-  j["model"] = {{"type", "BPE"}, {"vocab", vocab}, {"merges", json::array({"a -", "- b", "- -"})}};
+  j["model"] = {{"type", "BPE"}, {"vocab", vocab}, {"merges", merges}};
   return j;
 }
 

@@ -160,6 +160,22 @@ TEST(tokenizer_Digits, IndividualAndRuns) {
   EXPECT_EQ(t->encode("a-12"), (Ids{256, '1', '2'}));
 }
 
+// Llama 3 / Qwen 2 style: Split with the big regex (Isolated), then ByteLevel without its own regex.
+TEST(tokenizer_Llama3Style, SplitRegexThenByteLevel) {
+  const char* llama3 =
+      R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)";
+  json pre = {{"type", "Sequence"},
+              {"pretokenizers", json::array({{{"type", "Split"}, {"pattern", {{"Regex", llama3}}}, {"behavior", "Isolated"},
+                                              {"invert", false}},
+                                             {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"trim_offsets", true},
+                                              {"use_regex", false}}})}};
+  auto t = load_json(test::byte_level_json(pre, true), "llama3");
+  EXPECT_EQ(t->encode("1234"), (Ids{260, '3', '4'}));  // digits in groups of 3: "123" "4"
+  EXPECT_EQ(t->decode(t->encode(kUnicode)), kUnicode);
+  json plain = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}};
+  EXPECT_EQ(load_json(test::byte_level_json(plain, true), "noregex")->encode("1234"), (Ids{260, 261}));
+}
+
 TEST(tokenizer_LongWord, MergeLoopIsNotQuadratic) {
   auto t = load_json(test::sp_style_json(false), "long");
   std::string text;
