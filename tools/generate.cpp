@@ -1,0 +1,113 @@
+// shardtune-generate: sample a continuation from a model (HF folder or llama2.c .bin), optionally with a
+// PEFT LoRA adapter merged in, using a KV cache. Temperature 0 is greedy.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <sstream>
+
+#include "shardtune/core/error.h"
+#include "shardtune/core/log.h"
+#include "shardtune/model/generate.h"
+#include "shardtune/model/io.h"
+#include "shardtune/model/runtime.h"
+#ifdef ST_HAVE_TOKENIZER
+#include "shardtune/tokenizer/tokenizer.h"
+#endif
+
+namespace sm = shardtune::model;
+
+static int run(int argc, char** argv) {
+  std::string model_path, adapter, prompt, tokenizer_spec, prompt_ids, precision = "fp32";
+  sm::GenerateOptions g;
+  int threads = 0;
+  bool print_ids = false, no_stop = false;
+  CLI::App app{"Sample from a causal LM (Hugging Face folder or llama2.c .bin) with a KV cache."};
+  app.add_option("--model", model_path, "HF model folder (config.json + safetensors) or llama2.c .bin")->required();
+  app.add_option("--adapter", adapter, "PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) to merge");
+  app.add_option("--prompt", prompt, "prompt text (needs --tokenizer)");
+  app.add_option("--tokenizer", tokenizer_spec, "tokenizer SPEC: tokenizer.json, GPT-2 files or a folder, or 'byte'");
+  app.add_option("--prompt-ids", prompt_ids, "prompt as token ids, e.g. \"1 2 3\"");
+  app.add_option("--max-new-tokens", g.max_new_tokens, "tokens to generate")->capture_default_str();
+  app.add_option("--temperature", g.temperature, "0 = greedy")->capture_default_str();
+  app.add_option("--top-p", g.top_p, "nucleus sampling mass")->capture_default_str();
+  app.add_option("--seed", g.seed, "sampling seed")->capture_default_str();
+  app.add_option("--threads", threads, "intra-op threads (0 = LibTorch default)");
+  app.add_option("--precision", precision, "fp32 or bf16 (autocast)")->capture_default_str();
+  app.add_flag("--print-ids", print_ids, "print the generated ids instead of text");
+  app.add_flag("--no-stop", no_stop, "do not stop at the EOS token");
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& e) {
+    return app.exit(e) == 0 ? 0 : 2;
+  }
+  ST_CHECK(prompt.empty() != prompt_ids.empty(), "give exactly one of --prompt or --prompt-ids",
+           "--prompt needs --tokenizer; --prompt-ids takes space-separated ids");
+  sm::setup_runtime(threads);
+
+  auto model = sm::load_model(model_path);
+  if (!adapter.empty()) {
+    const int n = sm::merge_lora(*model, adapter);
+    shardtune::log::info("merged LoRA adapter " + adapter + " into " + std::to_string(n) + " weights");
+  }
+  model->eval();
+
+  std::vector<int64_t> ids;
+#ifdef ST_HAVE_TOKENIZER
+  std::unique_ptr<shardtune::Tokenizer> tok;
+  if (!tokenizer_spec.empty()) tok = shardtune::load_tokenizer(tokenizer_spec);
+#else
+  ST_CHECK(tokenizer_spec.empty(), "this build has no tokenizer library", "use --prompt-ids");
+#endif
+  if (!prompt_ids.empty()) {
+    std::istringstream in(prompt_ids);
+    std::string w;
+    while (in >> w) {
+      try {
+        ids.push_back(std::stoll(w));
+      } catch (const std::exception&) {
+        ST_FAIL("--prompt-ids: '" + w + "' is not an integer", "give ids separated by spaces, e.g. \"1 2 3\"");
+      }
+    }
+  } else {
+#ifdef ST_HAVE_TOKENIZER
+    ST_CHECK(tok != nullptr, "--prompt needs --tokenizer", "or give --prompt-ids");
+    if (tok->add_bos && tok->bos_id) ids.push_back(*tok->bos_id);
+    for (auto t : tok->encode(prompt)) ids.push_back(t);
+#else
+    ST_FAIL("--prompt needs a tokenizer, which this build lacks", "use --prompt-ids");
+#endif
+  }
+  const int64_t V = model->config().vocab_size;
+  for (int64_t t : ids)
+    ST_CHECK(t >= 0 && t < V, "prompt id " + std::to_string(t) + " is outside the vocabulary [0, " +
+                                  std::to_string(V) + ")");
+  if (!no_stop) {
+    g.stop_id = model->config().eos_token_id;
+#ifdef ST_HAVE_TOKENIZER
+    if (tok && tok->eos_id) g.stop_id = *tok->eos_id;
+#endif
+  }
+  sm::AutocastGuard ac(at::kCPU, sm::parse_precision(precision));
+  const std::vector<int64_t> out = sm::generate(*model, ids, g);
+  if (print_ids) {
+    for (size_t i = 0; i < out.size(); ++i) std::printf("%s%lld", i ? " " : "", static_cast<long long>(out[i]));
+    std::printf("\n");
+    return 0;
+  }
+#ifdef ST_HAVE_TOKENIZER
+  if (tok) {
+    // Prompt and continuation decoded together, so pieces that span the boundary render correctly.
+    std::vector<shardtune::TokenId> all(ids.begin(), ids.end());
+    all.insert(all.end(), out.begin(), out.end());
+    std::cout << tok->decode(all, /*skip_special=*/true) << "\n";
+    return 0;
+  }
+#endif
+  // No tokenizer: ids are all we can print.
+  for (size_t i = 0; i < out.size(); ++i) std::printf("%s%lld", i ? " " : "", static_cast<long long>(out[i]));
+  std::printf("\n");
+  return 0;
+}
+
+int main(int argc, char** argv) { return shardtune::run_guarded("shardtune-generate", run, argc, argv); }

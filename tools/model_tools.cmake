@@ -1,0 +1,11 @@
+# Model tools that need LibTorch (included by tools/CMakeLists.txt when SHARDTUNE_WITH_TORCH).
+add_executable(shardtune-generate ${CMAKE_CURRENT_LIST_DIR}/generate.cpp)
+target_link_libraries(shardtune-generate PRIVATE shardtune_model shardtune_core CLI11::CLI11)
+if(TARGET shardtune_tokenizer)
+  target_link_libraries(shardtune-generate PRIVATE shardtune_tokenizer)
+  target_compile_definitions(shardtune-generate PRIVATE ST_HAVE_TOKENIZER=1)
+endif()
+
+# One training step (forward + backward + AdamW) benchmark; see tools/bench/step.sh.
+add_executable(shardtune-step-bench ${CMAKE_CURRENT_LIST_DIR}/bench/step_bench.cpp)
+target_link_libraries(shardtune-step-bench PRIVATE shardtune_model shardtune_core CLI11::CLI11)
