@@ -55,6 +55,8 @@ void parse_normalizer(const json& j, const Ctx& ctx, std::vector<std::unique_ptr
     auto n = std::make_unique<PrependNormalizer>();
     n->prefix = j.at("prepend").get<std::string>();
     out.push_back(std::move(n));
+  } else if (type == "NFC") {
+    out.push_back(std::make_unique<NfcNormalizer>());
   } else if (type == "Replace") {
     auto n = std::make_unique<ReplaceNormalizer>();
     n->pattern = parse_pattern(j.at("pattern"), ctx, "normalizer Replace");

@@ -6,6 +6,7 @@
 #include <cctype>
 
 #include "shardtune/core/error.h"
+#include "nfc.h"
 #include "unicode.h"
 
 namespace shardtune::tok {
@@ -95,6 +96,10 @@ std::string replace_all(std::string_view s, const Regex& pattern, const std::str
 bool starts_with(std::string_view s, std::string_view p) { return s.substr(0, p.size()) == p; }
 
 }  // namespace
+
+void NfcNormalizer::apply(std::string& s) const {
+  if (!nfc_quick_yes(s)) s = nfc(s);
+}
 
 void ReplaceNormalizer::apply(std::string& s) const { s = replace_all(s, *pattern, content); }
 

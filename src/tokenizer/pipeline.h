@@ -47,6 +47,10 @@ struct PrependNormalizer : Normalizer {
   }
 };
 
+struct NfcNormalizer : Normalizer {
+  void apply(std::string& s) const override;
+};
+
 struct ReplaceNormalizer : Normalizer {
   std::unique_ptr<Regex> pattern;
   std::string content;

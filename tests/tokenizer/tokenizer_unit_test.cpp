@@ -176,6 +176,19 @@ TEST(tokenizer_Llama3Style, SplitRegexThenByteLevel) {
   EXPECT_EQ(load_json(test::byte_level_json(plain, true), "noregex")->encode("1234"), (Ids{260, 261}));
 }
 
+TEST(tokenizer_Nfc, ComposesAndReorders) {
+  json pre = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}};
+  json j = test::byte_level_json(pre);
+  j["normalizer"] = {{"type", "Sequence"}, {"normalizers", json::array({{{"type", "NFC"}}})}};
+  auto t = load_json(j, "nfc");
+  EXPECT_EQ(t->encode("e\u0301"), (Ids{0xC3, 0xA9}));                          // é
+  EXPECT_EQ(t->encode("\u1100\u1161\u11A8"), (Ids{0xEA, 0xB0, 0x81}));       // Hangul L V T -> U+AC01
+  EXPECT_EQ(t->encode("\u212B"), (Ids{0xC3, 0x85}));                          // Angstrom sign -> Å
+  EXPECT_EQ(t->encode("a\u0301\u0328"), (Ids{0xC4, 0x85, 0xCC, 0x81}));       // reorder ogonek first
+  EXPECT_EQ(t->encode("plain ASCII"), t->encode("plain ASCII"));
+  EXPECT_EQ(t->decode(t->encode("caf\u00e9 日本")), "caf\u00e9 日本");
+}
+
 TEST(tokenizer_LongWord, MergeLoopIsNotQuadratic) {
   auto t = load_json(test::sp_style_json(false), "long");
   std::string text;
