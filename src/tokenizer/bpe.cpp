@@ -32,7 +32,7 @@ std::atomic<uint64_t> g_serial{1};
 
 // A direct-mapped cache of word -> ids, one per (thread, model). Bounded by construction.
 struct WordCache {
-  static constexpr size_t kSlots = 1 << 15;
+  static constexpr size_t kSlots = 1 << 16;
   static constexpr size_t kMaxWord = 48;
   struct Slot {
     std::string key;
@@ -79,10 +79,14 @@ BpeModel::BpeModel(const BpeConfig& cfg, const std::vector<std::pair<std::string
         if (raw.size() == 1) byte_ids_[static_cast<unsigned char>(raw[0])] = id;
       }
   } else {
+    std::fill(std::begin(ascii_ids_), std::end(ascii_ids_), -1);
     for (const auto& [tok, id] : vocab) {
+      if (tok.empty()) continue;
       size_t i = 0;
       uint32_t cp = utf8_next(tok, i);
-      if (i == tok.size() && !tok.empty()) char_to_id_.emplace(cp, id);
+      if (i != tok.size()) continue;
+      char_to_id_.emplace(cp, id);
+      if (cp < 128 && ascii_ids_[cp] < 0) ascii_ids_[cp] = id;
     }
     if (cfg_.byte_fallback)
       for (int b = 0; b < 256; ++b) {
@@ -146,14 +150,20 @@ void BpeModel::initial_symbols(std::string_view word, std::vector<TokenId>& ids,
     size_t start = i;
     uint32_t cp = utf8_next(word, i);
     uint32_t len = static_cast<uint32_t>(i - start);
-    auto it = char_to_id_.find(cp);
-    if (it != char_to_id_.end()) {
+    TokenId known = -1;
+    if (cp < 128) {
+      known = ascii_ids_[cp];
+    } else {
+      auto it = char_to_id_.find(cp);
+      if (it != char_to_id_.end()) known = it->second;
+    }
+    if (known >= 0) {
       if (pending_unk) {
         ids.push_back(*unk_id_);
         lens.push_back(unk_len);
         pending_unk = false;
       }
-      ids.push_back(it->second);
+      ids.push_back(known);
       lens.push_back(len);
       continue;
     }
@@ -188,6 +198,41 @@ void BpeModel::initial_symbols(std::string_view word, std::vector<TokenId>& ids,
   }
 }
 
+// Short words (most byte-level pieces): keep the rank of every adjacent pair in an array and merge the
+// leftmost lowest-ranked pair until none is left; only the two neighbours of a merge are looked up
+// again. Same result as the heap loop below, without its bookkeeping.
+void BpeModel::merge_small(std::vector<TokenId>& ids, std::vector<TokenId>& out) const {
+  constexpr uint32_t kNone = ~0u;
+  uint32_t rank[kSmallWord];
+  TokenId merged[kSmallWord];
+  size_t n = ids.size();
+  auto lookup = [&](size_t i) {
+    if (const auto* m = merges_.find(ids[i], ids[i + 1])) {
+      rank[i] = m->rank;
+      merged[i] = m->id;
+    } else {
+      rank[i] = kNone;
+    }
+  };
+  for (size_t i = 0; i + 1 < n; ++i) lookup(i);
+  while (n > 1) {
+    size_t best = 0;
+    for (size_t i = 1; i + 1 < n; ++i)
+      if (rank[i] < rank[best]) best = i;
+    if (rank[best] == kNone) break;
+    ids[best] = merged[best];
+    for (size_t i = best + 1; i + 1 < n; ++i) {
+      ids[i] = ids[i + 1];
+      rank[i] = rank[i + 1];
+      merged[i] = merged[i + 1];
+    }
+    --n;
+    if (best + 1 < n) lookup(best);
+    if (best > 0) lookup(best - 1);
+  }
+  out.insert(out.end(), ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(n));
+}
+
 void BpeModel::merge_word(std::string_view word, std::vector<TokenId>& out) const {
   if (cfg_.ignore_merges) {
     if (cfg_.units == BpeUnits::Bytes) {
@@ -206,16 +251,12 @@ void BpeModel::merge_word(std::string_view word, std::vector<TokenId>& out) cons
     int32_t prev, next;
     bool alive;
   };
-  struct Cand {
-    uint32_t rank;
-    int32_t pos;
-    TokenId id;
-    bool operator>(const Cand& o) const { return rank != o.rank ? rank > o.rank : pos > o.pos; }
-  };
+  // A candidate merge is (rank << 32 | position): the heap pops the lowest rank, leftmost first. A
+  // popped candidate is stale when the pair now at its position has another rank (ranks are unique).
   thread_local std::vector<TokenId> ids;
   thread_local std::vector<uint32_t> lens;
   thread_local std::vector<Symbol> sym;
-  thread_local std::vector<Cand> heap;
+  thread_local std::vector<uint64_t> heap;
   ids.clear();
   lens.clear();
   initial_symbols(word, ids, lens);
@@ -224,34 +265,41 @@ void BpeModel::merge_word(std::string_view word, std::vector<TokenId>& out) cons
     out.insert(out.end(), ids.begin(), ids.end());
     return;
   }
+  if (n <= kSmallWord) {
+    merge_small(ids, out);
+    return;
+  }
+  auto cand = [](uint32_t rank, int32_t pos) { return (static_cast<uint64_t>(rank) << 32) | static_cast<uint32_t>(pos); };
   sym.resize(n);
   heap.clear();
   for (int32_t i = 0; i < n; ++i) sym[i] = Symbol{ids[i], i - 1, i + 1 < n ? i + 1 : -1, true};
   for (int32_t i = 0; i + 1 < n; ++i)
-    if (const auto* m = merges_.find(ids[i], ids[i + 1])) heap.push_back(Cand{m->rank, i, m->id});
-  auto cmp = std::greater<Cand>();
+    if (const auto* m = merges_.find(ids[i], ids[i + 1])) heap.push_back(cand(m->rank, i));
+  auto cmp = std::greater<uint64_t>();
   std::make_heap(heap.begin(), heap.end(), cmp);
   while (!heap.empty()) {
     std::pop_heap(heap.begin(), heap.end(), cmp);
-    Cand top = heap.back();
+    const uint64_t top = heap.back();
     heap.pop_back();
-    Symbol& left = sym[top.pos];
+    const auto rank = static_cast<uint32_t>(top >> 32);
+    const auto pos = static_cast<int32_t>(top & 0xFFFFFFFFu);
+    Symbol& left = sym[pos];
     if (!left.alive || left.next < 0) continue;
     Symbol& right = sym[left.next];
     const auto* m = merges_.find(left.id, right.id);
-    if (!m || m->id != top.id) continue;  // stale candidate
-    left.id = top.id;
+    if (!m || m->rank != rank) continue;  // stale candidate
+    left.id = m->id;
     right.alive = false;
     left.next = right.next;
-    if (left.next >= 0) sym[left.next].prev = top.pos;
+    if (left.next >= 0) sym[left.next].prev = pos;
     if (left.prev >= 0)
       if (const auto* pm = merges_.find(sym[left.prev].id, left.id)) {
-        heap.push_back(Cand{pm->rank, left.prev, pm->id});
+        heap.push_back(cand(pm->rank, left.prev));
         std::push_heap(heap.begin(), heap.end(), cmp);
       }
     if (left.next >= 0)
       if (const auto* nm = merges_.find(left.id, sym[left.next].id)) {
-        heap.push_back(Cand{nm->rank, top.pos, nm->id});
+        heap.push_back(cand(nm->rank, pos));
         std::push_heap(heap.begin(), heap.end(), cmp);
       }
   }

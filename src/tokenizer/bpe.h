@@ -81,7 +81,9 @@ class BpeModel {
   std::optional<TokenId> unk_id() const { return unk_id_; }
 
  private:
+  static constexpr int32_t kSmallWord = 256;
   void merge_word(std::string_view word, std::vector<TokenId>& out) const;
+  void merge_small(std::vector<TokenId>& ids, std::vector<TokenId>& out) const;
   void initial_symbols(std::string_view word, std::vector<TokenId>& ids, std::vector<uint32_t>& lens) const;
 
   BpeConfig cfg_;
@@ -90,6 +92,7 @@ class BpeModel {
   std::unordered_map<std::string, TokenId> token_to_id_;   // file form
   std::unordered_map<std::string, TokenId> raw_to_id_;     // Bytes units: raw byte string form
   std::unordered_map<uint32_t, TokenId> char_to_id_;       // Chars units: single code point tokens
+  TokenId ascii_ids_[128];  // Chars: id of each single ASCII char (-1 if absent)
   TokenId byte_ids_[256];  // Bytes: id of each byte; Chars: id of "<0xXX>" (-1 if absent)
   std::optional<TokenId> unk_id_;
   MergeTable merges_;

@@ -252,18 +252,18 @@ void StripDecoder::decode_chain(std::vector<std::string>& tokens) const {
 }
 
 void MetaspaceDecoder::decode_chain(std::vector<std::string>& tokens) const {
+  // As HF: every replacement char becomes ' ', except in the first token, where they are dropped.
   for (size_t i = 0; i < tokens.size(); ++i) {
     std::string out;
     const std::string& t = tokens[i];
     for (size_t p = 0; p < t.size();) {
       if (t.compare(p, replacement.size(), replacement) == 0) {
-        out += ' ';
+        if (!(i == 0 && strip_first)) out += ' ';
         p += replacement.size();
       } else {
         out += t[p++];
       }
     }
-    if (i == 0 && strip_first && starts_with(out, " ")) out.erase(0, 1);
     tokens[i] = std::move(out);
   }
 }
