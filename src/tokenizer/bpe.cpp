@@ -96,6 +96,19 @@ BpeModel::BpeModel(const BpeConfig& cfg, const std::vector<std::pair<std::string
         if (it != token_to_id_.end()) byte_ids_[b] = it->second;
       }
   }
+  if (cfg_.units == BpeUnits::Chars && token_to_id_.count("\xE2\x96\x81")) {
+    // SentencePiece-style vocabularies use U+2581 for spaces and only at the start of a token.
+    const std::string marker = "\xE2\x96\x81";
+    split_at_marker_ = true;
+    for (const auto& [tok, id] : vocab) {
+      size_t lead = 0;
+      while (tok.compare(lead, marker.size(), marker) == 0) lead += marker.size();
+      if (tok.find(marker, lead) != std::string::npos) {
+        split_at_marker_ = false;
+        break;
+      }
+    }
+  }
   if (cfg_.unk_token) {
     auto it = token_to_id_.find(*cfg_.unk_token);
     ST_CHECK(it != token_to_id_.end(), file + ": unk_token '" + *cfg_.unk_token + "' is not in the vocabulary",
@@ -307,6 +320,25 @@ void BpeModel::merge_word(std::string_view word, std::vector<TokenId>& out) cons
 }
 
 void BpeModel::encode_word(std::string_view word, std::vector<TokenId>& out) const {
+  if (!split_at_marker_ || word.size() <= WordCache::kMaxWord) {
+    encode_piece(word, out);
+    return;
+  }
+  // No token joins a non-marker char to a following marker, so no merge crosses such a boundary and
+  // the pieces between boundaries can be merged (and cached) on their own with the same result.
+  static constexpr std::string_view kMarker = "\xE2\x96\x81";
+  size_t start = 0;
+  for (size_t p = word.find(kMarker, 1); p != std::string_view::npos; p = word.find(kMarker, p + kMarker.size())) {
+    if (p >= start + kMarker.size() && word.compare(p - kMarker.size(), kMarker.size(), kMarker) == 0) continue;
+    if (p > start) {
+      encode_piece(word.substr(start, p - start), out);
+      start = p;
+    }
+  }
+  encode_piece(word.substr(start), out);
+}
+
+void BpeModel::encode_piece(std::string_view word, std::vector<TokenId>& out) const {
   if (word.empty()) return;
   if (word.size() > WordCache::kMaxWord) {
     merge_word(word, out);

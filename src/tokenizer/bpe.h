@@ -82,6 +82,7 @@ class BpeModel {
 
  private:
   static constexpr int32_t kSmallWord = 256;
+  void encode_piece(std::string_view word, std::vector<TokenId>& out) const;
   void merge_word(std::string_view word, std::vector<TokenId>& out) const;
   void merge_small(std::vector<TokenId>& ids, std::vector<TokenId>& out) const;
   void initial_symbols(std::string_view word, std::vector<TokenId>& ids, std::vector<uint32_t>& lens) const;
@@ -95,6 +96,7 @@ class BpeModel {
   TokenId ascii_ids_[128];  // Chars: id of each single ASCII char (-1 if absent)
   TokenId byte_ids_[256];  // Bytes: id of each byte; Chars: id of "<0xXX>" (-1 if absent)
   std::optional<TokenId> unk_id_;
+  bool split_at_marker_ = false;  // Chars: words may be cut before each "▁" run (see encode_word)
   MergeTable merges_;
 };
 

@@ -191,14 +191,25 @@ TEST(tokenizer_Nfc, ComposesAndReorders) {
 
 TEST(tokenizer_LongWord, MergeLoopIsNotQuadratic) {
   auto t = load_json(test::sp_style_json(false), "long");
+  // No spaces: one ~500 KB "word" with no place to cut it, so the heap merge loop runs on all of it
+  // (an O(n^2) loop would take minutes).
   std::string text;
-  for (int i = 0; i < 40000; ++i) text += "hello world ";
+  for (int i = 0; i < 100000; ++i) text += "hello";
   auto t0 = std::chrono::steady_clock::now();
-  Ids ids = t->encode(text);  // one "word" of ~480 KB: O(n^2) would take minutes
+  Ids ids = t->encode(text);
   double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  EXPECT_EQ(ids.size(), 80000u + 1u);  // hello, world pairs and the trailing "▁"
+  EXPECT_EQ(ids.size(), 100000u);  // "▁hello" then "hello" x 99999
+  EXPECT_EQ(ids[0], *t->token_to_id("\xE2\x96\x81hello"));
+  EXPECT_EQ(ids[1], *t->token_to_id("hello"));
   EXPECT_LT(secs, 5.0);
   EXPECT_EQ(t->decode(ids), text);
+  // With spaces the text is cut before each "▁" (no token has "▁" after another char): same ids as
+  // encoding word by word.
+  std::string spaced;
+  for (int i = 0; i < 40000; ++i) spaced += "hello world ";
+  Ids sids = t->encode(spaced);
+  EXPECT_EQ(sids.size(), 80000u + 1u);  // ▁hello ▁world pairs and the trailing "▁"
+  EXPECT_EQ(t->decode(sids), spaced);
 }
 
 TEST(tokenizer_Threads, SameIdsFromTwoThreads) {
