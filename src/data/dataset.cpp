@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <mutex>
 #include <nlohmann/json.hpp>
 
 #include "h5.h"
@@ -14,13 +15,22 @@ namespace shardtune::data {
 
 namespace stdfs = std::filesystem;
 
+// The serial HDF5 library is not thread-safe: every HDF5 call of the data layer holds this lock.
+std::mutex& hdf5_mutex() {
+  static std::mutex m;
+  return m;
+}
+
 struct ShardSet::Shard {
   std::string path;
   H5 file{-1, H5Fclose}, tokens{-1, H5Dclose}, mask{-1, H5Dclose};
   std::vector<int64_t> offsets;
 };
 
-ShardSet::~ShardSet() = default;
+ShardSet::~ShardSet() {
+  std::lock_guard<std::mutex> lock(hdf5_mutex());
+  shards_.clear();
+}
 
 std::unique_ptr<ShardSet> ShardSet::open(const std::string& dir, const std::string& split, int64_t expect_vocab) {
   const std::string manifest_path = (stdfs::path(dir) / "manifest.json").string();
@@ -52,6 +62,7 @@ std::unique_ptr<ShardSet> ShardSet::open(const std::string& dir, const std::stri
                  info.tokenizer_name + ", " + info.tokenizer_source + ") but the model has " + std::to_string(expect_vocab),
              "prepare the data with the model's own tokenizer");
   set->first_sample_.push_back(0);
+  std::lock_guard<std::mutex> lock(hdf5_mutex());
   QuietHdf5 quiet;
   for (const auto& s : m.at("shards")) {
     if (s.value("split", "") != split) continue;
@@ -106,6 +117,7 @@ void ShardSet::read(int64_t sample, std::vector<int32_t>& tokens, std::vector<ui
   tokens.resize(count);
   mask.resize(count);
   if (count == 0) return;
+  std::lock_guard<std::mutex> lock(hdf5_mutex());
   QuietHdf5 quiet;
   H5 mem(H5Screate_simple(1, &count, nullptr), H5Sclose);
   for (auto [ds, type, dst] : {std::tuple{sh.tokens.get(), H5T_NATIVE_INT32, static_cast<void*>(tokens.data())},

@@ -1,0 +1,41 @@
+// The trainer's one configuration struct: bound to CLI11 options (and TOML files with the same keys),
+// validated once, printed once by rank 0 as a table.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace CLI {
+class App;
+}
+
+namespace shardtune::train {
+
+struct TrainConfig {
+  std::string model, data, out, method = "full";
+  int zero = 0;
+  int64_t steps = 0;
+  double epochs = 0;
+  int64_t global_batch = 8, micro_batch = 1, seq_len = 512;
+  bool pack = false;
+  double lr = 1e-4, min_lr = 0.0;
+  int64_t warmup_steps = 0;
+  std::string schedule = "cosine";
+  double weight_decay = 0.0, grad_clip = 1.0, beta1 = 0.9, beta2 = 0.95, eps = 1e-8;
+  uint64_t seed = 1234;
+  int64_t eval_every = 0, eval_batches = 4, log_every = 1;
+  std::string metrics;
+  int threads = 1;
+  std::string precision = "fp32";
+  std::string device = "cpu";
+  double bucket_mb = 25.0;
+  std::string save_dtype;  // "" = as loaded
+
+  void bind(CLI::App& app);
+  // Checks everything that does not need the world size or the data; throws Error naming the option.
+  void validate() const;
+  // One "key = value" line per option, in a fixed order (also the cross-rank fingerprint).
+  std::string table() const;
+};
+
+}  // namespace shardtune::train

@@ -1,0 +1,53 @@
+// Reads this rank's micro-batches one optimizer step ahead on a background thread, so reading HDF5
+// never stalls a step; and the fixed validation batches.
+#pragma once
+
+#include <condition_variable>
+#include <deque>
+#include <exception>
+#include <mutex>
+#include <thread>
+#include <vector>
+
+#include "shardtune/data/dataset.h"
+
+namespace shardtune::train {
+
+struct LoaderPlan {
+  int64_t global_batch = 0, micro_batch = 0, seq_len = 0;
+  int world = 1, rank = 0;
+  bool pack = false;
+  int64_t pad_id = 0;
+  uint64_t seed = 0;
+  int accum() const { return static_cast<int>(global_batch / (micro_batch * world)); }
+};
+
+std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler& sampler, const LoaderPlan& p, int64_t step);
+
+class StepLoader {
+ public:
+  StepLoader(data::ShardSet& set, LoaderPlan plan, int64_t first_step, int64_t end_step);
+  ~StepLoader();
+  StepLoader(const StepLoader&) = delete;
+  StepLoader& operator=(const StepLoader&) = delete;
+  std::vector<data::HostBatch> next();  // rethrows a reading error on the caller's thread
+
+ private:
+  void run();
+  data::ShardSet& set_;
+  LoaderPlan plan_;
+  data::GlobalSampler sampler_;
+  int64_t next_step_, end_step_;
+  std::deque<std::vector<data::HostBatch>> ready_;
+  std::exception_ptr error_;
+  bool stop_ = false;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::thread thread_;
+};
+
+// Validation: the first min(n, batches * global_batch) samples in file order; rank r takes every
+// world-th one, in micro-batches. Unpacked, so padding never changes the result.
+std::vector<data::HostBatch> read_eval(data::ShardSet& set, const LoaderPlan& p, int64_t batches);
+
+}  // namespace shardtune::train

@@ -1,0 +1,174 @@
+// Communicator: MPI collectives on CPU tensors, dispatch to NCCL for CUDA tensors (nccl_backend.cpp).
+#include "shardtune/dist/communicator.h"
+
+#include <mpi.h>
+
+#include <chrono>
+
+#include "nccl_backend.h"
+#include "shardtune/core/error.h"
+
+namespace shardtune::dist {
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+void mpi_check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  char msg[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, msg, &len);
+  ST_FAIL(std::string(what) + " failed: " + std::string(msg, len), "another rank probably failed first; see its message");
+}
+
+MPI_Datatype mpi_type(const at::Tensor& t) {
+  switch (t.scalar_type()) {
+    case at::kFloat: return MPI_FLOAT;
+    case at::kDouble: return MPI_DOUBLE;
+    case at::kLong: return MPI_INT64_T;
+    case at::kInt: return MPI_INT32_T;
+    case at::kByte: return MPI_UINT8_T;
+    case at::kBFloat16:
+    case at::kHalf: return MPI_UINT16_T;  // byte moves only (broadcast / gather), never reductions
+    default: ST_FAIL(std::string("unsupported dtype for MPI collective: ") + c10::toString(t.scalar_type()));
+  }
+}
+
+void check_flat(const at::Tensor& t, const char* what) {
+  ST_CHECK(t.defined() && t.is_contiguous(), std::string(what) + ": tensor must be defined and contiguous");
+}
+
+int count_of(const at::Tensor& t) {
+  ST_CHECK(t.numel() < (int64_t{1} << 31), "collective on more than 2^31 elements: split it into buckets");
+  return static_cast<int>(t.numel());
+}
+
+}  // namespace
+
+// An MPI request plus the tensors it must keep alive; the owning communicator accounts waiting time.
+class MpiPending : public Pending {
+ public:
+  MpiPending(Communicator* c, MPI_Request r, std::vector<at::Tensor> keep) : comm_(c), req_(r), keep_(std::move(keep)) {}
+  ~MpiPending() override {
+    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+  }
+  bool done() override {
+    if (req_ == MPI_REQUEST_NULL) return true;
+    int flag = 0;
+    mpi_check(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+    return flag != 0;
+  }
+  void wait() override {
+    if (req_ == MPI_REQUEST_NULL) return;
+    auto t0 = Clock::now();
+    mpi_check(MPI_Wait(&req_, MPI_STATUS_IGNORE), "MPI_Wait");
+    comm_->blocked_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+
+ private:
+  Communicator* comm_;
+  MPI_Request req_;
+  std::vector<at::Tensor> keep_;
+};
+
+namespace {
+class DonePending : public Pending {
+ public:
+  bool done() override { return true; }
+  void wait() override {}
+};
+}  // namespace
+
+struct Communicator::Nccl {
+  std::unique_ptr<NcclBackend> backend;
+};
+
+Communicator::Communicator(const MpiRuntime& rt) : rt_(rt) {}
+Communicator::~Communicator() = default;
+
+bool Communicator::has_nccl() { return nccl_available(); }
+
+Communicator::Nccl& Communicator::nccl() {
+  if (!nccl_) {
+    nccl_ = std::make_unique<Nccl>();
+    nccl_->backend = make_nccl_backend(rt_);
+  }
+  return *nccl_;
+}
+
+double Communicator::take_blocked_seconds() {
+  double s = blocked_s_;
+  blocked_s_ = 0;
+  return s;
+}
+
+void Communicator::all_reduce_sum(at::Tensor& t) {
+  start_all_reduce_sum(t)->wait();
+}
+
+void Communicator::reduce_scatter_sum(const at::Tensor& in, at::Tensor& out) {
+  start_reduce_scatter_sum(in, out)->wait();
+}
+
+void Communicator::all_gather(const at::Tensor& in, at::Tensor& out) {
+  start_all_gather(in, out)->wait();
+}
+
+std::unique_ptr<Pending> Communicator::start_all_reduce_sum(at::Tensor t) {
+  check_flat(t, "all_reduce_sum");
+  if (world() == 1) return std::make_unique<DonePending>();
+  if (t.is_cuda()) return nccl().backend->all_reduce_sum(t, &blocked_s_);
+  MPI_Request r;
+  mpi_check(MPI_Iallreduce(MPI_IN_PLACE, t.data_ptr(), count_of(t), mpi_type(t), MPI_SUM, MPI_COMM_WORLD, &r), "MPI_Iallreduce");
+  return std::make_unique<MpiPending>(this, r, std::vector<at::Tensor>{t});
+}
+
+std::unique_ptr<Pending> Communicator::start_reduce_scatter_sum(at::Tensor in, at::Tensor out) {
+  check_flat(in, "reduce_scatter_sum");
+  check_flat(out, "reduce_scatter_sum");
+  ST_CHECK(in.numel() == out.numel() * world(), "reduce_scatter_sum: input must be world x output");
+  if (world() == 1) {
+    if (out.data_ptr() != in.data_ptr()) out.copy_(in);
+    return std::make_unique<DonePending>();
+  }
+  if (in.is_cuda()) return nccl().backend->reduce_scatter_sum(in, out, &blocked_s_);
+  MPI_Request r;
+  mpi_check(MPI_Ireduce_scatter_block(in.data_ptr(), out.data_ptr(), count_of(out), mpi_type(in), MPI_SUM, MPI_COMM_WORLD, &r),
+            "MPI_Ireduce_scatter_block");
+  return std::make_unique<MpiPending>(this, r, std::vector<at::Tensor>{in, out});
+}
+
+std::unique_ptr<Pending> Communicator::start_all_gather(at::Tensor in, at::Tensor out) {
+  check_flat(in, "all_gather");
+  check_flat(out, "all_gather");
+  ST_CHECK(out.numel() == in.numel() * world(), "all_gather: output must be world x input");
+  if (world() == 1) {
+    if (out.data_ptr() != in.data_ptr()) out.copy_(in);
+    return std::make_unique<DonePending>();
+  }
+  if (in.is_cuda()) return nccl().backend->all_gather(in, out, &blocked_s_);
+  MPI_Request r;
+  // In place when `in` is this rank's slice of `out`.
+  const void* send = in.data_ptr() == static_cast<char*>(out.data_ptr()) + rank() * in.nbytes() ? MPI_IN_PLACE : in.data_ptr();
+  mpi_check(MPI_Iallgather(send, count_of(in), mpi_type(in), out.data_ptr(), count_of(in), mpi_type(out), MPI_COMM_WORLD, &r),
+            "MPI_Iallgather");
+  return std::make_unique<MpiPending>(this, r, std::vector<at::Tensor>{in, out});
+}
+
+void Communicator::broadcast(at::Tensor& t, int root) {
+  check_flat(t, "broadcast");
+  if (world() == 1) return;
+  if (t.is_cuda()) return nccl().backend->broadcast(t, root, &blocked_s_);
+  auto t0 = Clock::now();
+  mpi_check(MPI_Bcast(t.data_ptr(), count_of(t), mpi_type(t), root, MPI_COMM_WORLD), "MPI_Bcast");
+  blocked_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+double Communicator::all_reduce(double value, ReduceOp op) {
+  if (world() == 1) return value;
+  double out = value;
+  mpi_check(MPI_Allreduce(&value, &out, 1, MPI_DOUBLE, op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  return out;
+}
+
+}  // namespace shardtune::dist

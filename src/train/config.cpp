@@ -1,0 +1,105 @@
+// TrainConfig: CLI11 binding, validation and the printed table.
+#include "shardtune/train/config.h"
+
+#include <CLI/CLI.hpp>
+#include <sstream>
+
+#include "shardtune/core/error.h"
+
+namespace shardtune::train {
+
+void TrainConfig::bind(CLI::App& app) {
+  app.set_config("--config", "", "TOML file; keys are the long option names (e.g. global-batch = 32)");
+  app.add_option("--model", model, "Hugging Face model folder or llama2.c .bin")->required();
+  app.add_option("--data", data, "folder written by shardtune-prep")->required();
+  app.add_option("--out", out, "output folder (new or empty): final model in HF layout")->required();
+  app.add_option("--method", method, "full | lora | qlora")->capture_default_str();
+  app.add_option("--zero", zero, "0 = DDP, 1 = optimizer state partitioned, 2 = + gradients partitioned")->capture_default_str();
+  app.add_option("--steps", steps, "optimizer steps (or use --epochs)")->capture_default_str();
+  app.add_option("--epochs", epochs, "passes over the training split (when --steps is 0)")->capture_default_str();
+  app.add_option("--global-batch", global_batch, "samples per optimizer step, over all ranks")->capture_default_str();
+  app.add_option("--micro-batch", micro_batch, "samples per rank per forward")->capture_default_str();
+  app.add_option("--seq-len", seq_len, "longest row in tokens (samples are truncated to it)")->capture_default_str();
+  app.add_flag("--pack,!--no-pack", pack, "pack samples into rows of --seq-len with document masks");
+  app.add_option("--lr", lr, "peak learning rate")->capture_default_str();
+  app.add_option("--min-lr", min_lr, "final learning rate of the cosine/linear schedule")->capture_default_str();
+  app.add_option("--warmup-steps", warmup_steps, "linear warmup steps")->capture_default_str();
+  app.add_option("--schedule", schedule, "cosine | linear | constant")->capture_default_str();
+  app.add_option("--weight-decay", weight_decay, "AdamW decoupled weight decay (not on norms and biases)")->capture_default_str();
+  app.add_option("--grad-clip", grad_clip, "global gradient-norm clip (0 = off)")->capture_default_str();
+  app.add_option("--beta1", beta1, "AdamW beta1")->capture_default_str();
+  app.add_option("--beta2", beta2, "AdamW beta2")->capture_default_str();
+  app.add_option("--eps", eps, "AdamW epsilon")->capture_default_str();
+  app.add_option("--seed", seed, "seed of the data order")->capture_default_str();
+  app.add_option("--eval-every", eval_every, "evaluate on the validation split every N steps (0 = only at the end)")->capture_default_str();
+  app.add_option("--eval-batches", eval_batches, "global batches of validation data per evaluation")->capture_default_str();
+  app.add_option("--log-every", log_every, "print a progress line every N steps")->capture_default_str();
+  app.add_option("--metrics", metrics, "JSONL file: one line per step and per evaluation");
+  app.add_option("--threads", threads, "torch threads per rank")->capture_default_str();
+  app.add_option("--precision", precision, "fp32 | bf16 (autocast; weights and optimizer stay fp32)")->capture_default_str();
+  app.add_option("--device", device, "cpu | cuda")->capture_default_str();
+  app.add_option("--bucket-mb", bucket_mb, "gradient bucket size for overlapped communication")->capture_default_str();
+  app.add_option("--save-dtype", save_dtype, "dtype of the saved model: F32 | BF16 | F16 (default: as loaded)");
+}
+
+void TrainConfig::validate() const {
+  ST_CHECK(method == "full" || method == "lora" || method == "qlora", "unknown --method '" + method + "'",
+           "use full, lora or qlora");
+  ST_CHECK(method == "full", "--method " + method + " is not implemented yet", "use --method full");
+  ST_CHECK(zero >= 0 && zero <= 2, "--zero must be 0, 1 or 2 (got " + std::to_string(zero) + ")");
+  ST_CHECK(steps > 0 || epochs > 0, "give --steps N or --epochs E");
+  ST_CHECK(steps >= 0 && epochs >= 0, "--steps and --epochs must not be negative");
+  ST_CHECK(global_batch > 0 && micro_batch > 0, "--global-batch and --micro-batch must be positive");
+  ST_CHECK(seq_len >= 2, "--seq-len must be at least 2");
+  ST_CHECK(lr > 0 && min_lr >= 0 && min_lr <= lr, "need 0 < --lr and 0 <= --min-lr <= --lr");
+  ST_CHECK(warmup_steps >= 0, "--warmup-steps must not be negative");
+  ST_CHECK(schedule == "cosine" || schedule == "linear" || schedule == "constant", "unknown --schedule '" + schedule + "'",
+           "use cosine, linear or constant");
+  ST_CHECK(weight_decay >= 0 && grad_clip >= 0, "--weight-decay and --grad-clip must not be negative");
+  ST_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && eps > 0, "AdamW needs 0 <= beta < 1 and eps > 0");
+  ST_CHECK(eval_every >= 0 && eval_batches >= 0 && log_every >= 1, "--eval-every/--eval-batches >= 0, --log-every >= 1");
+  ST_CHECK(threads >= 1, "--threads must be at least 1");
+  ST_CHECK(precision == "fp32" || precision == "bf16", "unknown --precision '" + precision + "'", "use fp32 or bf16");
+  ST_CHECK(device == "cpu" || device == "cuda", "unknown --device '" + device + "'", "use cpu or cuda");
+  ST_CHECK(bucket_mb > 0, "--bucket-mb must be positive");
+  ST_CHECK(save_dtype.empty() || save_dtype == "F32" || save_dtype == "BF16" || save_dtype == "F16",
+           "unknown --save-dtype '" + save_dtype + "'", "use F32, BF16 or F16");
+}
+
+std::string TrainConfig::table() const {
+  std::ostringstream o;
+  auto row = [&](const char* k, const auto& v) { o << "  " << k << std::string(16 - std::string(k).size(), ' ') << "= " << v << "\n"; };
+  row("model", model);
+  row("data", data);
+  row("out", out);
+  row("method", method);
+  row("zero", zero);
+  row("steps", steps);
+  row("epochs", epochs);
+  row("global-batch", global_batch);
+  row("micro-batch", micro_batch);
+  row("seq-len", seq_len);
+  row("pack", pack ? "true" : "false");
+  row("lr", lr);
+  row("min-lr", min_lr);
+  row("warmup-steps", warmup_steps);
+  row("schedule", schedule);
+  row("weight-decay", weight_decay);
+  row("grad-clip", grad_clip);
+  row("beta1", beta1);
+  row("beta2", beta2);
+  row("eps", eps);
+  row("seed", seed);
+  row("eval-every", eval_every);
+  row("eval-batches", eval_batches);
+  row("log-every", log_every);
+  row("metrics", metrics.empty() ? "(none)" : metrics);
+  row("threads", threads);
+  row("precision", precision);
+  row("device", device);
+  row("bucket-mb", bucket_mb);
+  row("save-dtype", save_dtype.empty() ? "(as loaded)" : save_dtype);
+  return o.str();
+}
+
+}  // namespace shardtune::train

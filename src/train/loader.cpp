@@ -1,0 +1,91 @@
+// Step prefetching (one step ahead, one background thread) and validation batches.
+#include "shardtune/train/loader.h"
+
+namespace shardtune::train {
+
+namespace {
+data::HostBatch read_batch(data::ShardSet& set, const std::vector<int64_t>& ids, const LoaderPlan& p, bool pack) {
+  std::vector<std::vector<int32_t>> toks(ids.size());
+  std::vector<std::vector<uint8_t>> masks(ids.size());
+  for (size_t i = 0; i < ids.size(); ++i) set.read(ids[i], toks[i], masks[i]);
+  data::HostBatch b = data::make_batch(toks, masks, p.seq_len, pack, p.pad_id);
+  if (b.T < 2 && !pack) {  // the model needs two positions; a pad column changes nothing
+    data::HostBatch w = b;
+    w.T = 2;
+    w.ids.assign(b.B * 2, p.pad_id);
+    w.mask.assign(b.B * 2, 0);
+    for (int64_t r = 0; r < b.B; ++r) w.ids[r * 2] = b.ids[r];
+    return w;
+  }
+  return b;
+}
+}  // namespace
+
+std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler& sampler, const LoaderPlan& p, int64_t step) {
+  std::vector<data::HostBatch> out;
+  for (int a = 0; a < p.accum(); ++a)
+    out.push_back(read_batch(set, sampler.micro_batch(step * p.global_batch, p.micro_batch, p.world, p.rank, a), p, p.pack));
+  return out;
+}
+
+StepLoader::StepLoader(data::ShardSet& set, LoaderPlan plan, int64_t first_step, int64_t end_step)
+    : set_(set), plan_(plan), sampler_(set.size(), plan.seed), next_step_(first_step), end_step_(end_step) {
+  thread_ = std::thread([this] { run(); });
+}
+
+StepLoader::~StepLoader() {
+  {
+    std::lock_guard<std::mutex> lk(mu_);
+    stop_ = true;
+  }
+  cv_.notify_all();
+  thread_.join();
+}
+
+void StepLoader::run() {
+  try {
+    for (;;) {
+      int64_t step;
+      {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return stop_ || ready_.size() < 2; });
+        if (stop_ || next_step_ >= end_step_) return;
+        step = next_step_++;
+      }
+      auto batches = read_step(set_, sampler_, plan_, step);
+      {
+        std::lock_guard<std::mutex> lk(mu_);
+        ready_.push_back(std::move(batches));
+      }
+      cv_.notify_all();
+    }
+  } catch (...) {
+    std::lock_guard<std::mutex> lk(mu_);
+    error_ = std::current_exception();
+    cv_.notify_all();
+  }
+}
+
+std::vector<data::HostBatch> StepLoader::next() {
+  std::unique_lock<std::mutex> lk(mu_);
+  cv_.wait(lk, [&] { return !ready_.empty() || error_; });
+  if (ready_.empty() && error_) std::rethrow_exception(error_);
+  auto b = std::move(ready_.front());
+  ready_.pop_front();
+  cv_.notify_all();
+  return b;
+}
+
+std::vector<data::HostBatch> read_eval(data::ShardSet& set, const LoaderPlan& p, int64_t batches) {
+  std::vector<data::HostBatch> out;
+  const int64_t n = std::min(set.size(), batches * p.global_batch);
+  std::vector<int64_t> mine;
+  for (int64_t i = p.rank; i < n; i += p.world) mine.push_back(i);
+  for (size_t i = 0; i < mine.size(); i += p.micro_batch) {
+    std::vector<int64_t> ids(mine.begin() + i, mine.begin() + std::min(mine.size(), i + p.micro_batch));
+    out.push_back(read_batch(set, ids, p, false));
+  }
+  return out;
+}
+
+}  // namespace shardtune::train

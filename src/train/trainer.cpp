@@ -1,0 +1,297 @@
+// Trainer: flat parameter/gradient buffers, gradient hooks that launch bucket communication as soon as
+// a bucket's gradients are complete (overlapping backward), global-norm clipping, AdamW on the owned
+// shard and the all-gather that makes every rank's parameters whole again.
+#include "shardtune/train/trainer.h"
+
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/utils/lambda_post_hook.h>
+#include <torch/csrc/autograd/variable.h>
+
+#include <chrono>
+#include <cmath>
+
+#include "shardtune/core/error.h"
+#include "shardtune/data/dataset.h"
+#include "shardtune/dist/communicator.h"
+#include "shardtune/model/model.h"
+#include "shardtune/model/runtime.h"
+#include "shardtune/optim/adamw.h"
+#include "shardtune/optim/layout.h"
+
+namespace shardtune::train {
+
+using Clock = std::chrono::steady_clock;
+
+struct Trainer::Impl {
+  TrainConfig cfg;
+  std::shared_ptr<model::CausalLM> model;
+  dist::Communicator& comm;
+  int world, rank, zero;
+  at::Device device{at::kCPU};
+  model::Precision precision;
+
+  optim::FlatLayout layout;
+  std::vector<at::Tensor> params;   // in layout.params order
+  at::Tensor flat_params;           // [total], every rank holds all parameters
+  at::Tensor flat_grad;             // [total] for ZeRO-0/1
+  at::Tensor owned_grad, master;    // [shard] for ZeRO-1/2
+  std::vector<at::Tensor> bucket_grad;  // ZeRO-2: live only between a micro-step's backward and its reduce-scatter
+  std::unique_ptr<optim::FlatAdamW> adam;
+
+  // Hook state: gradients still missing per bucket in the current backward.
+  std::vector<int> remaining;
+  std::vector<bool> launched;
+  bool communicate_now = false;
+  struct Op {
+    std::unique_ptr<dist::Pending> pending;
+    int bucket;
+    at::Tensor temp;  // ZeRO-2 reduce-scatter output
+  };
+  std::vector<Op> ops;
+  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+
+  Impl(const TrainConfig& c, std::shared_ptr<model::CausalLM> m, dist::Communicator& cm)
+      : cfg(c), model(std::move(m)), comm(cm), world(cm.world()), rank(cm.rank()), zero(c.zero),
+        precision(model::parse_precision(c.precision)) {
+    if (cfg.device == "cuda") device = at::Device(at::kCUDA);
+    build_flat();
+    install_hooks();
+  }
+
+  void build_flat() {
+    auto named = model->hf_parameters();
+    std::vector<optim::ParamSpec> specs;
+    for (auto& [name, t] : named) specs.push_back({name, t.sizes().vec(), t.dim() >= 2});
+    const auto bucket_elems = static_cast<int64_t>(cfg.bucket_mb * 1024 * 1024 / 4);
+    layout = optim::plan_layout(specs, world, std::max<int64_t>(bucket_elems, 1));
+    at::NoGradGuard no_grad;
+    flat_params = at::zeros({layout.total}, at::TensorOptions().dtype(at::kFloat).device(device));
+    params.resize(layout.params.size());
+    for (size_t i = 0; i < layout.params.size(); ++i) {
+      const auto& slot = layout.params[i];
+      at::Tensor t;
+      for (auto& [name, p] : named)
+        if (name == slot.name) t = p;
+      at::Tensor view = flat_params.narrow(0, slot.offset, slot.numel).view(slot.shape);
+      view.copy_(t.to(at::kFloat));
+      t.set_data(view);
+      t.set_requires_grad(true);
+      params[i] = t;
+    }
+    if (zero <= 1) {
+      flat_grad = at::zeros({layout.total}, flat_params.options());
+      for (size_t i = 0; i < params.size(); ++i)
+        params[i].mutable_grad() = flat_grad.narrow(0, layout.params[i].offset, layout.params[i].numel).view(layout.params[i].shape);
+    }
+    if (zero == 0) {
+      std::vector<optim::OwnedRange> all;
+      for (size_t i = 0; i < layout.params.size(); ++i)
+        all.push_back({static_cast<int>(i), layout.params[i].offset, layout.params[i].numel, layout.params[i].offset});
+      adam = std::make_unique<optim::FlatAdamW>(all, layout.total, layout.params, adam_cfg());
+    } else {
+      owned_grad = at::zeros({layout.shard_size()}, flat_params.options());
+      master = at::empty({layout.shard_size()}, flat_params.options());
+      for (size_t b = 0; b < layout.buckets.size(); ++b)
+        master.narrow(0, layout.shard_offset(b), layout.slice(b)).copy_(flat_params.narrow(0, layout.owned_offset(b, rank), layout.slice(b)));
+      adam = std::make_unique<optim::FlatAdamW>(layout.owned_ranges(rank), layout.shard_size(), layout.params, adam_cfg());
+      bucket_grad.resize(layout.buckets.size());
+    }
+    remaining.assign(layout.buckets.size(), 0);
+    launched.assign(layout.buckets.size(), false);
+  }
+
+  optim::AdamWConfig adam_cfg() const { return {cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay}; }
+
+  void install_hooks() {
+    for (size_t i = 0; i < params.size(); ++i) {
+      auto acc = torch::autograd::impl::grad_accumulator(params[i]);
+      ST_CHECK(acc != nullptr, "internal: parameter " + layout.params[i].name + " has no gradient accumulator");
+      const int bucket = layout.params[i].bucket;
+      acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
+          [this, bucket](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
+            if (--remaining[bucket] == 0 && communicate_now) launch(bucket);
+            poll();
+            return outputs;
+          }));
+      accumulators.push_back(std::move(acc));
+    }
+  }
+
+  // Prepares gradient storage and hook counters for one backward.
+  void begin_backward(bool last_micro) {
+    communicate_now = last_micro || zero == 2;
+    for (size_t b = 0; b < layout.buckets.size(); ++b) {
+      remaining[b] = static_cast<int>(layout.buckets[b].params.size());
+      launched[b] = false;
+    }
+    if (zero == 2) {
+      for (size_t b = 0; b < layout.buckets.size(); ++b) {
+        const auto& bk = layout.buckets[b];
+        bucket_grad[b] = at::zeros({bk.size}, flat_params.options());
+        for (int p : bk.params)
+          params[p].mutable_grad() =
+              bucket_grad[b].narrow(0, layout.params[p].offset - bk.offset, layout.params[p].numel).view(layout.params[p].shape);
+      }
+    }
+  }
+
+  void launch(int b) {
+    launched[b] = true;
+    const auto& bk = layout.buckets[b];
+    Op op;
+    op.bucket = b;
+    if (zero == 0) {
+      op.pending = comm.start_all_reduce_sum(flat_grad.narrow(0, bk.offset, bk.size));
+    } else if (zero == 1) {
+      op.pending = comm.start_reduce_scatter_sum(flat_grad.narrow(0, bk.offset, bk.size),
+                                                 owned_grad.narrow(0, layout.shard_offset(b), layout.slice(b)));
+    } else {
+      op.temp = at::empty({layout.slice(b)}, flat_params.options());
+      op.pending = comm.start_reduce_scatter_sum(bucket_grad[b], op.temp);
+    }
+    ops.push_back(std::move(op));
+  }
+
+  // ZeRO-2: a finished reduce-scatter adds into the owned gradient and drops the bucket's full gradient.
+  void complete(Op& op) {
+    if (zero != 2) return;
+    at::NoGradGuard no_grad;
+    owned_grad.narrow(0, layout.shard_offset(op.bucket), layout.slice(op.bucket)).add_(op.temp);
+    for (int p : layout.buckets[op.bucket].params) params[p].mutable_grad() = at::Tensor();
+    bucket_grad[op.bucket] = at::Tensor();
+    op.temp = at::Tensor();
+  }
+
+  void poll() {
+    for (auto& op : ops)
+      if (op.pending && op.pending->done()) {
+        op.pending.reset();
+        complete(op);
+      }
+  }
+
+  void finish_backward() {
+    if (communicate_now)
+      for (size_t b = 0; b < layout.buckets.size(); ++b)
+        if (!launched[b]) launch(static_cast<int>(b));  // parameters that received no gradient
+    for (auto& op : ops)
+      if (op.pending) {
+        op.pending->wait();
+        op.pending.reset();
+        complete(op);
+      }
+    ops.clear();
+  }
+
+  at::Tensor to_device(const std::vector<int64_t>& v, int64_t B, int64_t T) {
+    return at::from_blob(const_cast<int64_t*>(v.data()), {B, T}, at::kLong).clone().to(device);
+  }
+
+  // Forward of one host batch: (loss sum tensor, count).
+  model::LossResult forward(const data::HostBatch& hb) {
+    at::Tensor ids = to_device(hb.ids, hb.B, hb.T);
+    at::Tensor mask = at::from_blob(const_cast<uint8_t*>(hb.mask.data()), {hb.B, hb.T}, at::kByte).clone().to(device);
+    model::Packing pack;
+    if (!hb.doc_ids.empty()) pack.doc_ids = to_device(hb.doc_ids, hb.B, hb.T);
+    model::AutocastGuard autocast(device, precision);
+    model::LossResult r = model->loss(ids, mask, pack);
+    ST_CHECK(r.count == hb.loss_tokens, "internal: batch holds " + std::to_string(hb.loss_tokens) +
+                                            " target tokens but the loss counted " + std::to_string(r.count));
+    return r;
+  }
+
+  StepStats step(int64_t step, int64_t total_steps, const std::vector<data::HostBatch>& micro) {
+    auto t0 = Clock::now();
+    comm.take_blocked_seconds();
+    StepStats s;
+    s.step = step;
+    int64_t local_targets = 0, local_tokens = 0;
+    for (const auto& hb : micro) {
+      local_targets += hb.loss_tokens;
+      local_tokens += hb.B * hb.T;
+    }
+    // Normalize by the targets of the whole global batch, so any split over ranks gives the same gradient.
+    const double total = comm.all_reduce(static_cast<double>(local_targets), dist::ReduceOp::Sum);
+    ST_CHECK(total > 0, "step " + std::to_string(step) + ": the global batch has no target tokens",
+             "check the data (shardtune-inspect) and --seq-len");
+    {
+      at::NoGradGuard no_grad;
+      if (zero <= 1) flat_grad.zero_();
+      if (zero >= 1) owned_grad.zero_();
+    }
+    double loss_sum = 0;
+    for (size_t a = 0; a < micro.size(); ++a) {
+      begin_backward(a + 1 == micro.size());
+      model::LossResult r = forward(micro[a]);
+      loss_sum += r.sum.item<double>();
+      (r.sum / total).backward();
+      finish_backward();
+    }
+    // Global gradient norm and clipping.
+    at::NoGradGuard no_grad;
+    at::Tensor& g = zero == 0 ? flat_grad : owned_grad;
+    double sq = g.pow(2).sum().item<double>();
+    if (zero >= 1) sq = comm.all_reduce(sq, dist::ReduceOp::Sum);
+    s.grad_norm = std::sqrt(sq);
+    if (cfg.grad_clip > 0 && s.grad_norm > cfg.grad_clip) g.mul_(cfg.grad_clip / (s.grad_norm + 1e-6));
+    s.lr = optim::lr_at(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr, optim::parse_schedule(cfg.schedule));
+    if (zero == 0) {
+      adam->step(flat_params, flat_grad, s.lr);
+    } else {
+      adam->step(master, owned_grad, s.lr);
+      std::vector<std::unique_ptr<dist::Pending>> gathers;
+      for (size_t b = 0; b < layout.buckets.size(); ++b) {
+        const auto& bk = layout.buckets[b];
+        at::Tensor mine = flat_params.narrow(0, layout.owned_offset(b, rank), layout.slice(b));
+        mine.copy_(master.narrow(0, layout.shard_offset(b), layout.slice(b)));
+        gathers.push_back(comm.start_all_gather(mine, flat_params.narrow(0, bk.offset, bk.size)));
+      }
+      for (auto& p : gathers) p->wait();
+    }
+    s.loss = comm.all_reduce(loss_sum, dist::ReduceOp::Sum) / total;
+    s.loss_tokens = static_cast<int64_t>(total);
+    s.tokens = static_cast<int64_t>(comm.all_reduce(static_cast<double>(local_tokens), dist::ReduceOp::Sum));
+    s.comm_wait_s = comm.take_blocked_seconds();
+    s.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
+    return s;
+  }
+};
+
+Trainer::Trainer(const TrainConfig& cfg, std::shared_ptr<model::CausalLM> model, dist::Communicator& comm)
+    : impl_(std::make_unique<Impl>(cfg, std::move(model), comm)) {}
+Trainer::~Trainer() = default;
+
+StepStats Trainer::train_step(int64_t step, int64_t total_steps, const std::vector<data::HostBatch>& micro) {
+  return impl_->step(step, total_steps, micro);
+}
+
+std::pair<double, int64_t> Trainer::evaluate(const std::vector<data::HostBatch>& batches) {
+  at::NoGradGuard no_grad;
+  double sum = 0;
+  int64_t count = 0;
+  for (const auto& hb : batches) {
+    model::LossResult r = impl_->forward(hb);
+    sum += r.sum.item<double>();
+    count += r.count;
+  }
+  sum = impl_->comm.all_reduce(sum, dist::ReduceOp::Sum);
+  count = static_cast<int64_t>(impl_->comm.all_reduce(static_cast<double>(count), dist::ReduceOp::Sum));
+  return {sum, count};
+}
+
+int64_t Trainer::num_params() const {
+  int64_t n = 0;
+  for (const auto& p : impl_->layout.params) n += p.numel;
+  return n;
+}
+
+int64_t Trainer::optimizer_state_bytes() const {
+  return impl_->adam->state_bytes() + (impl_->master.defined() ? impl_->master.numel() * 4 : 0);
+}
+
+int64_t Trainer::grad_buffer_bytes() const {
+  return (impl_->flat_grad.defined() ? impl_->flat_grad.numel() * 4 : 0) +
+         (impl_->owned_grad.defined() ? impl_->owned_grad.numel() * 4 : 0);
+}
+
+}  // namespace shardtune::train
