@@ -46,6 +46,33 @@ bool utf8_valid(std::string_view s) {
   return true;
 }
 
+// Length of the maximal subpart of an ill-formed sequence at s[i] (Unicode 3.9, as WHATWG's and Rust's
+// lossy decoders use): a truncated but otherwise valid prefix counts as one unit.
+size_t maximal_subpart(std::string_view s, size_t i) {
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  unsigned char c = p[i];
+  int need;
+  unsigned char lo = 0x80, hi = 0xBF;
+  if (c >= 0xC2 && c <= 0xDF) {
+    need = 1;
+  } else if (c >= 0xE0 && c <= 0xEF) {
+    need = 2;
+    if (c == 0xE0) lo = 0xA0;
+    if (c == 0xED) hi = 0x9F;
+  } else if (c >= 0xF0 && c <= 0xF4) {
+    need = 3;
+    if (c == 0xF0) lo = 0x90;
+    if (c == 0xF4) hi = 0x8F;
+  } else {
+    return 1;
+  }
+  size_t k = 1;
+  if (i + k >= s.size() || p[i + k] < lo || p[i + k] > hi) return 1;
+  ++k;
+  while (static_cast<int>(k) <= need && i + k < s.size() && (p[i + k] & 0xC0) == 0x80) ++k;
+  return k;
+}
+
 std::string utf8_sanitize(std::string_view s) {
   std::string out;
   out.reserve(s.size() + 16);
@@ -54,7 +81,7 @@ std::string utf8_sanitize(std::string_view s) {
     size_t len = valid_seq_len(s, i);
     if (len == 0) {
       out += "\xEF\xBF\xBD";
-      ++i;
+      i += maximal_subpart(s, i);
     } else {
       out.append(s.data() + i, len);
       i += len;

@@ -146,6 +146,9 @@ TEST(tokenizer_ByteLevelJson, AddedSpecialAndRoundTrip) {
   EXPECT_EQ(t->encode("a-b"), (Ids{'a', '-', 'b'}));
   // invalid UTF-8 is replaced by U+FFFD (as a JS/Rust string would hold it) instead of failing
   EXPECT_EQ(t->encode("\xFF"), (Ids{0xEF, 0xBF, 0xBD}));
+  // a truncated sequence is one U+FFFD (maximal subpart, as TextDecoder and Rust's from_utf8_lossy)
+  EXPECT_EQ(t->decode(t->encode("a\xE2\x96" "b\xF0\x9F\x98" "c\xC0\xAF")),
+            "a\uFFFDb\uFFFDc\uFFFD\uFFFD");
 
   pre["add_prefix_space"] = true;
   auto prefixed = load_json(test::byte_level_json(pre), "bl_prefix");
