@@ -4,11 +4,21 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/GradMode.h>
 
+#include <torch/version.h>
+
 #include <cmath>
 #include <limits>
 
 #include "shardtune/core/error.h"
 #include "shardtune/model/runtime.h"
+
+// LibTorch >= 2.1 has fused scaled_dot_product_attention (flash/memory-efficient kernels on CUDA, a
+// flash kernel on CPU for the causal case); 1.13 uses the explicit softmax(q k^T) v below.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1)
+#define ST_HAVE_SDPA 1
+#else
+#define ST_HAVE_SDPA 0
+#endif
 
 namespace shardtune::model {
 
@@ -201,15 +211,22 @@ std::pair<at::Tensor, at::Tensor> CausalLM::rope_tables(const at::Tensor& positi
 }
 
 at::Tensor CausalLM::attention(const Layer& L, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                               const at::Tensor& blocked, KVCache* cache, int64_t layer) {
+                               const at::Tensor& blocked, bool causal_only, KVCache* cache, int64_t layer) {
   const int64_t B = x.size(0), T = x.size(1), H = cfg_.num_heads, Hkv = cfg_.num_kv_heads, hd = cfg_.head_dim;
   at::Tensor q, k, v;
   if (cfg_.arch == Arch::Llama) {
-    q = at::linear(x, L.q_w, L.q_b).view({B, T, H, hd}).transpose(1, 2);
-    k = at::linear(x, L.k_w, L.k_b).view({B, T, Hkv, hd}).transpose(1, 2);
-    v = at::linear(x, L.v_w, L.v_b).view({B, T, Hkv, hd}).transpose(1, 2);
-    q = q * cos + rotate_half(q) * sin;
-    k = k * cos + rotate_half(k) * sin;
+    // One GEMM for q, k and v: wider matrices keep BLAS efficient (k/v are narrow under GQA). The weights
+    // stay separate HF parameters; cat/narrow route the gradients back to each.
+    const at::Tensor w = at::cat({L.q_w, L.k_w, L.v_w}, 0);
+    const at::Tensor b = L.q_b.defined() ? at::cat({L.q_b, L.k_b, L.v_b}, 0) : at::Tensor();
+    const at::Tensor qkv = at::linear(x, w, b);  // [B,T,(H+2Hkv)hd]
+    q = qkv.narrow(2, 0, H * hd).view({B, T, H, hd}).transpose(1, 2);
+    k = qkv.narrow(2, H * hd, Hkv * hd).view({B, T, Hkv, hd}).transpose(1, 2);
+    v = qkv.narrow(2, (H + Hkv) * hd, Hkv * hd).view({B, T, Hkv, hd}).transpose(1, 2);
+    // As HF: the rotation runs in the activations' dtype (bf16 under autocast).
+    const at::Tensor c = cos.to(q.scalar_type()), s = sin.to(q.scalar_type());
+    q = q * c + rotate_half(q) * s;
+    k = k * c + rotate_half(k) * s;
   } else {
     const at::Tensor qkv = conv1d(x, L.c_attn_w, L.c_attn_b);  // [B,T,3C]
     const int64_t C = cfg_.hidden_size;
@@ -229,10 +246,21 @@ at::Tensor CausalLM::attention(const Layer& L, const at::Tensor& x, const at::Te
     k = k.unsqueeze(2).expand({B, Hkv, H / Hkv, S, hd}).reshape({B, H, S, hd});
     v = v.unsqueeze(2).expand({B, Hkv, H / Hkv, S, hd}).reshape({B, H, S, hd});
   }
-  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * (1.0 / std::sqrt(double(hd)));  // [B,H,T,S]
+  const double scale = 1.0 / std::sqrt(double(hd));
+#if ST_HAVE_SDPA
+  // is_causal is top-left aligned, so only use it when queries and keys are the same tokens.
+  const bool causal = blocked.defined() && causal_only && S == T;
+  const at::Tensor y4 = at::scaled_dot_product_attention(
+      q, k, v, (blocked.defined() && !causal) ? c10::optional<at::Tensor>(blocked.logical_not()) : c10::nullopt, 0.0,
+      causal, scale);
+  const at::Tensor y = y4.transpose(1, 2).reshape({B, T, H * hd});
+#else
+  (void)causal_only;
+  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;  // [B,H,T,S]
   if (blocked.defined()) scores = scores.masked_fill(blocked, -std::numeric_limits<double>::infinity());
   const at::Tensor p = at::softmax(scores, -1, at::kFloat).to(v.scalar_type());
   const at::Tensor y = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * hd});
+#endif
   if (cfg_.arch == Arch::Llama) return at::linear(y, L.o_w, L.o_b);
   return conv1d(y, L.c_proj_w, L.c_proj_b);
 }
@@ -263,6 +291,7 @@ at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCac
     blocked = (kj > qi).view({1, 1, T, S});
     if (doc.defined()) blocked = blocked.logical_or((doc.unsqueeze(2) != doc.unsqueeze(1)).unsqueeze(1));
   }
+  const bool causal_only = !doc.defined() && off == 0;
 
   at::Tensor x = at::embedding(embed_, ids);  // [B,T,C]
   at::Tensor cos, sin;
@@ -279,12 +308,14 @@ at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCac
   for (int64_t l = 0; l < cfg_.num_layers; ++l) {
     const Layer& L = layers_[size_t(l)];
     if (cfg_.arch == Arch::Llama) {
-      x = x + attention(L, rms_norm(x, L.ln1_w, eps), cos, sin, blocked, cache, l);
-      const at::Tensor h = rms_norm(x, L.ln2_w, eps);
-      x = x + at::linear(at::silu(at::linear(h, L.gate_w, L.gate_b)) * at::linear(h, L.up_w, L.up_b), L.down_w,
-                         L.down_b);
+      x = x + attention(L, rms_norm(x, L.ln1_w, eps), cos, sin, blocked, causal_only, cache, l);
+      // gate and up as one GEMM (see attention()).
+      const int64_t I = cfg_.intermediate_size;
+      const at::Tensor gu = at::linear(rms_norm(x, L.ln2_w, eps), at::cat({L.gate_w, L.up_w}, 0),
+                                       L.gate_b.defined() ? at::cat({L.gate_b, L.up_b}, 0) : at::Tensor());
+      x = x + at::linear(at::silu(gu.narrow(2, 0, I)) * gu.narrow(2, I, I), L.down_w, L.down_b);
     } else {
-      x = x + attention(L, at::layer_norm(x, {cfg_.hidden_size}, L.ln1_w, L.ln1_b, eps), cos, sin, blocked, cache, l);
+      x = x + attention(L, at::layer_norm(x, {cfg_.hidden_size}, L.ln1_w, L.ln1_b, eps), cos, sin, blocked, causal_only, cache, l);
       const at::Tensor h = at::layer_norm(x, {cfg_.hidden_size}, L.ln2_w, L.ln2_b, eps);
       x = x + conv1d(at::gelu(conv1d(h, L.fc_w, L.fc_b), "tanh"), L.mlp_proj_w, L.mlp_proj_b);
     }

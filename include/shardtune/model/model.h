@@ -81,7 +81,7 @@ class CausalLM : public torch::nn::Module {
   };
   at::Tensor add(const std::string& hf_name, std::vector<int64_t> shape);
   at::Tensor attention(const Layer& L, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
-                       const at::Tensor& mask, KVCache* cache, int64_t layer);
+                       const at::Tensor& blocked, bool causal_only, KVCache* cache, int64_t layer);
   std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions) const;  // cos, sin [B,1,T,hd]
 
   ModelConfig cfg_;

@@ -1,0 +1,112 @@
+#!/usr/bin/env bash
+# Training benchmarks of the shardtune trainer (CPU, MPI), on a random-init ~15.7M-parameter Llama
+# (hidden 384, 6 layers, 6 heads / 2 KV heads, intermediate 1024, vocab 8192 — the tools/bench/step.sh
+# model) and tinyshakespeare through the byte tokenizer, rows of SEQ=256 tokens.
+#
+#   tools/bench/train.sh [BUILD_DIR] [SECTION...]      SECTION: scaling | comm | memory | mfu | all (default)
+#
+#   scaling  1 rank x 1 thread vs 2 ranks x 1 thread, same per-rank micro-batch, ZeRO-0/1/2: tokens/s ratio
+#   comm     the same 2-rank runs: mean comm_wait_s / step_s (steps after the first WARMUP)
+#   memory   peak RSS per rank (GNU time around every rank, tools/bench/train_rss.sh) and the optimizer state
+#            rank 0 prints, ZeRO-0/1/2 x N = 1, 2, 4 ranks, against 8 B x P (ZeRO-0) / 12 B x P / N (ZeRO-1/2)
+#   mfu      the trainer's mfu next to achieved model FLOP/s and a Python torch matmul peak (train_peak.py)
+#
+# Environment: STEPS (8) WARMUP (2) MICRO (8) SEQ (256) MEM_STEPS (3) MEM_MICRO (2) THREADS (1)
+#   TRAIN_BENCH_WORK=DIR keeps the model, data and every run's metrics/log there (default: a temp dir).
+# Prints a table per section; the exact mpirun command of every run is in DIR/runs/*/cmd.
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
+BUILD="$ROOT/build"
+if [ $# -gt 0 ] && [ -d "$1" ]; then BUILD="$(cd "$1" && pwd)"; shift; fi
+SECTIONS=("$@")
+[ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(all)
+SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
+STEPS=${STEPS:-8} WARMUP=${WARMUP:-2} MICRO=${MICRO:-8} SEQ=${SEQ:-256}
+MEM_STEPS=${MEM_STEPS:-3} MEM_MICRO=${MEM_MICRO:-2} THREADS=${THREADS:-1}
+PY=/usr/bin/python3
+TRAINER="$BUILD/src/shardtune"
+PREP="$BUILD/data_prep/shardtune-prep"
+for x in "$TRAINER" "$PREP"; do
+  [ -x "$x" ] || { echo "missing $x: cmake --build $BUILD --target shardtune shardtune-prep" >&2; exit 1; }
+done
+[ -f "$SHARED/data/tinyshakespeare.txt" ] || { echo "$SHARED/data/tinyshakespeare.txt not found (SHARDTUNE_SHARED)" >&2; exit 1; }
+command -v mpirun >/dev/null || { echo "mpirun not found" >&2; exit 1; }
+[ -x /usr/bin/time ] || { echo "/usr/bin/time (GNU time) not found: apt-get install time" >&2; exit 1; }
+
+# OpenBLAS picks its kernels at load time; without this it may fall back to slow generic ones.
+export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
+export OMP_NUM_THREADS=$THREADS
+if [ -n "${TRAIN_BENCH_WORK:-}" ]; then WORK="$TRAIN_BENCH_WORK"; mkdir -p "$WORK"
+else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
+MPIRUN=(mpirun --oversubscribe --bind-to none -x OPENBLAS_CORETYPE -x OMP_NUM_THREADS)
+[ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
+
+# ---- inputs: model + prepared data (reused when TRAIN_BENCH_WORK already holds them) ----
+$PY "$HERE/train_setup.py" "$ROOT" "$SHARED" "$WORK" > "$WORK/model.json"
+if [ ! -f "$WORK/data/manifest.json" ]; then
+  rm -rf "$WORK/data"
+  "$PREP" --input "$WORK/corpus.jsonl" --output "$WORK/data" --tokenizer byte --format text \
+    --max-seq-len "$SEQ" --overlong split --quiet
+fi
+echo "model: $(cat "$WORK/model.json")"
+echo "host: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "settings: STEPS=$STEPS WARMUP=$WARMUP MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS MEM_STEPS=$MEM_STEPS MEM_MICRO=$MEM_MICRO"
+
+# run NAME NP ZERO PRECISION MICRO GLOBAL STEPS [extra trainer options...]
+run() {
+  local name=$1 np=$2 zero=$3 prec=$4 micro=$5 global=$6 steps=$7
+  shift 7
+  local d="$WORK/runs/$name"
+  rm -rf "$d"; mkdir -p "$d"
+  local cmd=("${MPIRUN[@]}" -np "$np" "$HERE/train_rss.sh" "$d/rss" "$TRAINER" --model "$WORK/model" --data "$WORK/data"
+             --out "$d/out" --steps "$steps" --global-batch "$global" --micro-batch "$micro" --seq-len "$SEQ"
+             --zero "$zero" --threads "$THREADS" --precision "$prec" --metrics "$d/metrics.jsonl"
+             --eval-batches 0 --log-every 1000 "$@")
+  printf '%q ' "${cmd[@]}" > "$d/cmd"; echo >> "$d/cmd"
+  cut -d' ' -f1 /proc/loadavg > "$d/load_before"
+  local t0 t1
+  t0=$(date +%s.%N)
+  if ! "${cmd[@]}" > "$d/log" 2>&1; then
+    echo "run $name FAILED:" >&2; tail -20 "$d/log" >&2; return 1
+  fi
+  t1=$(date +%s.%N)
+  cut -d' ' -f1 /proc/loadavg > "$d/load_after"
+  echo "$t0 $t1" | awk '{ printf "%.1f\n", $2 - $1 }' > "$d/wall_s"
+  rm -rf "$d/out"  # the saved model is not needed
+  printf '  %-10s np=%d zero=%d %s micro=%d global=%d steps=%d  %ss wall\n' "$name" "$np" "$zero" "$prec" "$micro" \
+    "$global" "$steps" "$(cat "$d/wall_s")"
+}
+
+want() { local s; for s in "${SECTIONS[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
+report() { $PY "$HERE/train_report.py" "$WORK" "$1" --warmup "$WARMUP" --seq "$SEQ" --threads "$THREADS"; }
+
+if want scaling || want comm || want mfu; then
+  echo; echo "== runs: 1 rank vs 2 ranks, $THREADS thread(s) each, micro-batch $MICRO x $SEQ tokens per rank, $STEPS steps"
+  for z in 0 1 2; do
+    run "s1z$z" 1 "$z" fp32 "$MICRO" "$MICRO" "$STEPS"
+    run "s2z$z" 2 "$z" fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
+  done
+fi
+if want scaling; then echo; report scaling; fi
+if want comm; then echo; report comm; fi
+if want memory; then
+  echo; echo "== runs: memory, micro-batch $MEM_MICRO, $MEM_STEPS steps, N = 1, 2, 4 ranks (4 oversubscribed)"
+  for n in 1 2 4; do
+    for z in 0 1 2; do
+      run "m${n}z$z" "$n" "$z" fp32 "$MEM_MICRO" $((n * MEM_MICRO)) "$MEM_STEPS"
+    done
+  done
+  # ZeRO-2 with 4 MB buckets: only a bucket of full gradients should be live at a time
+  run m2z2b4 2 2 fp32 "$MEM_MICRO" $((2 * MEM_MICRO)) "$MEM_STEPS" --bucket-mb 4
+  echo; report memory
+fi
+if want mfu; then
+  echo; echo "== runs: bf16 autocast, 1 and 2 ranks, ZeRO-0"
+  run b1z0 1 0 bf16 "$MICRO" "$MICRO" "$STEPS"
+  run b2z0 2 0 bf16 "$MICRO" $((2 * MICRO)) "$STEPS"
+  echo "  python torch matmul peak (train_peak.py, $THREADS thread)"
+  $PY "$HERE/train_peak.py" --threads "$THREADS" > "$WORK/peak.jsonl"
+  echo; report mfu
+fi
+echo; echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg); work dir: $WORK"
