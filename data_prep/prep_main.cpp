@@ -13,6 +13,7 @@ int prep_main(int argc, char** argv) {
   prep::PrepOptions o;
   CLI::App app{"shardtune-prep: convert JSONL into pre-tokenized HDF5 shards (see docs/FORMAT.md)"};
   app.set_config("--config", "", "TOML file with the same keys as the long options");
+  app.allow_config_extras(CLI::config_extras_mode::error);
   app.add_option("--input", o.inputs, "JSONL input file (repeatable); lines: {\"text\"}, {\"instruction\",\"input\",\"output\"}, "
                  "{\"input\",\"output\"} or {\"messages\":[{\"role\",\"content\"}]}")->required();
   app.add_option("--output", o.output, "folder to create (must not exist or be empty)")->required();

@@ -163,8 +163,10 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   // ---- training loop ----
   evaluate(0);
   train::StepLoader loader(*train_set, plan, 0, steps);
-  const double flops_per_token = 6.0 * trainer.num_params();
-  log::Progress progress("train", static_cast<uint64_t>(steps), "steps", 30.0);
+  // Model FLOPs per trained token: 6 per parameter (forward + backward) plus attention, 12 * L * C * T.
+  auto flops_per_token = [&](int64_t row_len) {
+    return 6.0 * trainer.num_params() + 12.0 * mc.num_layers * mc.hidden_size * static_cast<double>(row_len);
+  };
   // Test hook: SHARDTUNE_TEST_FAIL="RANK:STEP" makes that rank throw at that step (failure-path tests).
   const char* fail_at = std::getenv("SHARDTUNE_TEST_FAIL");
   for (int64_t step = 0; step < steps; ++step) {
@@ -173,8 +175,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     auto batches = loader.next();
     train::StepStats s = trainer.train_step(step, steps, batches);
     const double tps = s.tokens / s.seconds;
-    const double attn = 12.0 * mc.num_layers * mc.hidden_size * (s.tokens / std::max<double>(1.0, batches.size() * world));
-    const double mfu = (flops_per_token + attn / std::max<double>(1.0, batches.empty() ? 1.0 : batches[0].T)) * tps / (peak * 1e9 * world);
+    const double mfu = flops_per_token(batches.empty() ? 0 : batches[0].T) * tps / (peak * 1e9 * world);
     metrics.write({{"type", "train"}, {"step", step + 1}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
                    {"tokens", s.tokens}, {"loss_tokens", s.loss_tokens}, {"tokens_per_s", tps}, {"mfu", mfu},
                    {"step_s", s.seconds}, {"comm_wait_s", s.comm_wait_s}});

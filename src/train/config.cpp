@@ -10,6 +10,7 @@ namespace shardtune::train {
 
 void TrainConfig::bind(CLI::App& app) {
   app.set_config("--config", "", "TOML file; keys are the long option names (e.g. global-batch = 32)");
+  app.allow_config_extras(CLI::config_extras_mode::error);  // a misspelt key is an error, not ignored
   app.add_option("--model", model, "Hugging Face model folder or llama2.c .bin")->required();
   app.add_option("--data", data, "folder written by shardtune-prep")->required();
   app.add_option("--out", out, "output folder (new or empty): final model in HF layout")->required();

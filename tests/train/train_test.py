@@ -186,6 +186,22 @@ def t_failures(tmp):
     assert p.returncode != 0 and "--zero" in p.stderr
 
 
+def t_config_file(tmp):
+    c = Case(tmp)
+    toml = f"{tmp}/run.toml"
+    open(toml, "w").write('zero = 2\nglobal-batch = 8\nmicro-batch = 4\nseq-len = 128\nlr = 1e-3\npack = true\n'
+                          'precision = "bf16"\nsteps = 100\n')
+    p = run([TRAIN, "--config", toml, "--model", c.model, "--data", c.data, "--out", f"{tmp}/o", "--steps", "2"])
+    table = p.stdout
+    for want in ("zero            = 2", "micro-batch     = 4", "pack            = true", "precision       = bf16",
+                 "steps           = 2", "lr              = 0.001"):
+        assert want in table, (want, table)
+    assert "step 2/2" in p.stdout and os.path.exists(f"{tmp}/o/model.safetensors"), p.stdout
+    open(toml, "a").write("no-such-option = 3\n")
+    p = run([TRAIN, "--config", toml, "--model", c.model, "--data", c.data, "--out", f"{tmp}/o2"], ok=False)
+    assert p.returncode != 0 and "no-such-option" in p.stdout + p.stderr, p.stderr
+
+
 def eval_losses(metrics):
     return [json.loads(l)["val_loss"] for l in open(metrics) if '"eval"' in l]
 
