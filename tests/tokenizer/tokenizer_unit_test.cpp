@@ -192,6 +192,41 @@ TEST(tokenizer_Nfc, ComposesAndReorders) {
   EXPECT_EQ(t->decode(t->encode("caf\u00e9 日本")), "caf\u00e9 日本");
 }
 
+TEST(tokenizer_Whitespace, SplitAndWhitespace) {
+  json bl = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", false}};
+  json ws = {{"type", "Sequence"}, {"pretokenizers", json::array({{{"type", "WhitespaceSplit"}}, bl})}};
+  EXPECT_EQ(load_json(test::byte_level_json(ws), "wss")->encode(" a-  b "), (Ids{256, 'b'}));
+  json w = {{"type", "Sequence"}, {"pretokenizers", json::array({{{"type", "Whitespace"}}, bl})}};
+  EXPECT_EQ(load_json(test::byte_level_json(w), "ws")->encode("a-b a- -b"), (Ids{'a', '-', 'b', 'a', '-', '-', 'b'}));
+}
+
+TEST(tokenizer_PostProcessor, SequenceWithTemplateAndStrip) {
+  json pre = {{"type", "ByteLevel"}, {"add_prefix_space", false}, {"use_regex", true}};
+  json j = test::byte_level_json(pre);
+  // Llama 3 layout: Sequence[ByteLevel, TemplateProcessing("<|end|> $A")]
+  j["post_processor"] = {
+      {"type", "Sequence"},
+      {"processors",
+       json::array({{{"type", "ByteLevel"}, {"trim_offsets", false}},
+                    {{"type", "TemplateProcessing"},
+                     {"single", json::array({{{"SpecialToken", {{"id", "<|end|>"}, {"type_id", 0}}}},
+                                             {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}})},
+                     {"special_tokens", {{"<|end|>", {{"id", "<|end|>"}, {"ids", {259}}, {"tokens", {"<|end|>"}}}}}}}})}};
+  auto t = load_json(j, "post");
+  EXPECT_TRUE(t->add_bos);
+  EXPECT_EQ(t->bos_id, 259);
+  // lstrip/rstrip: whitespace next to the added token is absorbed by it
+  j = test::byte_level_json(pre);
+  j["added_tokens"][0]["lstrip"] = true;
+  j["added_tokens"][0]["rstrip"] = true;
+  auto s = load_json(j, "strip");
+  EXPECT_EQ(s->encode("x  <|end|>  y", true), (Ids{'x', 259, 'y'}));
+  EXPECT_EQ(s->encode("x  <|end|>  y", false).size(), 13u);
+  j = test::byte_level_json(pre);
+  j["post_processor"] = {{"type", "RobertaProcessing"}, {"cls", {"<|end|>", 259}}, {"sep", {"<|end|>", 259}}};
+  EXPECT_TRUE(load_json(j, "roberta")->add_bos);
+}
+
 TEST(tokenizer_LongWord, MergeLoopIsNotQuadratic) {
   auto t = load_json(test::sp_style_json(false), "long");
   // No spaces: one ~500 KB "word" with no place to cut it, so the heap merge loop runs on all of it
