@@ -1,6 +1,6 @@
 // BPE merge loop with the same semantics as Hugging Face tokenizers' Word::merge_all: repeatedly merge
-// the adjacent pair of lowest rank (leftmost first), using a heap of candidates over a linked list of
-// symbols, so that a whole SentencePiece-style text (one "word") costs O(n log n).
+// the adjacent pair of lowest rank (leftmost first). Short words use a rank array; long ones a heap of
+// candidates over a linked list of symbols, so a whole SentencePiece-style text costs O(n log n).
 #include "bpe.h"
 
 #include <algorithm>
