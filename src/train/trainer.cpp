@@ -35,7 +35,7 @@ struct Trainer::Impl {
   at::Tensor flat_params;           // [total], every rank holds all parameters
   at::Tensor flat_grad;             // [total] for ZeRO-0/1
   at::Tensor owned_grad, master;    // [shard] for ZeRO-1/2
-  std::vector<at::Tensor> bucket_grad;  // ZeRO-2: live only between a micro-step's backward and its reduce-scatter
+  std::vector<at::Tensor> bucket_grad;  // ZeRO-2: a bucket's packed gradient, live only while it is reduce-scattered
   std::unique_ptr<optim::FlatAdamW> adam;
 
   // Hook state: gradients still missing per bucket in the current backward.
@@ -124,15 +124,8 @@ struct Trainer::Impl {
       remaining[b] = static_cast<int>(layout.buckets[b].params.size());
       launched[b] = false;
     }
-    if (zero == 2) {
-      for (size_t b = 0; b < layout.buckets.size(); ++b) {
-        const auto& bk = layout.buckets[b];
-        bucket_grad[b] = at::zeros({bk.size}, flat_params.options());
-        for (int p : bk.params)
-          params[p].mutable_grad() =
-              bucket_grad[b].narrow(0, layout.params[p].offset - bk.offset, layout.params[p].numel).view(layout.params[p].shape);
-      }
-    }
+    // ZeRO-2 keeps no gradient storage between micro-steps: autograd creates each parameter's gradient,
+    // and the bucket hook packs it, starts the reduce-scatter and releases it (see launch()).
   }
 
   void launch(int b) {
@@ -146,6 +139,14 @@ struct Trainer::Impl {
       op.pending = comm.start_reduce_scatter_sum(flat_grad.narrow(0, bk.offset, bk.size),
                                                  owned_grad.narrow(0, layout.shard_offset(b), layout.slice(b)));
     } else {
+      at::NoGradGuard no_grad;
+      bucket_grad[b] = at::zeros({bk.size}, flat_params.options());
+      for (int p : bk.params) {
+        at::Tensor& g = params[p].mutable_grad();
+        if (g.defined())
+          bucket_grad[b].narrow(0, layout.params[p].offset - bk.offset, layout.params[p].numel).copy_(g.reshape({-1}));
+        g = at::Tensor();  // the full gradient of this bucket is dropped right here
+      }
       op.temp = at::empty({layout.slice(b)}, flat_params.options());
       op.pending = comm.start_reduce_scatter_sum(bucket_grad[b], op.temp);
     }
@@ -157,7 +158,6 @@ struct Trainer::Impl {
     if (zero != 2) return;
     at::NoGradGuard no_grad;
     owned_grad.narrow(0, layout.shard_offset(op.bucket), layout.slice(op.bucket)).add_(op.temp);
-    for (int p : layout.buckets[op.bucket].params) params[p].mutable_grad() = at::Tensor();
     bucket_grad[op.bucket] = at::Tensor();
     op.temp = at::Tensor();
   }
