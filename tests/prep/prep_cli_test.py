@@ -6,13 +6,14 @@ Usage: prep_cli_test.py CASE   (exit 77 = skipped)"""
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 
 import h5py
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from harness import Skip, run_case  # noqa: E402
 
 BIN = os.environ["ST_BIN"]
 PREP = os.path.join(BIN, "data_prep", "shardtune-prep")
@@ -21,9 +22,6 @@ SHARED = os.environ.get("ST_SHARED", "")
 NODE_REFS = os.environ.get("ST_NODE_REFS", "")
 BOS, EOS = 256, 257  # byte tokenizer
 
-
-class Skip(Exception):
-    pass
 
 
 def run(args, ok=True, **kw):
@@ -381,20 +379,5 @@ def t_real_alpaca_sentencepiece(tmp):
         check_eq(got[i], want, f"alpaca row {i} vs python sentencepiece")
 
 
-def main():
-    case = sys.argv[1]
-    fn = globals()["t_" + case]
-    tmp = tempfile.mkdtemp(prefix=f"st-prep-{case}-")
-    try:
-        fn(tmp)
-    except Skip as s:
-        print(f"SKIPPED: {s}")
-        return 77
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{case}: passed")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_case(globals(), "st-prep"))

@@ -3,13 +3,14 @@
 to 1e-5 relative), DDP for ZeRO-1/2 (final weights), unpacked for packed. Usage: train_test.py CASE."""
 import json
 import os
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 
 import numpy as np
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from harness import Skip, run_case  # noqa: E402
 
 BIN = os.environ["ST_BIN"]
 SRC = os.environ["ST_SOURCE"]
@@ -21,9 +22,6 @@ GENERATE = os.path.join(BIN, "tools", "shardtune-generate")
 MPI = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np"]
 sys.path.insert(0, os.path.join(SRC, "tests", "model"))
 
-
-class Skip(Exception):
-    pass
 
 
 def run(args, ok=True, timeout=300, env=None):
@@ -244,19 +242,5 @@ def t_alpaca_end_to_end(tmp):
     assert p.stdout.strip(), p
 
 
-def main():
-    case = sys.argv[1]
-    tmp = tempfile.mkdtemp(prefix=f"st-train-{case}-")
-    try:
-        globals()["t_" + case](tmp)
-    except Skip as s:
-        print(f"SKIPPED: {s}")
-        return 77
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    print(f"{case}: passed")
-    return 0
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_case(globals(), "st-train"))
