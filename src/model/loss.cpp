@@ -27,14 +27,14 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
       const int64_t n = std::min(chunk, N - i);
       const at::Tensor hc = h.narrow(0, i, n).to(cd);
       const at::Tensor tc = targets.narrow(0, i, n).unsqueeze(1);
-      at::Tensor logits = at::mm(hc, wc.t()).to(at::kFloat);  // [n,V]
-      const at::Tensor lse = logits.logsumexp(1, /*keepdim=*/true);
-      total += (lse.squeeze(1) - logits.gather(1, tc).squeeze(1)).sum().to(at::kDouble);
+      // log_softmax is one vectorized pass (logsumexp is several on LibTorch 1.13).
+      at::Tensor logp = at::log_softmax(at::mm(hc, wc.t()), 1, at::kFloat);  // [n,V]
+      total -= logp.gather(1, tc).sum().to(at::kDouble);
       if (!need_grad) continue;
       // d(CE)/d(logits) = softmax - onehot(target)
-      logits.sub_(lse).exp_();
-      logits.scatter_add_(1, tc, at::full({n, 1}, -1.0, logits.options()));
-      const at::Tensor g = logits.to(cd);
+      logp.exp_();
+      logp.scatter_add_(1, tc, at::full({n, 1}, -1.0, logp.options()));
+      const at::Tensor g = logp.to(cd);
       gh.narrow(0, i, n).copy_(at::mm(g, wc));
       gw.add_(at::mm(g.t(), hc));
     }

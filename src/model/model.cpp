@@ -220,9 +220,11 @@ at::Tensor CausalLM::attention(const Layer& L, const at::Tensor& x, const at::Te
     const at::Tensor w = at::cat({L.q_w, L.k_w, L.v_w}, 0);
     const at::Tensor b = L.q_b.defined() ? at::cat({L.q_b, L.k_b, L.v_b}, 0) : at::Tensor();
     const at::Tensor qkv = at::linear(x, w, b);  // [B,T,(H+2Hkv)hd]
-    q = qkv.narrow(2, 0, H * hd).view({B, T, H, hd}).transpose(1, 2);
-    k = qkv.narrow(2, H * hd, Hkv * hd).view({B, T, Hkv, hd}).transpose(1, 2);
-    v = qkv.narrow(2, (H + Hkv) * hd, Hkv * hd).view({B, T, Hkv, hd}).transpose(1, 2);
+    // split (not narrow): its backward concatenates the three gradients in one pass.
+    const auto parts = qkv.split_with_sizes({H * hd, Hkv * hd, Hkv * hd}, 2);
+    q = parts[0].view({B, T, H, hd}).transpose(1, 2);
+    k = parts[1].view({B, T, Hkv, hd}).transpose(1, 2);
+    v = parts[2].view({B, T, Hkv, hd}).transpose(1, 2);
     // As HF: the rotation runs in the activations' dtype (bf16 under autocast).
     const at::Tensor c = cos.to(q.scalar_type()), s = sin.to(q.scalar_type());
     q = q * c + rotate_half(q) * s;
@@ -256,8 +258,18 @@ at::Tensor CausalLM::attention(const Layer& L, const at::Tensor& x, const at::Te
   const at::Tensor y = y4.transpose(1, 2).reshape({B, T, H * hd});
 #else
   (void)causal_only;
-  at::Tensor scores = at::matmul(q, k.transpose(-2, -1)) * scale;  // [B,H,T,S]
-  if (blocked.defined()) scores = scores.masked_fill(blocked, -std::numeric_limits<double>::infinity());
+  // scores = bias + scale * q k^T in one batched GEMM, bias = 0 / -inf for visible / blocked keys. [B,H,T,S]
+  at::Tensor scores;
+  if (blocked.defined()) {
+    const at::Tensor bias = at::zeros(blocked.sizes(), q.options()).masked_fill_(blocked, -INFINITY);
+    // One mask for all rows broadcasts without a copy; per-row document masks are expanded per head.
+    const at::Tensor bias3 = bias.size(0) == 1 ? bias.view({1, T, S}) : bias.expand({B, H, T, S}).reshape({B * H, T, S});
+    scores = at::baddbmm(bias3, q.reshape({B * H, T, hd}),
+                         k.reshape({B * H, S, hd}).transpose(1, 2), 1.0, scale)
+                 .view({B, H, T, S});
+  } else {
+    scores = at::matmul(q, k.transpose(-2, -1)) * scale;
+  }
   const at::Tensor p = at::softmax(scores, -1, at::kFloat).to(v.scalar_type());
   const at::Tensor y = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * hd});
 #endif
@@ -313,7 +325,8 @@ at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCac
       const int64_t I = cfg_.intermediate_size;
       const at::Tensor gu = at::linear(rms_norm(x, L.ln2_w, eps), at::cat({L.gate_w, L.up_w}, 0),
                                        L.gate_b.defined() ? at::cat({L.gate_b, L.up_b}, 0) : at::Tensor());
-      x = x + at::linear(at::silu(gu.narrow(2, 0, I)) * gu.narrow(2, I, I), L.down_w, L.down_b);
+      const auto g_u = gu.split(I, 2);
+      x = x + at::linear(at::silu(g_u[0]) * g_u[1], L.down_w, L.down_b);
     } else {
       x = x + attention(L, at::layer_norm(x, {cfg_.hidden_size}, L.ln1_w, L.ln1_b, eps), cos, sin, blocked, causal_only, cache, l);
       const at::Tensor h = at::layer_norm(x, {cfg_.hidden_size}, L.ln2_w, L.ln2_b, eps);

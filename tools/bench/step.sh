@@ -23,8 +23,8 @@ for prec in fp32 bf16; do
   best_st=0; best_py=0
   r=0
   while [ $r -lt "$rounds" ]; do
-    st=$("$bench" --precision "$prec" --threads "$threads" --steps "$steps")
-    py=$(/usr/bin/python3 "$here/step_ref.py" --precision "$prec" --threads "$threads" --steps "$steps")
+    st=$("$bench" --precision "$prec" --threads "$threads" --steps "$steps" --warmup 1)
+    py=$(/usr/bin/python3 "$here/step_ref.py" --precision "$prec" --threads "$threads" --steps "$steps" --warmup 1)
     echo "  $st"
     echo "  $py"
     best_st=$(max "$best_st" "$(tps "$st")"); best_py=$(max "$best_py" "$(tps "$py")")

@@ -3,7 +3,7 @@
 reference for the trainer's MFU. Square n x n matmuls, fp32 and bf16, best of `--trials` timed windows.
 Run with OPENBLAS_CORETYPE=SkylakeX (tools/bench/train.sh sets it).
 
-usage: train_peak.py [--threads 1] [--sizes 1024,2048] [--seconds 0.5] [--trials 3]
+usage: train_peak.py [--threads 1] [--sizes 1024,2048] [--seconds 0.5] [--trials 3] [--dtypes fp32,bf16]
 prints one JSON line per (dtype, size): {"dtype", "n", "threads", "gflops"}
 """
 import argparse
@@ -17,12 +17,14 @@ ap.add_argument("--threads", type=int, default=1)
 ap.add_argument("--sizes", default="1024,2048")
 ap.add_argument("--seconds", type=float, default=0.5)
 ap.add_argument("--trials", type=int, default=3)
+ap.add_argument("--dtypes", default="fp32,bf16")
 a = ap.parse_args()
 torch.set_num_threads(a.threads)
 torch.manual_seed(0)
 
 with torch.no_grad():
-    for dtype, name in ((torch.float32, "fp32"), (torch.bfloat16, "bf16")):
+    for name in a.dtypes.split(","):
+        dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[name]
         for n in map(int, a.sizes.split(",")):
             x, y = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
             torch.mm(x, y)  # warm-up

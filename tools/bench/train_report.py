@@ -95,6 +95,18 @@ if a.section == "scaling":
         print(f"{z:>4} {r1['tps']:13.0f} {r2['tps']:14.0f} {ratio:6.2f}x {ratio0:16.2f}x {ok:>7}  "
               f"{r1['load_before']}/{r2['load_before']}")
     print("   target: ratio >= 1.85x (ZeRO-0)")
+
+    def gf(f):
+        p = os.path.join(a.work, f)
+        return json.loads(open(p).read().splitlines()[0])["gflops"] if os.path.exists(p) else None
+    c1, c2a, c2b = gf("ceiling_1.jsonl"), gf("ceiling_2a.jsonl"), gf("ceiling_2b.jsonl")
+    if c1 and c2a and c2b:
+        ceil = (c2a + c2b) / c1
+        print(f"   machine ceiling: fp32 1024^3 matmul, 1 process {c1:.1f} GFLOP/s, 2 concurrent processes "
+              f"{c2a:.1f} + {c2b:.1f} = {c2a + c2b:.1f} GFLOP/s -> {ceil:.2f}x")
+        if base0 and "tps" in base0 and run("s2z0") and "tps" in run("s2z0"):
+            print(f"   ZeRO-0 ratio / machine ceiling = {run('s2z0')['tps'] / base0['tps'] / ceil:.2f} (parallel efficiency of"
+                  " the trainer itself, relative to what two busy cores of this machine deliver)")
     show_cmd(names)
 
 elif a.section == "comm":
@@ -142,7 +154,7 @@ elif a.section == "memory":
         z0, z1, z2 = (run(f"m{n}z{z}") for z in (0, 1, 2))
         if all(r and r["rss"] for r in (z0, z1, z2)):
             m0, m1, m2 = (max(r["rss"].values()) for r in (z0, z1, z2))
-            print(f"   N={n}: RSS saving ZeRO-1 vs 0 {(m0 - m1) / 1e6:7.1f} MB (model {(16 * P - 8 * P - 16 * P / n) / 1e6:7.1f}),"
+            print(f"   N={n}: RSS saving ZeRO-1 vs 0 {(m0 - m1) / 1e6:7.1f} MB (persistent-buffer model {(16 * P - 8 * P - 16 * P / n) / 1e6:7.1f}),"
                   f" ZeRO-2 vs 1 {(m1 - m2) / 1e6:7.1f} MB (ideal model up to {(4 * P) / 1e6:.1f} minus one bucket)")
     b4, z1, z2 = run("m2z2b4"), run("m2z1"), run("m2z2")
     if b4 and b4["rss"] and z1 and z1["rss"] and z2 and z2["rss"]:
