@@ -16,9 +16,12 @@ bench=$build/tools/shardtune-step-bench
 # OpenBLAS picks its kernels at load time; without this it may fall back to slow generic ones.
 export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
 export OMP_NUM_THREADS=$threads
+# Idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs, spinning makes
+# step times swing 10x. Both sides run with the same setting; override with OMP_WAIT_POLICY=ACTIVE.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
 tps() { echo "$1" | sed -n 's/.*tokens\/s=\([0-9.]*\).*/\1/p'; }
 max() { awk -v a="$1" -v b="$2" 'BEGIN { print (a > b ? a : b) }'; }
-echo "threads=$threads steps=$steps rounds=$rounds batch=8 seq=256 ($(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg))"
+echo "threads=$threads steps=$steps rounds=$rounds OMP_WAIT_POLICY=$OMP_WAIT_POLICY batch=8 seq=256 ($(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg))"
 for prec in fp32 bf16; do
   best_st=0; best_py=0
   r=0
