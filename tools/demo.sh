@@ -1,19 +1,85 @@
 #!/usr/bin/env bash
 # The main job on a fresh clone, end to end with an embedded default (no cluster, no GPU, no files from
-# outside the repo): install what is missing, build, make task data, prepare shards (2 MPI ranks),
-# and show what they hold. Later stages (fine-tune, evaluate, generate, loss PNG) extend this script.
+# outside the repo, no network after the package install): install what is missing, build, then
+#   1. make a tiny random Llama (fixed seed) and pre-train it briefly with shardtune on a generated generic
+#      corpus -> the "base model" (it writes English-like words but has never seen the task);
+#   2. make task data (uppercase a word: "Uppercase:\nkelp\n" -> "KELP"), prepare shards on 2 MPI ranks;
+#   3. fine-tune the base model on 2 MPI ranks (DDP, CPU);
+#   4. evaluate before/after: exact match of greedy generations (shardtune-generate) on held-out words;
+#   5. write the loss curves (train + validation, both runs) to demo-out/loss.png.
+# Knobs (environment): DEMO_DIR (output folder, default demo-out/), DEMO_TASK (upper|reverse),
+# DEMO_PRETRAIN_STEPS, DEMO_STEPS (fine-tune), DEMO_EVAL_N (held-out prompts), DEMO_NP (ranks: 1, 2 or 4; default 2),
+# DEMO_SKIP_BUILD=1 (use the binaries already in BUILD_DIR).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
-st_install_apt
-st_build
+if [ "${DEMO_SKIP_BUILD:-0}" = 1 ]; then
+  [ -x "$BUILD_DIR/src/shardtune" ] || { echo "demo: DEMO_SKIP_BUILD=1 but $BUILD_DIR has no shardtune" >&2; exit 1; }
+else
+  st_install_apt
+  st_build
+fi
+
 OUT="${DEMO_DIR:-$ROOT/demo-out}"
+TASK="${DEMO_TASK:-upper}"
+PRETRAIN_STEPS="${DEMO_PRETRAIN_STEPS:-120}"
+STEPS="${DEMO_STEPS:-800}"
+EVAL_N="${DEMO_EVAL_N:-200}"
+NP="${DEMO_NP:-2}"
+PY=/usr/bin/python3   # Debian's python3 with python3-torch/numpy/h5py/matplotlib (tools/setup.sh installs them)
+MPIRUN=(mpirun -np "$NP")
+[ "$(id -u)" -eq 0 ] && MPIRUN+=(--allow-run-as-root)
+MPIRUN+=(--oversubscribe)
+PREP="$BUILD_DIR/data_prep/shardtune-prep"
+TRAIN="$BUILD_DIR/src/shardtune"
+GEN="$BUILD_DIR/tools/shardtune-generate"
+
+# Outputs of a previous run are replaced (shardtune itself never overwrites: each run gets new folders).
 mkdir -p "$OUT"
-echo "== demo: task data (reverse a word) in $OUT"
-/usr/bin/python3 "$ROOT/tools/demo/make_task.py" "$OUT/train.jsonl" "$OUT/heldout.jsonl" 4000
-rm -rf "$OUT/shards"
-echo "== demo: shardtune-prep on 2 ranks (byte tokenizer, plain template, 5% validation)"
-mpirun --allow-run-as-root --oversubscribe -np 2 "$BUILD_DIR/data_prep/shardtune-prep" \
-  --input "$OUT/train.jsonl" --output "$OUT/shards" --tokenizer byte --template plain \
-  --max-seq-len 256 --val-fraction 0.05 --threads 1
-echo "== demo: shardtune-inspect"
+rm -rf "$OUT"/{base-init,base,tuned,corpus-shards,shards} "$OUT"/*.jsonl "$OUT"/{eval.json,summary.txt,loss.png}
+T0=$SECONDS
+stage() { echo; echo "== demo [$((SECONDS - T0)) s]: $*"; }
+
+stage "base model: tiny random Llama (fixed seed), briefly pre-trained on a generated generic corpus"
+$PY "$ROOT/tools/demo/make_base.py" "$OUT/base-init" --hidden 128 --layers 2 --heads 4 --seed 1234
+$PY "$ROOT/tools/demo/make_corpus.py" "$OUT/corpus.jsonl" 4000
+"${MPIRUN[@]}" "$PREP" --input "$OUT/corpus.jsonl" --output "$OUT/corpus-shards" --tokenizer byte \
+  --max-seq-len 128 --val-fraction 0.02 --threads 1 --quiet
+"${MPIRUN[@]}" "$TRAIN" --model "$OUT/base-init" --data "$OUT/corpus-shards" --out "$OUT/base" \
+  --steps "$PRETRAIN_STEPS" --global-batch 8 --micro-batch 4 --seq-len 128 --pack --lr 3e-3 --warmup-steps 20 \
+  --schedule cosine --min-lr 3e-4 --eval-every 50 --eval-batches 4 --log-every 50 --threads 1 \
+  --metrics "$OUT/pretrain.jsonl"
+
+stage "task data ($TASK a word), shardtune-prep on $NP ranks (byte tokenizer, plain template, 2% validation)"
+$PY "$ROOT/tools/demo/make_task.py" "$OUT/train.jsonl" "$OUT/heldout.jsonl" 20000 --task "$TASK"
+"${MPIRUN[@]}" "$PREP" --input "$OUT/train.jsonl" --output "$OUT/shards" --tokenizer byte --template plain \
+  --max-seq-len 64 --val-fraction 0.02 --threads 1 --quiet
 "$BUILD_DIR/tools/shardtune-inspect" "$OUT/shards" --verify
+
+stage "fine-tune the base model on $NP ranks: $STEPS steps x 32 samples (full, DDP, fp32, CPU)"
+"${MPIRUN[@]}" "$TRAIN" --model "$OUT/base" --data "$OUT/shards" --out "$OUT/tuned" \
+  --steps "$STEPS" --global-batch 32 --micro-batch $((32 / NP)) --seq-len 64 --lr 3e-3 --warmup-steps 30 \
+  --schedule cosine --eval-every 50 --eval-batches 4 --log-every 50 --threads 1 --metrics "$OUT/finetune.jsonl"
+
+stage "generate before/after (greedy) on $EVAL_N held-out words the model never trained on"
+# One prompt through shardtune-generate's text path (byte tokenizer), base and fine-tuned model.
+PROMPT="$(head -1 "$OUT/heldout.jsonl" | $PY -c 'import json,sys; r=json.load(sys.stdin); print(r["instruction"] + "\n" + r["input"])')"$'\n'
+echo "shardtune-generate --tokenizer byte --temperature 0 --prompt $(printf '%q' "$PROMPT")"
+for m in base tuned; do
+  "$GEN" --model "$OUT/$m" --tokenizer byte --prompt "$PROMPT" --max-new-tokens 24 --temperature 0 --threads 1 |
+    $PY -c 'import sys; p, m = sys.argv[1], sys.argv[2]; t = sys.stdin.read()[:-1]
+print(f"  {m:<6} -> {t[len(p):]!r}" if t.startswith(p) else f"  {m:<6} -> (whole text) {t!r}")' "$PROMPT" "$m"
+done
+echo
+$PY "$ROOT/tools/demo/evaluate.py" --generate "$GEN" --heldout "$OUT/heldout.jsonl" --n "$EVAL_N" --jobs 2 \
+  --model base="$OUT/base" --model tuned="$OUT/tuned" --examples 5 --json "$OUT/eval.json" --summary "$OUT/summary.txt"
+SUMMARY="$(cat "$OUT/summary.txt")"
+
+stage "loss curves -> $OUT/loss.png"
+TITLE="$([ "$TASK" = upper ] && echo "uppercase a word" || echo "reverse a word")"
+$PY "$ROOT/tools/demo/plot_loss.py" "$OUT/loss.png" --note "$SUMMARY" \
+  "pre-training: generic generated corpus ($PRETRAIN_STEPS steps)=$OUT/pretrain.jsonl" \
+  "fine-tuning: $TITLE ($STEPS steps)=$OUT/finetune.jsonl"
+
+stage "done in $((SECONDS - T0)) s (after the build)"
+echo "$SUMMARY"
+echo "outputs in $OUT: base/ and tuned/ (HF models), pretrain.jsonl + finetune.jsonl (metrics), eval.json, loss.png"

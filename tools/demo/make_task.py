@@ -1,19 +1,43 @@
 #!/usr/bin/python3
-"""Writes the demo's task data: reverse a short word, as instruction/output JSONL. Deterministic.
-Usage: make_task.py OUT_TRAIN.jsonl OUT_HELDOUT.jsonl [N]"""
+"""Writes the demo's task data as Alpaca-style instruction/input/output JSONL. Deterministic (fixed seed);
+held-out words never occur in the training file.
+Usage: make_task.py OUT_TRAIN.jsonl OUT_HELDOUT.jsonl [N_TRAIN] [--task upper|reverse] [--heldout 200]"""
+import argparse
 import json
 import random
-import sys
 
-rng = random.Random(7)
-letters = "abcdefghijklmnopqrstuvwxyz"
-n = int(sys.argv[3]) if len(sys.argv) > 3 else 4000
-words = set()
-while len(words) < n + 200:
-    words.add("".join(rng.choice(letters) for _ in range(rng.randint(3, 7))))
-words = sorted(words)
-rng.shuffle(words)
-for path, chunk in ((sys.argv[1], words[:n]), (sys.argv[2], words[n:])):
-    with open(path, "w") as f:
-        for w in chunk:
-            f.write(json.dumps({"instruction": "Reverse the letters of the word.", "input": w, "output": w[::-1]}) + "\n")
+TASKS = {
+    "upper": ("Uppercase:", str.upper),
+    "reverse": ("Reverse:", lambda w: w[::-1]),
+}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("train")
+    ap.add_argument("heldout")
+    ap.add_argument("n", nargs="?", type=int, default=4000)
+    ap.add_argument("--task", choices=sorted(TASKS), default="upper")
+    ap.add_argument("--heldout-n", type=int, default=200)
+    ap.add_argument("--min-len", type=int, default=3)
+    ap.add_argument("--max-len", type=int, default=7)
+    ap.add_argument("--seed", type=int, default=7)
+    a = ap.parse_args()
+    instruction, fn = TASKS[a.task]
+    rng = random.Random(a.seed)
+    letters = "abcdefghijklmnopqrstuvwxyz"
+    words = set()
+    while len(words) < a.n + a.heldout_n:
+        words.add("".join(rng.choice(letters) for _ in range(rng.randint(a.min_len, a.max_len))))
+    words = sorted(words)
+    rng.shuffle(words)
+    for path, chunk in ((a.train, words[:a.n]), (a.heldout, words[a.n:])):
+        with open(path, "w") as f:
+            for w in chunk:
+                f.write(json.dumps({"instruction": instruction, "input": w, "output": fn(w)}) + "\n")
+    print(f"make_task: '{instruction}' {a.n} training + {a.heldout_n} held-out words "
+          f"({a.min_len}-{a.max_len} letters) -> {a.train}, {a.heldout}")
+
+
+if __name__ == "__main__":
+    main()
