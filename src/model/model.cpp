@@ -6,6 +6,7 @@
 
 #include <torch/version.h>
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -368,6 +369,7 @@ LossResult CausalLM::loss(const at::Tensor& ids_in, const at::Tensor& loss_mask,
   }
   const at::Tensor hsel = h.reshape({B * T, h.size(2)}).index_select(0, idx);
   const at::Tensor tsel = ids.reshape({-1}).index_select(0, idx + 1);
+  if (chunk_tokens <= 0) chunk_tokens = std::max<int64_t>(64, (int64_t(1) << 24) / cfg_.vocab_size);
   r.sum = linear_cross_entropy_sum(hsel, lm_head_, tsel, chunk_tokens, autocast_dtype(ids.device().type()));
   return r;
 }

@@ -62,9 +62,10 @@ class CausalLM : public torch::nn::Module {
   // Masked next-token cross-entropy. Convention: loss_mask[b,t] = 1 means token t is a target, predicted
   // from the hidden state at t-1 (so it sees positions <= t-1); loss_mask[:,0] is ignored, and so is a
   // token that starts a new document (doc_ids[t] != doc_ids[t-1]). loss_mask undefined = every token.
-  // The [N,V] logits are never materialized beyond `chunk_tokens` rows at a time.
+  // The [N,V] logits are never materialized beyond `chunk_tokens` rows at a time (0 = auto: as many rows
+  // as fit 2^24 logits, i.e. 64 MB in fp32, at least 64).
   LossResult loss(const at::Tensor& ids, const at::Tensor& loss_mask, const Packing& pack = {},
-                  int64_t chunk_tokens = 1024);
+                  int64_t chunk_tokens = 0);
 
   KVCache make_cache(int64_t batch, int64_t capacity) const;
 
