@@ -5,7 +5,9 @@
 #
 #   tools/bench/train.sh [BUILD_DIR] [SECTION...]      SECTION: scaling | comm | memory | mfu | all (default)
 #
-#   scaling  1 rank x 1 thread vs 2 ranks x 1 thread, same per-rank micro-batch, ZeRO-0/1/2: tokens/s ratio
+#   scaling  1 rank x 1 thread vs 2 ranks x 1 thread, same per-rank micro-batch, ZeRO-0/1/2: tokens/s ratio;
+#            with the machine's own ceiling: 1 vs 2 concurrent matmul processes, and two independent 1-rank
+#            jobs run at the same time
 #   comm     the same 2-rank runs: mean comm_wait_s / step_s (steps after the first WARMUP)
 #   memory   peak RSS per rank (GNU time around every rank, tools/bench/train_rss.sh) and the optimizer state
 #            rank 0 prints, ZeRO-0/1/2 x N = 1, 2, 4 ranks, against 8 B x P (ZeRO-0) / 12 B x P / N (ZeRO-1/2)
@@ -85,7 +87,7 @@ run() {
 want() { local s; for s in "${SECTIONS[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
 report() { $PY "$HERE/train_report.py" "$WORK" "$1" --warmup "$WARMUP" --seq "$SEQ" --threads "$THREADS"; }
 
-if want scaling || want comm || want mfu; then
+if want scaling || want comm; then
   echo; echo "== machine ceiling: 1 vs 2 concurrent single-thread fp32 matmul processes (train_peak.py)"
   peak=("${NICE_CMD[@]}" $PY "$HERE/train_peak.py" --threads 1 --sizes 1024 --seconds 1 --trials 3 --dtypes fp32)
   "${peak[@]}" > "$WORK/ceiling_1.jsonl"
@@ -96,7 +98,13 @@ if want scaling || want comm || want mfu; then
     run "s2z$z" 2 "$z" fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
   done
 fi
-if want scaling; then echo; report scaling; fi
+if want scaling; then
+  echo; echo "== control: two independent 1-rank ZeRO-0 jobs at the same time (the most 2 ranks could get here)"
+  run p1z0a 1 0 fp32 "$MICRO" "$MICRO" "$STEPS" &
+  run p1z0b 1 0 fp32 "$MICRO" "$MICRO" "$STEPS"
+  wait
+  echo; report scaling
+fi
 if want comm; then echo; report comm; fi
 if want memory; then
   echo; echo "== runs: memory, micro-batch $MEM_MICRO, $MEM_STEPS steps, N = 1, 2, 4 ranks (4 oversubscribed)"
@@ -110,6 +118,11 @@ if want memory; then
   echo; report memory
 fi
 if want mfu; then
+  if ! want scaling && ! want comm; then
+    echo; echo "== runs: fp32, 1 and 2 ranks, ZeRO-0"
+    run s1z0 1 0 fp32 "$MICRO" "$MICRO" "$STEPS"
+    run s2z0 2 0 fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
+  fi
   echo; echo "== runs: bf16 autocast, 1 and 2 ranks, ZeRO-0"
   run b1z0 1 0 bf16 "$MICRO" "$MICRO" "$STEPS"
   run b2z0 2 0 bf16 "$MICRO" $((2 * MICRO)) "$STEPS"

@@ -55,7 +55,12 @@ def run(name):
     rss = {}
     for f in glob.glob(os.path.join(d, "rss.*")):
         try:
-            rss[int(f.rsplit(".", 1)[1])] = int(open(f).read().strip().splitlines()[-1]) * 1024
+            fields = open(f).read().strip().splitlines()[-1].split()
+            rss[int(f.rsplit(".", 1)[1])] = int(fields[0]) * 1024
+            if len(fields) >= 4:  # "%M %U %S %e": CPU seconds used / wall seconds of this rank
+                k = int(f.rsplit(".", 1)[1])
+                r.setdefault("cpu_s", {})[k] = float(fields[1]) + float(fields[2])
+                r.setdefault("cpu_util", {})[k] = (float(fields[1]) + float(fields[2])) / max(float(fields[3]), 1e-9)
         except (ValueError, IndexError):
             pass
     r["rss"] = rss
@@ -107,6 +112,30 @@ if a.section == "scaling":
         if base0 and "tps" in base0 and run("s2z0") and "tps" in run("s2z0"):
             print(f"   ZeRO-0 ratio / machine ceiling = {run('s2z0')['tps'] / base0['tps'] / ceil:.2f} (parallel efficiency of"
                   " the trainer itself, relative to what two busy cores of this machine deliver)")
+    pa, pb = run("p1z0a"), run("p1z0b")
+    if pa and pb and "tps" in pa and "tps" in pb and base0 and "tps" in base0:
+        both = pa["tps"] + pb["tps"]
+        print(f"   control: two independent 1-rank ZeRO-0 jobs at the same time (no communication): {pa['tps']:.0f} + "
+              f"{pb['tps']:.0f} = {both:.0f} tok/s -> {both / base0['tps']:.2f}x of one job alone")
+        r2 = run("s2z0")
+        if r2 and "tps" in r2:
+            print(f"   2-rank ZeRO-0 / independent pair = {r2['tps'] / both:.2f} (what DDP itself costs on this machine)")
+        names += ["p1z0a", "p1z0b"]
+    print("   load-independent estimate from CPU time (GNU time user+sys per rank, whole run incl. ~startup):")
+    print(f"{'zero':>4} {'1 rank CPU s':>13} {'2 ranks CPU s/rank':>19} {'CPU-time ratio':>15}")
+    for z in (0, 1, 2):
+        r1, r2 = run(f"s1z{z}"), run(f"s2z{z}")
+        c1 = r1.get("cpu_s") if r1 else None
+        c2 = r2.get("cpu_s") if r2 else None
+        if c1 and c2 and len(c2) == 2:
+            m2 = statistics.mean(c2.values())
+            print(f"{z:>4} {c1[0]:13.1f} {m2:19.1f} {2 * c1[0] / m2:14.2f}x")
+    print("   CPU-time ratio = 2 x CPU s of the 1-rank run / CPU s per rank of the 2-rank run: the tokens/s ratio two"
+          " dedicated cores would give (MPI spin-waits count as CPU time, so unhidden communication is included)")
+    for n in ("s1z0", "s2z0", "p1z0a"):
+        r = run(n)
+        if r and r.get("cpu_util"):
+            print(f"   CPU use per rank ({n}): " + ", ".join(f"rank {k}: {v:.2f} cores" for k, v in sorted(r["cpu_util"].items())))
     show_cmd(names)
 
 elif a.section == "comm":
