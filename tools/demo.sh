@@ -42,7 +42,7 @@ stage() { echo; echo "== demo [$((SECONDS - T0)) s]: $*"; }
 
 TITLE="$([ "$TASK" = upper ] && echo "uppercase a word" || echo "reverse a word")"
 
-stage "base model: tiny random Llama (fixed seed), briefly pre-trained on a generated generic corpus"
+stage "base model: tiny random Llama (fixed seed)$([ "$PRETRAIN_STEPS" -gt 0 ] && echo ", briefly pre-trained on a generated generic corpus")"
 $PY "$ROOT/tools/demo/make_base.py" "$OUT/base-init" --hidden 128 --layers 2 --heads 4 --seed 1234
 PLOTS=()
 if [ "$PRETRAIN_STEPS" -gt 0 ]; then
@@ -75,7 +75,7 @@ PROMPT="$(head -1 "$OUT/heldout.jsonl" | $PY -c 'import json,sys; r=json.load(sy
 echo "shardtune-generate --tokenizer byte --temperature 0 --prompt $(printf '%q' "$PROMPT")"
 for m in base tuned; do
   "$GEN" --model "$OUT/$m" --tokenizer byte --prompt "$PROMPT" --max-new-tokens 24 --temperature 0 --threads 1 |
-    $PY -c 'import sys; p, m = sys.argv[1], sys.argv[2]; t = sys.stdin.read()[:-1]
+    $PY -c 'import sys; p, m = sys.argv[1], sys.argv[2]; t = sys.stdin.buffer.read().decode("utf-8", "replace")[:-1]
 print(f"  {m:<6} -> {t[len(p):]!r}" if t.startswith(p) else f"  {m:<6} -> (whole text) {t!r}")' "$PROMPT" "$m"
 done
 echo
