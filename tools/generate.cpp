@@ -1,6 +1,9 @@
 // shardtune-generate: sample a continuation from a model (HF folder or llama2.c .bin), optionally with a
 // PEFT LoRA adapter merged in, using a KV cache. Temperature 0 is greedy.
 #include <CLI/CLI.hpp>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <optional>
 
 #include <cstdio>
 #include <iostream>
@@ -28,6 +31,10 @@ static int run(int argc, char** argv) {
   app.add_option("--prompt", prompt, "prompt text (needs --tokenizer)");
   app.add_option("--tokenizer", tokenizer_spec, "tokenizer SPEC: tokenizer.json, GPT-2 files or a folder, or 'byte'");
   app.add_option("--prompt-ids", prompt_ids, "prompt as token ids, e.g. \"1 2 3\"");
+  std::string prompts_file;
+  app.add_option("--prompts-file", prompts_file,
+                 "JSONL with {\"prompt\": TEXT} per line (needs --tokenizer): one model load for many prompts; prints "
+                 "one JSON line {\"prompt\", \"completion\"} per prompt");
   app.add_option("--max-new-tokens", g.max_new_tokens, "tokens to generate")->capture_default_str();
   app.add_option("--temperature", g.temperature, "0 = greedy")->capture_default_str();
   app.add_option("--top-p", g.top_p, "nucleus sampling mass")->capture_default_str();
@@ -41,8 +48,9 @@ static int run(int argc, char** argv) {
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
-  ST_CHECK(prompt.empty() != prompt_ids.empty(), "give exactly one of --prompt or --prompt-ids",
-           "--prompt needs --tokenizer; --prompt-ids takes space-separated ids");
+  ST_CHECK((!prompt.empty()) + (!prompt_ids.empty()) + (!prompts_file.empty()) == 1,
+           "give exactly one of --prompt, --prompt-ids or --prompts-file",
+           "--prompt and --prompts-file need --tokenizer; --prompt-ids takes space-separated ids");
   sm::setup_runtime(threads);
 
   auto model = sm::load_model(model_path);
@@ -56,8 +64,36 @@ static int run(int argc, char** argv) {
 #ifdef ST_HAVE_TOKENIZER
   std::unique_ptr<shardtune::Tokenizer> tok;
   if (!tokenizer_spec.empty()) tok = shardtune::load_tokenizer(tokenizer_spec);
+  if (!prompts_file.empty()) {
+    ST_CHECK(tok != nullptr, "--prompts-file needs --tokenizer");
+    if (!no_stop) g.stop_id = tok->eos_id ? std::optional<int64_t>(*tok->eos_id) : model->config().eos_token_id;
+    sm::AutocastGuard ac(at::kCPU, sm::parse_precision(precision));
+    std::ifstream in(prompts_file);
+    ST_CHECK(in.good(), "cannot open --prompts-file '" + prompts_file + "'");
+    std::string line;
+    for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
+      if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      nlohmann::json j;
+      try {
+        j = nlohmann::json::parse(line);
+      } catch (const nlohmann::json::exception& e) {
+        ST_FAIL(prompts_file + ":" + std::to_string(lineno) + ": malformed JSON: " + e.what());
+      }
+      ST_CHECK(j.is_object() && j.contains("prompt") && j["prompt"].is_string(),
+               prompts_file + ":" + std::to_string(lineno) + ": expected {\"prompt\": \"...\"}");
+      const std::string text = j["prompt"].get<std::string>();
+      std::vector<int64_t> p;
+      if (tok->add_bos && tok->bos_id) p.push_back(*tok->bos_id);
+      for (auto t : tok->encode(text)) p.push_back(t);
+      const std::vector<int64_t> out = sm::generate(*model, p, g);
+      std::vector<shardtune::TokenId> cont(out.begin(), out.end());
+      std::cout << nlohmann::json{{"prompt", text}, {"completion", tok->decode(cont, /*skip_special=*/true)}}.dump()
+                << "\n";
+    }
+    return 0;
+  }
 #else
-  ST_CHECK(tokenizer_spec.empty(), "this build has no tokenizer library", "use --prompt-ids");
+  ST_CHECK(tokenizer_spec.empty() && prompts_file.empty(), "this build has no tokenizer library", "use --prompt-ids");
 #endif
   if (!prompt_ids.empty()) {
     std::istringstream in(prompt_ids);

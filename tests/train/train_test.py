@@ -218,6 +218,17 @@ def t_stories260k_finetune(tmp):
     p = run([GENERATE, "--model", f"{tmp}/out", "--prompt-ids", "256 82 101", "--max-new-tokens", "8", "--temperature",
              "0", "--print-ids"])
     assert len(p.stdout.split()) >= 8, p.stdout
+    # Many prompts with one model load; bad lines are named.
+    with open(f"{tmp}/prompts.jsonl", "w") as f:
+        f.write(json.dumps({"prompt": "Uppercase:\nab\n"}) + "\n\n" + json.dumps({"prompt": "Once"}) + "\n")
+    p = run([GENERATE, "--model", f"{tmp}/out", "--tokenizer", "byte", "--prompts-file", f"{tmp}/prompts.jsonl",
+             "--max-new-tokens", "4", "--temperature", "0"])
+    lines = [json.loads(l) for l in p.stdout.splitlines()]
+    assert [l["prompt"] for l in lines] == ["Uppercase:\nab\n", "Once"] and all("completion" in l for l in lines), lines
+    with open(f"{tmp}/bad.jsonl", "w") as f:
+        f.write('{"prompt": "x"}\n{"text": 1}\n')
+    p = run([GENERATE, "--model", f"{tmp}/out", "--tokenizer", "byte", "--prompts-file", f"{tmp}/bad.jsonl"], ok=False)
+    assert p.returncode != 0 and "bad.jsonl:2" in p.stderr, p.stderr
 
 
 def t_alpaca_end_to_end(tmp):
