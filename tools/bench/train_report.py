@@ -130,8 +130,8 @@ if a.section == "scaling":
         if c1 and c2 and len(c2) == 2:
             m2 = statistics.mean(c2.values())
             print(f"{z:>4} {c1[0]:13.1f} {m2:19.1f} {2 * c1[0] / m2:14.2f}x")
-    print("   CPU-time ratio = 2 x CPU s of the 1-rank run / CPU s per rank of the 2-rank run: the tokens/s ratio two"
-          " dedicated cores would give (MPI spin-waits count as CPU time, so unhidden communication is included)")
+    print("   CPU-time ratio = 2 x CPU s of the 1-rank run / CPU s per rank of the 2-rank run; a rough estimate of the"
+          " ratio two dedicated cores would give, valid only as far as waiting ranks spin (Open MPI does by default)")
     for n in ("s1z0", "s2z0", "p1z0a"):
         r = run(n)
         if r and r.get("cpu_util"):
@@ -204,7 +204,8 @@ elif a.section == "mfu":
     std = 6 * (P - model["embed_params"]) + 12 * L * C * T  # PaLM-style: matmul params (not the embedding lookup) + attention
     print("== 4. MFU: the trainer's mfu vs achieved model FLOP/s over a Python torch matmul peak")
     print(f"   model FLOPs/token (standard): 6 x {P - model['embed_params']} matmul params + 12 x L x C x T = {std / 1e6:.1f} MFLOP")
-    print(f"   trainer's FLOPs/token: 6 x {P} (all params, incl. the embedding lookup) + 12 x L x C x micro-batch")
+    print(f"   trainer's FLOPs/token (src/main.cpp): 6 x {P} (all params, incl. the embedding lookup) + 12 x L x C x T"
+          f" = {(6 * P + 12 * L * C * T) / 1e6:.1f} MFLOP")
     print("   python peak (GFLOP/s, 1 thread): " + ", ".join(f"{k[0]} n={k[1]}: {v:.1f}" for k, v in sorted(peaks.items())))
     print(f"{'run':>5} {'prec':>5} {'ranks':>5} {'tok/s':>8} {'trainer mfu':>12} {'trainer peak/rank':>18} "
           f"{'achieved GFLOP/s':>17} {'python peak':>12} {'MFU vs python peak':>19}")
@@ -213,8 +214,7 @@ elif a.section == "mfu":
         if not (r and "tps" in r):
             print(f"{name:>5}  (missing run)")
             continue
-        micro = r["tokens"] / (n * T)  # one micro-step per step in these runs
-        trainer_flops = 6 * P + 12 * L * C * micro
+        trainer_flops = 6 * P + 12 * L * C * T
         # back out the peak the trainer measured: mfu = flops * tps / (peak * world), per step
         tp = [trainer_flops * x["tokens"] / x["step_s"] / (x["mfu"] * n) / 1e9 for x in r["measured"] if x["mfu"] > 0]
         trainer_peak = statistics.mean(tp) if tp else float("nan")
