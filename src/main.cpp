@@ -163,10 +163,20 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   // ---- training loop ----
   evaluate(0);
   train::StepLoader loader(*train_set, plan, 0, steps);
-  // Model FLOPs per trained token: 6 per parameter (forward + backward) plus attention, 12 * L * C * T.
+  // Model FLOPs per trained token: 6 per matmul parameter (forward + backward) plus attention,
+  // 12 * L * C * T. Embedding lookups are no matmuls: the input embedding counts only when it is tied
+  // to the output head, learned positions never.
+  double lookup_params = 0;
+  for (const auto& [name, t] : model->hf_parameters())
+    if ((!mc.tie_word_embeddings && (name == "model.embed_tokens.weight" || name == "transformer.wte.weight")) ||
+        name == "transformer.wpe.weight")
+      lookup_params += static_cast<double>(t.numel());
   auto flops_per_token = [&](int64_t row_len) {
-    return 6.0 * trainer.num_params() + 12.0 * mc.num_layers * mc.hidden_size * static_cast<double>(row_len);
+    return 6.0 * (static_cast<double>(trainer.num_params()) - lookup_params) +
+           12.0 * mc.num_layers * mc.hidden_size * static_cast<double>(row_len);
   };
+  log::info("MFU reference: measured " + std::string(cfg.precision) + " matmul peak " +
+            std::to_string(static_cast<int>(peak)) + " GFLOP/s per rank (" + std::to_string(cfg.threads) + " thread(s))");
   // Test hook: SHARDTUNE_TEST_FAIL="RANK:STEP" makes that rank throw at that step (failure-path tests).
   const char* fail_at = std::getenv("SHARDTUNE_TEST_FAIL");
   for (int64_t step = 0; step < steps; ++step) {

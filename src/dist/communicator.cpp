@@ -167,7 +167,9 @@ void Communicator::broadcast(at::Tensor& t, int root) {
 double Communicator::all_reduce(double value, ReduceOp op) {
   if (world() == 1) return value;
   double out = value;
+  auto t0 = Clock::now();  // waiting here is waiting for the slowest rank: it counts as blocked time
   mpi_check(MPI_Allreduce(&value, &out, 1, MPI_DOUBLE, op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  blocked_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
   return out;
 }
 

@@ -31,7 +31,7 @@ void FlatAdamW::step(at::Tensor& p, const at::Tensor& g, double lr) {
   if (cfg_.weight_decay != 0.0)
     for (size_t i = 0; i < owned_.size(); ++i)
       if (decay_[i]) p.narrow(0, owned_[i].shard_offset, owned_[i].length).mul_(1.0 - lr * cfg_.weight_decay);
-  at::Tensor denom = (v_.sqrt() / bc2_sqrt).add_(cfg_.eps);
+  at::Tensor denom = v_.sqrt().div_(bc2_sqrt).add_(cfg_.eps);  // one temporary, not two
   p.addcdiv_(m_, denom, -step_size);
 }
 

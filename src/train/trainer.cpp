@@ -230,7 +230,8 @@ struct Trainer::Impl {
     // Global gradient norm and clipping.
     at::NoGradGuard no_grad;
     at::Tensor& g = zero == 0 ? flat_grad : owned_grad;
-    double sq = g.pow(2).sum().item<double>();
+    const double local_norm = g.norm().item<double>();  // no full-size temporary
+    double sq = local_norm * local_norm;
     if (zero >= 1) sq = comm.all_reduce(sq, dist::ReduceOp::Sum);
     s.grad_norm = std::sqrt(sq);
     if (cfg.grad_clip > 0 && s.grad_norm > cfg.grad_clip) g.mul_(cfg.grad_clip / (s.grad_norm + 1e-6));
