@@ -53,3 +53,5 @@ st_build() {
 
 # Fast BLAS on this class of CPU (OpenBLAS misdetects it otherwise) — only if the user did not choose.
 export OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-SkylakeX}"
+# ccache hits across clones/build folders (CI builds a fresh clone each time).
+export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"
