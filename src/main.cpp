@@ -188,7 +188,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     const double mfu = flops_per_token(batches.empty() ? 0 : batches[0].T) * tps / (peak * 1e9 * world);
     metrics.write({{"type", "train"}, {"step", step + 1}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
                    {"tokens", s.tokens}, {"loss_tokens", s.loss_tokens}, {"tokens_per_s", tps}, {"mfu", mfu},
-                   {"step_s", s.seconds}, {"comm_wait_s", s.comm_wait_s}});
+                   {"step_s", s.seconds}, {"comm_wait_s", s.comm_wait_s}, {"forward_s", s.forward_s},
+                   {"backward_s", s.backward_s}, {"drain_s", s.drain_s}, {"optim_s", s.optim_s}, {"gather_s", s.gather_s}});
     if ((step + 1) % cfg.log_every == 0 || step + 1 == steps) {
       char line[256];
       std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  mfu %.1f%%  comm-wait %.0f ms",

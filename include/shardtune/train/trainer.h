@@ -26,6 +26,9 @@ struct StepStats {
   double loss = 0, lr = 0, grad_norm = 0;
   int64_t tokens = 0, loss_tokens = 0;  // over all ranks
   double seconds = 0, comm_wait_s = 0;
+  // Where this rank's step time went (seconds): forward, backward (incl. hook-driven communication
+  // starts), waiting for the last buckets after backward, optimizer (clip + AdamW), all-gather.
+  double forward_s = 0, backward_s = 0, drain_s = 0, optim_s = 0, gather_s = 0;
 };
 
 class Trainer {
