@@ -355,31 +355,34 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
 namespace {
 
 int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt, const stdfs::path& staging,
-                              const stdfs::path& out_dir, const Tokenizer& tok_ref, const PromptTemplate& tpl,
+                              const stdfs::path& out_dir, const Tokenizer& tok, const PromptTemplate& tpl,
                               Stats stats, const std::vector<Skipped>& skipped,
                               const std::vector<std::unique_ptr<MappedFile>>& mapped) {
-  const Tokenizer* tok = &tok_ref;
   const int rank = rt.rank(), world = rt.world();
   // ---- phase 2: cut the global stream into shards; rank k % world writes shard k --------------------
-  std::vector<std::vector<int64_t>> lens(world * 2);  // [rank * 2 + split]
+  std::vector<std::vector<int64_t>> lens(world * 2);    // [rank * 2 + split]: sample lengths of that spool
+  std::vector<std::vector<int64_t>> starts(world * 2);  // token offset of each sample in it (prefix sums)
   std::vector<ShardPlan> plans;
   std::vector<int64_t> split_total_samples(2, 0);
   for (int s = 0; s < 2; ++s) {
     std::vector<int64_t> all;
     for (int r = 0; r < world; ++r) {
-      lens[r * 2 + s] = read_lens(spool_base(staging, r, s));
-      all.insert(all.end(), lens[r * 2 + s].begin(), lens[r * 2 + s].end());
+      const auto& L = lens[r * 2 + s] = read_lens(spool_base(staging, r, s));
+      auto& st = starts[r * 2 + s];
+      st.assign(1, 0);
+      for (int64_t n : L) st.push_back(st.back() + n);
+      all.insert(all.end(), L.begin(), L.end());
     }
     split_total_samples[s] = static_cast<int64_t>(all.size());
     for (auto& p : plan_shards(s, all, opt.shard_tokens)) plans.push_back(p);
   }
   data::ShardInfo info;
-  info.tokenizer_name = tok->name;
-  info.tokenizer_hash = tok->hash;
-  info.vocab_size = tok->vocab_size();
-  info.bos_id = tok->bos_id.value_or(-1);
-  info.eos_id = tok->eos_id.value_or(-1);
-  info.pad_id = tok->pad_id.value_or(-1);
+  info.tokenizer_name = tok.name;
+  info.tokenizer_hash = tok.hash;
+  info.vocab_size = tok.vocab_size();
+  info.bos_id = tok.bos_id.value_or(-1);
+  info.eos_id = tok.eos_id.value_or(-1);
+  info.pad_id = tok.pad_id.value_or(-1);
   info.template_name = opt.format == "text" ? "" : tpl.name;
   info.source_files = json_array_of(opt.inputs);
 
@@ -394,13 +397,9 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
       int64_t g1 = g0 + static_cast<int64_t>(L.size());
       int64_t a = std::max(p.first, g0), b = std::min(p.last, g1);
       if (a < b) {
-        int64_t tok_from = 0;
-        for (int64_t i = 0; i < a - g0; ++i) tok_from += L[i];
-        int64_t count = 0;
-        for (int64_t i = a - g0; i < b - g0; ++i) {
-          count += L[i];
-          d.offsets.push_back(d.offsets.back() + L[i]);
-        }
+        const auto& st = starts[r * 2 + p.split];
+        const int64_t tok_from = st[a - g0], count = st[b - g0] - tok_from;
+        for (int64_t i = a - g0; i < b - g0; ++i) d.offsets.push_back(d.offsets.back() + L[i]);
         std::string base = spool_base(staging, r, p.split);
         read_range<int32_t>(base + ".tok", tok_from, count, d.tokens);
         read_range<uint8_t>(base + ".msk", tok_from, count, d.loss_mask);
@@ -415,7 +414,6 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
 
   // ---- phase 3: totals and manifest (rank 0), then publish ---------------------------------------
   std::vector<std::string> shard_lines = rt.allgather(my_shards);
-  Stats total;
   for (int64_t* f : {&stats.lines, &stats.samples, &stats.empty, &stats.truncated, &stats.dropped_overlong,
                      &stats.dropped_no_target, &stats.split_pieces, &stats.skipped_invalid})
     *f = rt.allreduce_sum(*f);
@@ -444,8 +442,8 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
     m["format"] = "shardtune-manifest";
     m["format_version"] = 1;
     m["created_by"] = "shardtune-prep " SHARDTUNE_VERSION;
-    m["tokenizer"] = {{"name", tok->name}, {"source", opt.tokenizer}, {"hash", tok->hash}, {"vocab_size", tok->vocab_size()},
-                      {"bos_id", info.bos_id}, {"eos_id", info.eos_id}, {"pad_id", info.pad_id}, {"add_bos", tok->add_bos}};
+    m["tokenizer"] = {{"name", tok.name}, {"source", opt.tokenizer}, {"hash", tok.hash}, {"vocab_size", tok.vocab_size()},
+                      {"bos_id", info.bos_id}, {"eos_id", info.eos_id}, {"pad_id", info.pad_id}, {"add_bos", tok.add_bos}};
     m["format_kind"] = opt.format;
     m["template"] = {{"name", tpl.name}, {"source", opt.template_spec}, {"hash", tpl.hash}};
     m["options"] = {{"max_seq_len", opt.max_seq_len}, {"overlong", opt.overlong}, {"val_fraction", opt.val_fraction},

@@ -40,10 +40,9 @@ struct Trainer::Impl {
 
   // Hook state: gradients still missing per bucket in the current backward.
   std::vector<int> remaining;
-  std::vector<bool> launched;
   // Buckets start strictly in index order (nonblocking collectives must start in the same order on
   // every rank; a rank whose graph differs, e.g. a micro-batch without targets, must not reorder them).
-  size_t next_launch = 0;
+  size_t next_launch = 0;  // buckets [0, next_launch) have started
   bool communicate_now = false;
   struct Op {
     std::unique_ptr<dist::Pending> pending;
@@ -72,9 +71,7 @@ struct Trainer::Impl {
     params.resize(layout.params.size());
     for (size_t i = 0; i < layout.params.size(); ++i) {
       const auto& slot = layout.params[i];
-      at::Tensor t;
-      for (auto& [name, p] : named)
-        if (name == slot.name) t = p;
+      at::Tensor t = model->param(slot.name);
       at::Tensor view = flat_params.narrow(0, slot.offset, slot.numel).view(slot.shape);
       view.copy_(t.to(at::kFloat));
       t.set_data(view);
@@ -100,7 +97,6 @@ struct Trainer::Impl {
       bucket_grad.resize(layout.buckets.size());
     }
     remaining.assign(layout.buckets.size(), 0);
-    launched.assign(layout.buckets.size(), false);
   }
 
   optim::AdamWConfig adam_cfg() const { return {cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay}; }
@@ -123,10 +119,7 @@ struct Trainer::Impl {
   // Prepares gradient storage and hook counters for one backward.
   void begin_backward(bool last_micro) {
     communicate_now = last_micro || zero == 2;
-    for (size_t b = 0; b < layout.buckets.size(); ++b) {
-      remaining[b] = static_cast<int>(layout.buckets[b].params.size());
-      launched[b] = false;
-    }
+    for (size_t b = 0; b < layout.buckets.size(); ++b) remaining[b] = static_cast<int>(layout.buckets[b].params.size());
     next_launch = 0;
     // ZeRO-2 keeps no gradient storage between micro-steps: autograd creates each parameter's gradient,
     // and the bucket hook packs it, starts the reduce-scatter and releases it (see launch()).
@@ -149,8 +142,12 @@ struct Trainer::Impl {
     while (next_launch < layout.buckets.size() && remaining[next_launch] == 0) launch(static_cast<int>(next_launch++));
   }
 
+  // Starts every bucket not started yet, in order (includes parameters that received no gradient).
+  void launch_rest() {
+    while (next_launch < layout.buckets.size()) launch(static_cast<int>(next_launch++));
+  }
+
   void launch(int b) {
-    launched[b] = true;
     const auto& bk = layout.buckets[b];
     Op op;
     op.bucket = b;
@@ -183,8 +180,9 @@ struct Trainer::Impl {
     ops.push_back(std::move(op));
   }
 
-  // ZeRO-2: a finished reduce-scatter adds into the owned gradient and drops the bucket's full gradient.
-  // Called when op's collective finished (on every rank in the same bucket order only for waits).
+  // A bucket's reduce-scatter finished. ZeRO-0: its summed slice goes to this rank's slice of flat_grad
+  // (all-gathered after backward). ZeRO-2: it adds into the owned gradient and the packing buffer is
+  // recycled. ZeRO-1 reduce-scatters straight into the owned gradient: nothing to do.
   void complete(Op& op) {
     if (zero == 1) return;
     at::NoGradGuard no_grad;
@@ -208,9 +206,7 @@ struct Trainer::Impl {
   }
 
   void finish_backward() {
-    if (communicate_now)
-      for (size_t b = 0; b < layout.buckets.size(); ++b)
-        if (!launched[b]) launch(static_cast<int>(b));  // in order; includes parameters without gradient
+    if (communicate_now) launch_rest();
     for (auto& op : ops)
       if (op.pending) {
         op.pending->wait();
@@ -218,17 +214,22 @@ struct Trainer::Impl {
         complete(op);
       }
     ops.clear();
-    if (zero == 0 && communicate_now) {
-      // Nonblocking collectives must start in the same order on every rank: all-gathers go here, in
-      // bucket order, never from the (timing-dependent) completion polling.
-      std::vector<std::unique_ptr<dist::Pending>> gathers;
-      for (size_t b = 0; b < layout.buckets.size(); ++b) {
-        const auto& bk = layout.buckets[b];
-        gathers.push_back(comm.start_all_gather(flat_grad.narrow(0, layout.owned_offset(b, rank), layout.slice(b)),
-                                                flat_grad.narrow(0, bk.offset, bk.size)));
-      }
-      for (auto& g : gathers) g->wait();
+    // Nonblocking collectives must start in the same order on every rank: the all-gathers go here, in
+    // bucket order, never from the (timing-dependent) completion polling.
+    if (zero == 0 && communicate_now) all_gather_buckets(flat_grad, nullptr);
+  }
+
+  // Makes every bucket of `flat` whole from each rank's owned slice (in place, bucket by bucket, in
+  // bucket order). With `shard`, this rank's slices are first copied from it (the owned buffer layout).
+  void all_gather_buckets(at::Tensor& flat, const at::Tensor* shard) {
+    std::vector<std::unique_ptr<dist::Pending>> gathers;
+    for (size_t b = 0; b < layout.buckets.size(); ++b) {
+      const auto& bk = layout.buckets[b];
+      at::Tensor mine = flat.narrow(0, layout.owned_offset(b, rank), layout.slice(b));
+      if (shard) mine.copy_(shard->narrow(0, layout.shard_offset(b), layout.slice(b)));
+      gathers.push_back(comm.start_all_gather(mine, flat.narrow(0, bk.offset, bk.size)));
     }
+    for (auto& g : gathers) g->wait();
   }
 
   at::Tensor to_device(const std::vector<int64_t>& v, int64_t B, int64_t T) {
@@ -300,14 +301,7 @@ struct Trainer::Impl {
     } else {
       adam->step(master, owned_grad, s.lr);
       s.optim_s = since(t);
-      std::vector<std::unique_ptr<dist::Pending>> gathers;
-      for (size_t b = 0; b < layout.buckets.size(); ++b) {
-        const auto& bk = layout.buckets[b];
-        at::Tensor mine = flat_params.narrow(0, layout.owned_offset(b, rank), layout.slice(b));
-        mine.copy_(master.narrow(0, layout.shard_offset(b), layout.slice(b)));
-        gathers.push_back(comm.start_all_gather(mine, flat_params.narrow(0, bk.offset, bk.size)));
-      }
-      for (auto& p : gathers) p->wait();
+      all_gather_buckets(flat_params, &master);
       s.gather_s = since(t);
     }
     s.loss = comm.all_reduce(loss_sum, dist::ReduceOp::Sum) / total;
