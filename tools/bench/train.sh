@@ -5,7 +5,8 @@
 #
 #   tools/bench/train.sh [BUILD_DIR] [SECTION...]      SECTION: scaling | comm | memory | mfu | all (default)
 #
-#   scaling  1 rank x 1 thread vs 2 ranks x 1 thread, same per-rank micro-batch, ZeRO-0/1/2: tokens/s ratio;
+#   scaling  1 rank x 1 thread vs 2 ranks x 1 thread, same per-rank micro-batch, ZeRO-0/1/2: tokens/s ratio,
+#            ROUNDS interleaved repetitions, median over rounds;
 #            with the machine's own ceiling: 1 vs 2 concurrent matmul processes, and two independent 1-rank
 #            jobs run at the same time
 #   comm     the same 2-rank runs: mean comm_wait_s / step_s (steps after the first WARMUP)
@@ -13,7 +14,7 @@
 #            rank 0 prints, ZeRO-0/1/2 x N = 1, 2, 4 ranks, against 8 B x P (ZeRO-0) / 12 B x P / N (ZeRO-1/2)
 #   mfu      the trainer's mfu next to achieved model FLOP/s and a Python torch matmul peak (train_peak.py)
 #
-# Environment: NICE (unset; e.g. -10 as root on a shared machine) STEPS (8) WARMUP (2) MICRO (8) SEQ (256) MEM_STEPS (3) MEM_MICRO (2) THREADS (1)
+# Environment: NICE (unset; e.g. -10 as root on a shared machine) BIND (none) ZEROS ("0 1 2", scaling/comm) ROUNDS (3) STEPS (8) WARMUP (2) MICRO (8) SEQ (256) MEM_STEPS (3) MEM_MICRO (2) THREADS (1)
 #   TRAIN_BENCH_WORK=DIR keeps the model, data and every run's metrics/log there (default: a temp dir).
 # Prints a table per section; the exact mpirun command of every run is in DIR/runs/*/cmd.
 set -euo pipefail
@@ -25,7 +26,8 @@ SECTIONS=("$@")
 [ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(all)
 SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
 STEPS=${STEPS:-8} WARMUP=${WARMUP:-2} MICRO=${MICRO:-8} SEQ=${SEQ:-256}
-MEM_STEPS=${MEM_STEPS:-3} MEM_MICRO=${MEM_MICRO:-2} THREADS=${THREADS:-1}
+MEM_STEPS=${MEM_STEPS:-3} MEM_MICRO=${MEM_MICRO:-2} THREADS=${THREADS:-1} ROUNDS=${ROUNDS:-3}
+ZEROS=${ZEROS:-0 1 2}
 PY=/usr/bin/python3
 TRAINER="$BUILD/src/shardtune"
 PREP="$BUILD/data_prep/shardtune-prep"
@@ -45,7 +47,8 @@ else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
 # machine disturb the measurement less; default: unchanged priority.
 NICE_CMD=()
 [ -n "${NICE:-}" ] && NICE_CMD=(nice -n "$NICE")
-MPIRUN=("${NICE_CMD[@]}" mpirun --oversubscribe --bind-to none -x OPENBLAS_CORETYPE -x OMP_NUM_THREADS)
+# BIND=core pins every rank to a core of its own (Open MPI --bind-to core); default none (the OS places them).
+MPIRUN=("${NICE_CMD[@]}" mpirun --oversubscribe --bind-to "${BIND:-none}" -x OPENBLAS_CORETYPE -x OMP_NUM_THREADS)
 [ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
 
 # ---- inputs: model + prepared data (reused when TRAIN_BENCH_WORK already holds them) ----
@@ -57,7 +60,7 @@ if [ ! -f "$WORK/data/manifest.json" ]; then
 fi
 echo "model: $(cat "$WORK/model.json")"
 echo "host: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "settings: STEPS=$STEPS WARMUP=$WARMUP MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS MEM_STEPS=$MEM_STEPS MEM_MICRO=$MEM_MICRO"
+echo "settings: BIND=${BIND:-none} ZEROS=\"$ZEROS\" ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS MEM_STEPS=$MEM_STEPS MEM_MICRO=$MEM_MICRO"
 
 # run NAME NP ZERO PRECISION MICRO GLOBAL STEPS [extra trainer options...]
 run() {
@@ -65,7 +68,7 @@ run() {
   shift 7
   local d="$WORK/runs/$name"
   rm -rf "$d"; mkdir -p "$d"
-  local cmd=("${MPIRUN[@]}" -np "$np" "$HERE/train_rss.sh" "$d/rss" "$TRAINER" --model "$WORK/model" --data "$WORK/data"
+  local cmd=("${MPIRUN[@]}" ${MPI_EXTRA:-} -np "$np" "$HERE/train_rss.sh" "$d/rss" "$TRAINER" --model "$WORK/model" --data "$WORK/data"
              --out "$d/out" --steps "$steps" --global-batch "$global" --micro-batch "$micro" --seq-len "$SEQ"
              --zero "$zero" --threads "$THREADS" --precision "$prec" --metrics "$d/metrics.jsonl"
              --eval-batches 0 --log-every 1000 "$@")
@@ -85,23 +88,36 @@ run() {
 }
 
 want() { local s; for s in "${SECTIONS[@]}"; do [ "$s" = all ] || [ "$s" = "$1" ] && return 0; done; return 1; }
-report() { $PY "$HERE/train_report.py" "$WORK" "$1" --warmup "$WARMUP" --seq "$SEQ" --threads "$THREADS"; }
+report() { $PY "$HERE/train_report.py" "$WORK" "$1" --warmup "$WARMUP" --seq "$SEQ" --threads "$THREADS" --rounds "$ROUNDS"; }
 
 if want scaling || want comm; then
   echo; echo "== machine ceiling: 1 vs 2 concurrent single-thread fp32 matmul processes (train_peak.py)"
   peak=("${NICE_CMD[@]}" $PY "$HERE/train_peak.py" --threads 1 --sizes 1024 --seconds 1 --trials 3 --dtypes fp32)
   "${peak[@]}" > "$WORK/ceiling_1.jsonl"
   "${peak[@]}" > "$WORK/ceiling_2a.jsonl" & "${peak[@]}" > "$WORK/ceiling_2b.jsonl"; wait
-  echo; echo "== runs: 1 rank vs 2 ranks, $THREADS thread(s) each, micro-batch $MICRO x $SEQ tokens per rank, $STEPS steps"
-  for z in 0 1 2; do
-    run "s1z$z" 1 "$z" fp32 "$MICRO" "$MICRO" "$STEPS"
-    run "s2z$z" 2 "$z" fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
+  echo; echo "== runs: 1 rank vs 2 ranks, $THREADS thread(s) each, micro-batch $MICRO x $SEQ tokens per rank, $STEPS steps, $ROUNDS rounds"
+  rm -rf "$WORK"/runs/s[12]z* "$WORK"/runs/p1z0?  # no stale rounds of an earlier invocation in the report
+  # Rounds interleave the 1- and 2-rank runs (alternating which goes first), so that a slow stretch of a
+  # shared machine lands on both sides; the report takes the median over rounds.
+  for ((k = 1; k <= ROUNDS; k++)); do
+    sfx=""; [ "$k" -gt 1 ] && sfx=".$k"
+    for z in $ZEROS; do
+      if [ $((k % 2)) -eq 1 ]; then
+        run "s1z$z$sfx" 1 "$z" fp32 "$MICRO" "$MICRO" "$STEPS"
+        run "s2z$z$sfx" 2 "$z" fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
+      else
+        run "s2z$z$sfx" 2 "$z" fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
+        run "s1z$z$sfx" 1 "$z" fp32 "$MICRO" "$MICRO" "$STEPS"
+      fi
+    done
   done
 fi
 if want scaling; then
   echo; echo "== control: two independent 1-rank ZeRO-0 jobs at the same time (the most 2 ranks could get here)"
-  run p1z0a 1 0 fp32 "$MICRO" "$MICRO" "$STEPS" &
-  run p1z0b 1 0 fp32 "$MICRO" "$MICRO" "$STEPS"
+  # (with BIND=core each job gets a core of its own: two separate mpiruns would both pick core 0)
+  if [ "${BIND:-none}" = core ]; then pa="--cpu-set 0" pb="--cpu-set 1"; else pa="" pb=""; fi
+  MPI_EXTRA="$pa" run p1z0a 1 0 fp32 "$MICRO" "$MICRO" "$STEPS" &
+  MPI_EXTRA="$pb" run p1z0b 1 0 fp32 "$MICRO" "$MICRO" "$STEPS"
   wait
   echo; report scaling
 fi
