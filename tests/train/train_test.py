@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """Trainer tests with real processes and real mpirun. References: a 1-rank run for N ranks (loss per step
-to 1e-5 relative), DDP for ZeRO-1/2 (final weights), unpacked for packed. Usage: train_test.py CASE."""
+to 1e-5 relative), DDP for ZeRO-1/2 (final weights), unpacked for packed, an
+independent torch training loop for the trainer's numerics (torch_parity). Usage: train_test.py CASE."""
 import json
 import os
 import struct
@@ -232,6 +233,82 @@ def t_config_file(tmp):
 
 def eval_losses(metrics):
     return [json.loads(l)["val_loss"] for l in open(metrics) if '"eval"' in l]
+
+
+def t_torch_parity(tmp):
+    """The trainer against an independent PyTorch training loop (Debian python3-torch, tests/model/reference.py's
+    model): the same weights and the same 8 samples every step (global batch = the whole train split, so the
+    sampler's order cannot matter), loss = summed cross-entropy of the target tokens / their count,
+    torch.nn.utils.clip_grad_norm_, torch.optim.AdamW with decay on >= 2-D weights only, warmup + cosine LR.
+    Loss and grad norm per step, and the final weights, for 1 rank and 2 ranks x ZeRO-2 with accumulation."""
+    import h5py
+    import math
+    import torch
+    from reference import forward, llama_cfg, random_weights
+    torch.set_num_threads(1)
+    texts = ["The quick brown fox jumps over the lazy dog.", "Pack my box with five dozen liquor jugs!",
+             "Sphinx of black quartz, judge my vow.", "How vexingly quick daft zebras jump.",
+             "a", "Bright vixens jump; dozy fowl quack.", "Jackdaws love my big sphinx of quartz.",
+             "The five boxing wizards jump quickly, and then some more words follow here."]
+    with open(f"{tmp}/t.jsonl", "w") as f:
+        for t in texts:
+            f.write(json.dumps({"text": t}) + "\n")
+    run([PREP, "--input", f"{tmp}/t.jsonl", "--output", f"{tmp}/data", "--tokenizer", "byte", "--format", "text",
+         "--val-fraction", "0", "--max-seq-len", "64", "--quiet"])
+    with h5py.File(f"{tmp}/data/train-00000.h5", "r") as h:
+        tokens, offsets, lmask = h["tokens"][:], h["offsets"][:], h["loss_mask"][:]
+    samples = [(torch.tensor(tokens[a:b], dtype=torch.long), torch.tensor(lmask[a:b], dtype=torch.float32))
+               for a, b in zip(offsets[:-1], offsets[1:])]
+    assert len(samples) == 8, len(samples)
+    cfg = llama_cfg(vocab_size=259, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                    num_attention_heads=4, num_key_value_heads=2)
+    make_model(f"{tmp}/model")  # the same cfg, seed and scale as random_weights below
+    init = random_weights(cfg, 11, 0.05)
+    W = {k: v.clone().requires_grad_(True) for k, v in init.items()}
+    steps, lr, min_lr, warmup, wd, clip = 5, 3e-3, 3e-4, 2, 0.1, 0.5
+    opt = torch.optim.AdamW([{"params": [w for w in W.values() if w.dim() >= 2], "weight_decay": wd},
+                             {"params": [w for w in W.values() if w.dim() < 2], "weight_decay": 0.0}],
+                            lr=lr, betas=(0.9, 0.95), eps=1e-8)
+    ref_loss, ref_norm = [], []
+    for s in range(steps):
+        # linear warmup over `warmup` steps, then cosine from lr to min_lr at the last step
+        cur = lr * (s + 1) / warmup if s < warmup else \
+            min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, (s - warmup) / (steps - warmup))))
+        for g in opt.param_groups:
+            g["lr"] = cur
+        opt.zero_grad()
+        count = sum(float(m[1:].sum()) for _, m in samples)
+        total = 0.0
+        for ids, m in samples:
+            logits = forward(cfg, W, ids[None])[0]
+            ce = torch.nn.functional.cross_entropy(logits[:-1], ids[1:], reduction="none")
+            part = (ce * m[1:]).sum() / count
+            part.backward()
+            total += float(part)
+        ref_loss.append(total)
+        ref_norm.append(float(torch.nn.utils.clip_grad_norm_(list(W.values()), clip)))
+        opt.step()
+    assert ref_norm[0] > clip, ref_norm  # clipping is exercised
+    for ranks, micro, zero in ((1, 8, 0), (2, 2, 2)):
+        out, metrics = f"{tmp}/out{ranks}", f"{tmp}/m{ranks}.jsonl"
+        run(([*MPI, str(ranks)] if ranks > 1 else []) + [
+            TRAIN, "--model", f"{tmp}/model", "--data", f"{tmp}/data", "--out", out, "--steps", str(steps),
+            "--global-batch", "8", "--micro-batch", str(micro), "--seq-len", "64", "--zero", str(zero),
+            "--lr", str(lr), "--min-lr", str(min_lr), "--warmup-steps", str(warmup), "--schedule", "cosine",
+            "--weight-decay", str(wd), "--grad-clip", str(clip), "--metrics", metrics, "--eval-batches", "0",
+            "--bucket-mb", "0.05"])
+        lines = [json.loads(l) for l in open(metrics) if json.loads(l)["type"] == "train"]
+        what = f"{ranks} rank(s), ZeRO-{zero}"
+        close([l["loss"] for l in lines], ref_loss, 1e-5, f"loss vs torch, {what}")
+        close([l["grad_norm"] for l in lines], ref_norm, 1e-4, f"grad norm vs torch, {what}")
+        got = read_safetensors(f"{out}/model.safetensors")
+        assert got.keys() == W.keys(), (sorted(got), sorted(W))
+        for k, w in W.items():
+            ref = w.detach().numpy()
+            d = np.abs(got[k] - ref).max()
+            moved = np.abs(ref - init[k].numpy()).max()
+            if d > 1e-3 * moved + 1e-7:
+                raise AssertionError(f"{what}: {k} differs from torch by {d:.3g} (training moved it by up to {moved:.3g})")
 
 
 def t_stories260k_finetune(tmp):
