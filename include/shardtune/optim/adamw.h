@@ -29,6 +29,8 @@ class FlatAdamW {
   at::Tensor& exp_avg_sq() { return v_; }
   void set_steps(int64_t t) { t_ = t; }
   int64_t state_bytes() const { return (m_.numel() + v_.numel()) * 4; }
+  // CPU fp32 buffers take a fused single-pass loop; off = the tensor-op form (for tests and benchmarks).
+  void set_fused(bool on) { fused_ = on; }
 
  private:
   std::vector<OwnedRange> owned_;
@@ -36,6 +38,9 @@ class FlatAdamW {
   AdamWConfig cfg_;
   at::Tensor m_, v_;
   int64_t t_ = 0;
+  bool fused_ = true;
+
+  void step_fused_cpu(at::Tensor& p, const at::Tensor& g, double lr, double step_size, double bc2_sqrt);
 };
 
 enum class Schedule { Cosine, Linear, Constant };
