@@ -4,11 +4,11 @@
 #include "shardtune/train/trainer.h"
 
 #include <torch/csrc/autograd/function.h>
-#include <torch/csrc/autograd/utils/lambda_post_hook.h>
 #include <torch/csrc/autograd/variable.h>
 
 #include <chrono>
 #include <cmath>
+#include <functional>
 
 #include "shardtune/core/error.h"
 #include "shardtune/data/dataset.h"
@@ -19,6 +19,25 @@
 #include "shardtune/optim/layout.h"
 
 namespace shardtune::train {
+
+namespace {
+
+// Runs when a parameter's gradient accumulator has finished (its gradient is complete for this backward).
+// Our own FunctionPostHook, not utils::LambdaPostHook: that header pulls in compiled-autograd (dynamo)
+// headers in newer LibTorch; this interface is the same in 1.13 and 2.x.
+struct GradReadyHook : torch::autograd::FunctionPostHook {
+  explicit GradReadyHook(std::function<void()> fn) : fn_(std::move(fn)) {}
+  torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
+                                            const torch::autograd::variable_list& /*inputs*/) override {
+    fn_();
+    return outputs;
+  }
+
+ private:
+  std::function<void()> fn_;
+};
+
+}  // namespace
 
 using Clock = std::chrono::steady_clock;
 
@@ -106,12 +125,10 @@ struct Trainer::Impl {
       auto acc = torch::autograd::impl::grad_accumulator(params[i]);
       ST_CHECK(acc != nullptr, "internal: parameter " + layout.params[i].name + " has no gradient accumulator");
       const int bucket = layout.params[i].bucket;
-      acc->add_post_hook(std::make_unique<torch::autograd::utils::LambdaPostHook>(
-          [this, bucket](const torch::autograd::variable_list& outputs, const torch::autograd::variable_list&) {
-            if (--remaining[bucket] == 0 && communicate_now) launch_ready();
-            poll();
-            return outputs;
-          }));
+      acc->add_post_hook(std::make_unique<GradReadyHook>([this, bucket] {
+        if (--remaining[bucket] == 0 && communicate_now) launch_ready();
+        poll();
+      }));
       accumulators.push_back(std::move(acc));
     }
   }
