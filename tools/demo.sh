@@ -84,7 +84,8 @@ $PY "$ROOT/tools/demo/evaluate.py" --generate "$GEN" --heldout "$OUT/heldout.jso
 SUMMARY="$(cat "$OUT/summary.txt")"
 
 stage "loss curves -> $OUT/loss.png"
-$PY "$ROOT/tools/demo/plot_loss.py" "$OUT/loss.png" --note "$SUMMARY" "${PLOTS[@]}" \
+$PY "$ROOT/tools/demo/plot_loss.py" "$OUT/loss.png" --title "shardtune demo: loss curves (2 MPI ranks, CPU)" \
+  --note "$SUMMARY" "${PLOTS[@]}" \
   "fine-tuning: $TITLE ($STEPS steps)=$OUT/finetune.jsonl"
 
 stage "done in $((SECONDS - T0)) s (after the build)"

@@ -1,8 +1,9 @@
 #!/usr/bin/python3
 """Draws train and validation loss curves from shardtune --metrics JSONL files into one PNG, one panel
-per run. Usage: plot_loss.py OUT.png [--note TEXT] TITLE=METRICS.jsonl [TITLE=METRICS.jsonl ...]
-(--note: a second title line)"""
+per run. Usage: plot_loss.py OUT.png [--title TEXT] [--note TEXT] NAME=METRICS.jsonl [NAME=METRICS.jsonl ...]
+(--title: the figure title, default "shardtune: loss curves"; --note: a second title line)"""
 import json
+import os
 import sys
 
 import matplotlib
@@ -35,9 +36,18 @@ def smooth(ys, k):
 
 
 def main():
-    out, args, note = sys.argv[1], sys.argv[2:], None
-    if args[:1] == ["--note"]:
-        note, args = args[1], args[2:]
+    out, args, note, heading = sys.argv[1], sys.argv[2:], None, "shardtune: loss curves"
+    while args[:1] in (["--note"], ["--title"]):
+        if args[0] == "--note":
+            note = args[1]
+        else:
+            heading = args[1]
+        args = args[2:]
+    if not args or any("=" not in a for a in args):
+        sys.exit("usage: plot_loss.py OUT.png [--title TEXT] [--note TEXT] NAME=METRICS.jsonl [...]")
+    for a in args:
+        if not os.path.isfile(a.split("=", 1)[1]):
+            sys.exit(f"plot_loss: {a.split('=', 1)[1]}: no such metrics file (shardtune --metrics FILE writes one)")
     runs = [a.split("=", 1) for a in args]
     fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4.6), squeeze=False)
     for ax, (title, path) in zip(axes[0], runs):
@@ -61,7 +71,7 @@ def main():
         ax.set_ylabel("cross-entropy (nats per trained token)" + (", log scale" if log else ""))
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
-    fig.suptitle("shardtune demo: loss curves (2 MPI ranks, CPU)" + (f"\n{note}" if note else ""))
+    fig.suptitle(heading + (f"\n{note}" if note else ""))
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     print(f"plot_loss: wrote {out}")
