@@ -182,20 +182,26 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   for (int64_t step = 0; step < steps; ++step) {
     if (fail_at && std::to_string(rank) + ":" + std::to_string(step) == fail_at)
       ST_FAIL("injected failure at step " + std::to_string(step) + " (SHARDTUNE_TEST_FAIL)");
+    // Time blocked on the prefetch thread: 0 when reading keeps ahead of training (it should).
+    const auto wait_start = std::chrono::steady_clock::now();
     auto batches = loader.next();
+    const double data_wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
     train::StepStats s = trainer.train_step(step, steps, batches);
-    const double tps = s.tokens / s.seconds;
+    const double tps = s.tokens / (s.seconds + data_wait_s);
     const double mfu = flops_per_token(batches.empty() ? 0 : batches[0].T) * tps / (peak * 1e9 * world);
     metrics.write({{"type", "train"}, {"step", step + 1}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
                    {"tokens", s.tokens}, {"loss_tokens", s.loss_tokens}, {"tokens_per_s", tps}, {"mfu", mfu},
                    {"step_s", s.seconds}, {"comm_wait_s", s.comm_wait_s}, {"forward_s", s.forward_s},
-                   {"backward_s", s.backward_s}, {"drain_s", s.drain_s}, {"optim_s", s.optim_s}, {"gather_s", s.gather_s}});
+                   {"backward_s", s.backward_s}, {"drain_s", s.drain_s}, {"optim_s", s.optim_s}, {"gather_s", s.gather_s},
+                   {"data_wait_s", data_wait_s}});
     if ((step + 1) % cfg.log_every == 0 || step + 1 == steps) {
       char line[256];
       std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  mfu %.1f%%  comm-wait %.0f ms",
                     static_cast<long long>(step + 1), static_cast<long long>(steps), s.loss, s.lr, s.grad_norm, tps,
                     100 * mfu, 1000 * s.comm_wait_s);
-      log::info(line);
+      std::string text = line;
+      if (data_wait_s >= 0.001) text += "  data-wait " + std::to_string(static_cast<int>(1000 * data_wait_s)) + " ms";
+      log::info(text);
     }
     if (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 != steps) evaluate(step + 1);
   }

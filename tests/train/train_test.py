@@ -85,6 +85,11 @@ class Case:
         lines = [json.loads(l) for l in open(metrics)]
         losses = [l["loss"] for l in lines if l["type"] == "train"]
         assert len(losses) == steps, lines
+        # The prefetch thread keeps ahead: after the first step, training (almost) never waits for data.
+        later = [l for l in lines if l["type"] == "train"][1:]
+        wait, busy = sum(l["data_wait_s"] for l in later), sum(l["step_s"] for l in later)
+        print(f"data wait {wait:.4f} s over {busy:.3f} s of steps")
+        assert wait <= 0.1 * busy + 0.05, f"reading stalled training: {wait:.3f} s waiting over {busy:.3f} s of steps"
         return losses, out
 
 
@@ -337,6 +342,11 @@ def t_stories260k_finetune(tmp):
          "--metrics", f"{tmp}/m.jsonl"])
     v = eval_losses(f"{tmp}/m.jsonl")
     assert len(v) == 4 and v[-1] < 0.7 * v[0], v
+    # Prefetching hides reading: after the first step, under 5% of the time waits for data.
+    later = [json.loads(l) for l in open(f"{tmp}/m.jsonl") if json.loads(l)["type"] == "train"][1:]
+    wait, busy = sum(l["data_wait_s"] for l in later), sum(l["step_s"] for l in later)
+    assert wait <= 0.05 * busy, f"reading stalled training: {wait:.3f} s waiting over {busy:.3f} s of steps"
+    print(f"data wait {wait:.4f} s over {busy:.3f} s of steps")
     # The fine-tuned model is a Hugging Face folder that shardtune-generate loads.
     p = run([GENERATE, "--model", f"{tmp}/out", "--prompt-ids", "256 82 101", "--max-new-tokens", "8", "--temperature",
              "0", "--print-ids"])
