@@ -82,14 +82,11 @@ class Case:
         p = run(args, ok=ok, env=env)
         if not ok:
             return p, out
-        lines = [json.loads(l) for l in open(metrics)]
-        losses = [l["loss"] for l in lines if l["type"] == "train"]
+        lines = train_lines(metrics)
+        losses = [l["loss"] for l in lines]
         assert len(losses) == steps, lines
         # The prefetch thread keeps ahead: after the first step, training (almost) never waits for data.
-        later = [l for l in lines if l["type"] == "train"][1:]
-        wait, busy = sum(l["data_wait_s"] for l in later), sum(l["step_s"] for l in later)
-        print(f"data wait {wait:.4f} s over {busy:.3f} s of steps")
-        assert wait <= 0.1 * busy + 0.05, f"reading stalled training: {wait:.3f} s waiting over {busy:.3f} s of steps"
+        check_reading_kept_ahead(lines, 0.1, slack=0.05)
         return losses, out
 
 
@@ -98,6 +95,20 @@ def close(a, b, rel=1e-5, what=""):
         if abs(x - y) > rel * abs(y):
             raise AssertionError(f"{what}: step {i + 1}: {x} vs {y} (rel {abs(x - y) / abs(y):.2e} > {rel})")
     assert len(a) == len(b)
+
+
+def train_lines(metrics):
+    """The per-step ("train") lines of a --metrics file, parsed."""
+    lines = (json.loads(l) for l in open(metrics))
+    return [l for l in lines if l["type"] == "train"]
+
+
+def check_reading_kept_ahead(lines, frac, slack=0.0):
+    """After the first step, time blocked on the prefetch thread stays under frac of the step time (+ slack s)."""
+    later = lines[1:]
+    wait, busy = sum(l["data_wait_s"] for l in later), sum(l["step_s"] for l in later)
+    print(f"data wait {wait:.4f} s over {busy:.3f} s of steps")
+    assert wait <= frac * busy + slack, f"reading stalled training: {wait:.3f} s waiting over {busy:.3f} s of steps"
 
 
 def weights_close(dir_a, dir_b, rel=1e-4):
@@ -179,7 +190,7 @@ def t_empty_micro_batches(tmp):
             TRAIN, "--model", c.model, "--data", c.data, "--out", out, "--steps", "6", "--global-batch", "4",
             "--micro-batch", "1", "--seq-len", "24", "--zero", str(zero), "--lr", "2e-3", "--metrics", out + ".jsonl",
             "--bucket-mb", "0.02"], timeout=300)
-        return [json.loads(l)["loss"] for l in open(out + ".jsonl") if '"train"' in l]
+        return [l["loss"] for l in train_lines(out + ".jsonl")]
     ref = train(1, 0)
     for zero in (0, 1, 2):
         close(train(2, zero), ref, what=f"2 ranks ZeRO-{zero} with target-less micro-batches")
@@ -294,15 +305,17 @@ def t_torch_parity(tmp):
         ref_norm.append(float(torch.nn.utils.clip_grad_norm_(list(W.values()), clip)))
         opt.step()
     assert ref_norm[0] > clip, ref_norm  # clipping is exercised
-    for ranks, micro, zero in ((1, 8, 0), (2, 2, 2)):
-        out, metrics = f"{tmp}/out{ranks}", f"{tmp}/m{ranks}.jsonl"
+
+    def train(name, ranks, micro, extra):
         run(([*MPI, str(ranks)] if ranks > 1 else []) + [
-            TRAIN, "--model", f"{tmp}/model", "--data", f"{tmp}/data", "--out", out, "--steps", str(steps),
-            "--global-batch", "8", "--micro-batch", str(micro), "--seq-len", "64", "--zero", str(zero),
-            "--lr", str(lr), "--min-lr", str(min_lr), "--warmup-steps", str(warmup), "--schedule", "cosine",
-            "--weight-decay", str(wd), "--grad-clip", str(clip), "--metrics", metrics, "--eval-batches", "0",
-            "--bucket-mb", "0.05"])
-        lines = [json.loads(l) for l in open(metrics) if json.loads(l)["type"] == "train"]
+            TRAIN, "--model", f"{tmp}/model", "--data", f"{tmp}/data", "--out", f"{tmp}/{name}", "--global-batch", "8",
+            "--micro-batch", str(micro), "--seq-len", "64", "--lr", str(lr), "--min-lr", str(min_lr),
+            "--warmup-steps", str(warmup), "--schedule", "cosine", "--weight-decay", str(wd), "--grad-clip", str(clip),
+            "--metrics", f"{tmp}/{name}.jsonl", "--eval-batches", "0", *extra])
+        return train_lines(f"{tmp}/{name}.jsonl")
+    for ranks, micro, zero in ((1, 8, 0), (2, 2, 2)):
+        out = f"{tmp}/out{ranks}"
+        lines = train(f"out{ranks}", ranks, micro, ["--steps", str(steps), "--zero", str(zero), "--bucket-mb", "0.05"])
         what = f"{ranks} rank(s), ZeRO-{zero}"
         close([l["loss"] for l in lines], ref_loss, 1e-5, f"loss vs torch, {what}")
         close([l["grad_norm"] for l in lines], ref_norm, 1e-4, f"grad norm vs torch, {what}")
@@ -315,19 +328,14 @@ def t_torch_parity(tmp):
             if d > 1e-3 * moved + 1e-7:
                 raise AssertionError(f"{what}: {k} differs from torch by {d:.3g} (training moved it by up to {moved:.3g})")
 
-    def losses(extra, name):
-        metrics = f"{tmp}/{name}.jsonl"
-        run([TRAIN, "--model", f"{tmp}/model", "--data", f"{tmp}/data", "--out", f"{tmp}/{name}", "--global-batch", "8",
-             "--micro-batch", "4", "--seq-len", "64", "--lr", str(lr), "--min-lr", str(min_lr), "--warmup-steps",
-             str(warmup), "--weight-decay", str(wd), "--grad-clip", str(clip), "--metrics", metrics,
-             "--eval-batches", "0", *extra])
-        return [json.loads(l)["loss"] for l in open(metrics) if json.loads(l)["type"] == "train"]
+    def losses(name, extra):
+        return [l["loss"] for l in train(name, 1, 4, extra)]
     # --epochs: 2 passes over 8 samples at 8 per step = 2 steps, both still in the warmup the reference used
-    ep = losses(["--steps", "0", "--epochs", "2"], "epochs")
+    ep = losses("epochs", ["--steps", "0", "--epochs", "2"])
     assert len(ep) == 2, ep
     close(ep, ref_loss[:2], 1e-5, "--epochs 2 vs torch")
     # bf16 autocast trains the same model: close to the fp32 reference at every step (measured: 1e-4)
-    bf = losses(["--steps", str(steps), "--precision", "bf16"], "bf16")
+    bf = losses("bf16", ["--steps", str(steps), "--precision", "bf16"])
     close(bf, ref_loss, 2e-3, "bf16 vs torch fp32")
     assert bf[-1] < bf[0], bf
 
@@ -343,10 +351,7 @@ def t_stories260k_finetune(tmp):
     v = eval_losses(f"{tmp}/m.jsonl")
     assert len(v) == 4 and v[-1] < 0.7 * v[0], v
     # Prefetching hides reading: after the first step, under 5% of the time waits for data.
-    later = [json.loads(l) for l in open(f"{tmp}/m.jsonl") if json.loads(l)["type"] == "train"][1:]
-    wait, busy = sum(l["data_wait_s"] for l in later), sum(l["step_s"] for l in later)
-    assert wait <= 0.05 * busy, f"reading stalled training: {wait:.3f} s waiting over {busy:.3f} s of steps"
-    print(f"data wait {wait:.4f} s over {busy:.3f} s of steps")
+    check_reading_kept_ahead(train_lines(f"{tmp}/m.jsonl"), 0.05)
     # The fine-tuned model is a Hugging Face folder that shardtune-generate loads.
     p = run([GENERATE, "--model", f"{tmp}/out", "--prompt-ids", "256 82 101", "--max-new-tokens", "8", "--temperature",
              "0", "--print-ids"])

@@ -101,14 +101,9 @@ if want scaling || want comm; then
   # shared machine lands on both sides; the report takes the median over rounds.
   for ((k = 1; k <= ROUNDS; k++)); do
     sfx=""; [ "$k" -gt 1 ] && sfx=".$k"
+    order="1 2"; [ $((k % 2)) -eq 0 ] && order="2 1"
     for z in $ZEROS; do
-      if [ $((k % 2)) -eq 1 ]; then
-        run "s1z$z$sfx" 1 "$z" fp32 "$MICRO" "$MICRO" "$STEPS"
-        run "s2z$z$sfx" 2 "$z" fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
-      else
-        run "s2z$z$sfx" 2 "$z" fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
-        run "s1z$z$sfx" 1 "$z" fp32 "$MICRO" "$MICRO" "$STEPS"
-      fi
+      for np in $order; do run "s${np}z$z$sfx" "$np" "$z" fp32 "$MICRO" $((np * MICRO)) "$STEPS"; done
     done
   done
 fi

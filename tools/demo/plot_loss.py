@@ -45,10 +45,10 @@ def main():
         args = args[2:]
     if not args or any("=" not in a for a in args):
         sys.exit("usage: plot_loss.py OUT.png [--title TEXT] [--note TEXT] NAME=METRICS.jsonl [...]")
-    for a in args:
-        if not os.path.isfile(a.split("=", 1)[1]):
-            sys.exit(f"plot_loss: {a.split('=', 1)[1]}: no such metrics file (shardtune --metrics FILE writes one)")
     runs = [a.split("=", 1) for a in args]
+    for _, path in runs:
+        if not os.path.isfile(path):
+            sys.exit(f"plot_loss: {path}: no such metrics file (shardtune --metrics FILE writes one)")
     fig, axes = plt.subplots(1, len(runs), figsize=(6.5 * len(runs), 4.6), squeeze=False)
     for ax, (title, path) in zip(axes[0], runs):
         train, val = read(path)
