@@ -17,10 +17,11 @@ enum class ReduceOp { Sum, Max };
 // A started nonblocking collective; `done()` polls, `wait()` blocks. MPI has no progress thread, so
 // callers poll done() on outstanding work from compute hooks (the autograd hooks) to keep it moving.
 //
-// Destroying an unfinished Pending waits for it, except while an exception unwinds the stack
+// Destroying an unfinished MPI Pending waits for it, except while an exception unwinds the stack
 // (std::uncaught_exceptions() > 0) or after abandon(): then it never blocks, so a failing rank reaches
 // its error message and MPI_Abort instead of hanging on peers that will never join. An abandoned
 // collective's buffers are leaked on purpose (MPI may still write them; the process is about to end).
+// (The NCCL backend's event-based Pending does not do this yet: its destructor synchronizes.)
 class Pending {
  public:
   virtual ~Pending() = default;
