@@ -115,6 +115,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   const int world = rt.world(), rank = rt.rank();
   const train::Launch launch = train::resolve_launch(rt, cfg);  // threads, BLAS core, precision of every rank
   model::setup_runtime(launch.threads);
+  log::info("shardtune " + std::to_string(world) + " rank(s), configuration:\n" + cfg.table());
+  launch.report();  // BLAS core, threads and affinity per rank, precision; warnings
   ST_CHECK(cfg.device == "cpu" || at::hasCUDA(), "--device cuda but this LibTorch has no CUDA",
            "build against a CUDA LibTorch (CMAKE_PREFIX_PATH) or use --device cpu");
   ST_CHECK(cfg.device == "cpu", "--device cuda is not supported by the trainer yet", "use --device cpu");
@@ -146,8 +148,6 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   const char* precision_name = precision == model::Precision::BF16 ? "bf16" : "fp32";
   const double peak = measure_peak_gflops(precision);
   const auto& mc = model->config();
-  log::info("shardtune " + std::to_string(world) + " rank(s), configuration:\n" + cfg.table());
-  launch.report();
   if (cfg.precision == "bf16" && !hw::native_bf16(hw::cpu().flags) && rank == 0) {
     // Emulated bf16 is measured (up to ~40x slower than fp32), so the user sees what it costs here.
     char msg[320];

@@ -87,7 +87,9 @@ CpuInfo parse_cpuinfo(const std::string& text) {
 
 const CpuInfo& cpu() {
   static const CpuInfo info = [] {
-    std::ifstream in("/proc/cpuinfo");
+    // Test hook: SHARDTUNE_CPUINFO=FILE reads another CPU's /proc/cpuinfo (tests/core/launch_test.py).
+    const char* path = std::getenv("SHARDTUNE_CPUINFO");
+    std::ifstream in(path && *path ? path : "/proc/cpuinfo");
     std::stringstream s;
     s << in.rdbuf();
     return parse_cpuinfo(s.str());
@@ -189,7 +191,20 @@ std::string loaded_blas_core() {
 
 void select_blas_core(char** argv) {
   const char* user = std::getenv("OPENBLAS_CORETYPE");
-  if ((user && *user) || std::getenv(kGuard)) return;
+  if (user && *user) {
+    // The user's choice stands, but a core this CPU cannot run dies at the first matrix product with
+    // nothing but "Illegal instruction": say so now, before that happens.
+    std::string m;
+    for (const auto& f : missing_for_core(cpu().flags, user)) m += (m.empty() ? "" : " ") + f;
+    if (!m.empty())
+      std::fprintf(stderr,
+                   "warning: OPENBLAS_CORETYPE=%s needs CPU instructions this CPU lacks (%s): expect 'Illegal "
+                   "instruction' (signal 4) at the first matrix product\n  ---> HINT: unset OPENBLAS_CORETYPE: "
+                   "shardtune then picks a core this CPU runs (see shardtune-hw)\n",
+                   user, m.c_str());
+    return;
+  }
+  if (std::getenv(kGuard)) return;
   // Test hook: pretend OpenBLAS detected this core (tests/core/launch_test.py exercises the re-exec).
   const char* fake = std::getenv("SHARDTUNE_TEST_BLAS_DETECTED");
   const std::string detected = fake ? fake : loaded_blas_core();
@@ -220,21 +235,15 @@ BlasStatus blas_status() {
     source = "OPENBLAS_CORETYPE=" + std::string(user) + " from the environment";
   s.line = "BLAS: OpenBLAS core " + s.core + " (" + source + ")";
 
+  // (A core this CPU cannot run at all is warned about by select_blas_core(), before it can crash.)
   const Flags& flags = cpu().flags;
-  const std::string hint = user && *user ? "unset OPENBLAS_CORETYPE (now '" + std::string(user) + "'): shardtune then picks a core this CPU runs"
-                                         : "";
-  const auto missing = missing_for_core(flags, s.core);
-  if (!missing.empty()) {
-    std::string m;
-    for (const auto& f : missing) m += (m.empty() ? "" : " ") + f;
-    s.warning = "OpenBLAS core " + s.core + " needs CPU instructions this CPU lacks (" + m +
-                "): expect 'Illegal instruction' (signal 4)\n  ---> HINT: " +
-                (hint.empty() ? "set OPENBLAS_CORETYPE to a core this CPU runs (see shardtune-hw)" : hint);
-  } else if (is_generic_core(s.core) && (has_avx512_skx(flags) || has(flags, "avx2"))) {
+  if (is_generic_core(s.core) && (has_avx512_skx(flags) || has(flags, "avx2"))) {
     const auto better = choose_blas_core(flags, s.core);
     s.warning = "OpenBLAS runs the generic core " + s.core + " on a CPU with " +
                 (has_avx512_skx(flags) ? "AVX-512" : "AVX2") + ": matrix products may run ~10x slower\n  ---> HINT: " +
-                (hint.empty() ? "set OPENBLAS_CORETYPE=" + better.value_or("Haswell") + " in the environment" : hint);
+                (user && *user ? "unset OPENBLAS_CORETYPE (now '" + std::string(user) +
+                                     "'): shardtune then picks a core this CPU runs"
+                               : "set OPENBLAS_CORETYPE=" + better.value_or("Haswell") + " in the environment");
   }
   return s;
 }

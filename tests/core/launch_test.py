@@ -218,5 +218,34 @@ def t_blas_core(tmp):
     assert f"BLAS: OpenBLAS core {mine} (OPENBLAS_CORETYPE={mine} from the environment)" in out, out
 
 
+def t_avx2_only_cpu(tmp):
+    """The AMD EPYC of the issue (AVX2, no AVX-512, no native bf16), simulated: the trainer reads the fixture's
+    flags (SHARDTUNE_CPUINFO) and is told OpenBLAS fell back to Prescott. It must force Haswell, never an
+    AVX-512 core; train in fp32 under --precision auto; and warn with the measured ratio for an explicit bf16."""
+    flags = cpu_flags()
+    if not {"avx", "avx2", "fma"} <= flags:
+        raise Skip("this CPU cannot run the Haswell kernels the simulated EPYC gets")
+    s = Setup(tmp)
+    fixture = os.path.join(SRC, "tests", "fixtures", "cpuinfo", "amd_epyc_avx2.txt")
+    env = clean_env(SHARDTUNE_CPUINFO=fixture, SHARDTUNE_TEST_BLAS_DETECTED="Prescott")
+    mpi = [*MPI, "1", "-x", "SHARDTUNE_CPUINFO", "-x", "SHARDTUNE_TEST_BLAS_DETECTED"]
+    out, err = s.train(mpi, env=env)
+    assert "BLAS: OpenBLAS core Haswell (OPENBLAS_CORETYPE=Haswell set by shardtune; OpenBLAS detected Prescott)" in out, out
+    assert "precision: auto -> fp32 (no native bf16" in out and "measured fp32 matmul peak" in out, out
+    assert "warning" not in err, err
+    out, err = s.train(mpi, ["--precision", "bf16"], env=env)
+    m = re.search(r"without native bf16.*GFLOP/s in bf16 vs [\d.]+ in fp32 \(bf16/fp32 = ([\d.]+)\)", err)
+    assert m and float(m.group(1)) > 0 and "HINT" in err, err
+    assert "step 1/1" in out, out
+    # The old unconditional OPENBLAS_CORETYPE=SkylakeX, given by a user: kept, but warned about before the crash
+    # it would cause there (the real CPU here runs it, so the run itself goes on).
+    if {"avx512f", "avx512cd", "avx512bw", "avx512dq", "avx512vl"} <= flags:
+        out, err = s.train([*mpi, "-x", "OPENBLAS_CORETYPE"], ["--precision", "fp32"],
+                           env=dict(env, OPENBLAS_CORETYPE="SkylakeX"))
+        assert "OPENBLAS_CORETYPE=SkylakeX needs CPU instructions this CPU lacks (avx512f" in err, err
+        assert "Illegal instruction" in err and "HINT: unset OPENBLAS_CORETYPE" in err, err
+        assert "BLAS: OpenBLAS core SkylakeX (OPENBLAS_CORETYPE=SkylakeX from the environment)" in out, out
+
+
 if __name__ == "__main__":
     sys.exit(run_case(globals(), "launch"))

@@ -20,7 +20,7 @@ struct CpuInfo {
 
 // Reads the first processor block of /proc/cpuinfo text.
 CpuInfo parse_cpuinfo(const std::string& text);
-// This machine's /proc/cpuinfo, read once.
+// This machine's /proc/cpuinfo, read once (tests may point SHARDTUNE_CPUINFO at a fixture).
 const CpuInfo& cpu();
 
 // The SIMD/matrix features that matter for BLAS and bf16, present ones only, in a fixed order.
