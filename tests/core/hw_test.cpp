@@ -35,7 +35,7 @@ const char* kFixtures[] = {"amd_epyc_avx2.txt", "xeon_avx512_amx.txt", "sandybri
 
 }  // namespace
 
-TEST(HwCpuinfo, ParsesModelAndFlagsOfTheFirstProcessor) {
+TEST(core_Cpuinfo, ParsesModelAndFlagsOfTheFirstProcessor) {
   const auto epyc = fixture("amd_epyc_avx2.txt");
   EXPECT_EQ(epyc.model, "AMD EPYC 7B12");
   EXPECT_TRUE(epyc.flags.count("avx2") && epyc.flags.count("fma") && epyc.flags.count("sse4_2"));
@@ -51,7 +51,7 @@ TEST(HwCpuinfo, ParsesModelAndFlagsOfTheFirstProcessor) {
   EXPECT_TRUE(hw::parse_cpuinfo("").flags.empty());
 }
 
-TEST(HwBlasCore, ForcesOnlyWhenOpenBlasFellBackToAGenericCore) {
+TEST(core_BlasCore, ForcesOnlyWhenOpenBlasFellBackToAGenericCore) {
   const auto epyc = fixture("amd_epyc_avx2.txt"), xeon = fixture("xeon_avx512_amx.txt");
   const auto sandy = fixture("sandybridge_avx.txt"), old = fixture("old_sse_only.txt");
   // Generic fallback detected: the best core the flags support.
@@ -72,7 +72,7 @@ TEST(HwBlasCore, ForcesOnlyWhenOpenBlasFellBackToAGenericCore) {
   EXPECT_EQ(hw::choose_blas_core(xeon.flags, "PRESCOTT"), "SkylakeX");
 }
 
-TEST(HwBlasCore, NeverChoosesACoreWhoseInstructionsAreMissing) {
+TEST(core_BlasCore, NeverChoosesACoreWhoseInstructionsAreMissing) {
   for (const char* name : kFixtures) {
     const auto cpu = fixture(name);
     for (const auto& detected : kAllCores) {
@@ -91,7 +91,7 @@ TEST(HwBlasCore, NeverChoosesACoreWhoseInstructionsAreMissing) {
   EXPECT_TRUE(hw::missing_for_core(epyc.flags, "some future core").empty());  // unknown: no claim
 }
 
-TEST(HwBlasCore, UserSettingWins) {
+TEST(core_BlasCore, UserSettingWins) {
   const auto xeon = fixture("xeon_avx512_amx.txt"), epyc = fixture("amd_epyc_avx2.txt");
   EXPECT_EQ(hw::choose_blas_core(xeon.flags, "Prescott", "Haswell"), std::nullopt);
   EXPECT_EQ(hw::choose_blas_core(xeon.flags, "Prescott", "Prescott"), std::nullopt);
@@ -100,7 +100,7 @@ TEST(HwBlasCore, UserSettingWins) {
   EXPECT_EQ(hw::choose_blas_core(xeon.flags, "Prescott", "  "), "SkylakeX");  // blank = unset
 }
 
-TEST(HwBlasCore, GenericCores) {
+TEST(core_BlasCore, GenericCores) {
   for (const char* c : {"Prescott", "Katmai", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom", "Generic", "Unknown",
                         "prescott", "Barcelona"})
     EXPECT_TRUE(hw::is_generic_core(c)) << c;
@@ -108,7 +108,7 @@ TEST(HwBlasCore, GenericCores) {
     EXPECT_FALSE(hw::is_generic_core(c)) << c;
 }
 
-TEST(HwBf16, NativeOnlyWithAvx512Bf16OrAmx) {
+TEST(core_Bf16, NativeOnlyWithAvx512Bf16OrAmx) {
   EXPECT_TRUE(hw::native_bf16(fixture("xeon_avx512_amx.txt").flags));
   EXPECT_FALSE(hw::native_bf16(fixture("amd_epyc_avx2.txt").flags));
   EXPECT_FALSE(hw::native_bf16(fixture("old_sse_only.txt").flags));
@@ -117,7 +117,7 @@ TEST(HwBf16, NativeOnlyWithAvx512Bf16OrAmx) {
   EXPECT_FALSE(hw::native_bf16({"avx512f", "avx512bw", "avx512_fp16"}));
 }
 
-TEST(HwAffinity, MaskStrings) {
+TEST(core_Affinity, MaskStrings) {
   EXPECT_EQ(hw::format_cpu_list({0, 1}), "0-1");
   EXPECT_EQ(hw::format_cpu_list({0, 2, 4}), "0,2,4");
   EXPECT_EQ(hw::format_cpu_list({7, 3, 0, 1, 2, 9, 10, 2}), "0-3,7,9-10");
@@ -125,7 +125,7 @@ TEST(HwAffinity, MaskStrings) {
   EXPECT_EQ(hw::format_cpu_list({}), "");
 }
 
-TEST(HwAffinity, MatchesTheKernelsCpusAllowedList) {
+TEST(core_Affinity, MatchesTheKernelsCpusAllowedList) {
   // Independent reference: the kernel's own rendering of this process's mask in /proc/self/status.
   std::ifstream in("/proc/self/status");
   std::string line, kernel;
@@ -137,7 +137,7 @@ TEST(HwAffinity, MatchesTheKernelsCpusAllowedList) {
   EXPECT_GE(a.count, 1);
 }
 
-TEST(HwBlasStatus, SaysNotOpenBlasWithoutIt) {
+TEST(core_BlasStatus, SaysNotOpenBlasWithoutIt) {
   // This test binary does not link LibTorch, so no OpenBLAS is loaded.
   const auto s = hw::blas_status();
   EXPECT_EQ(s.core, "");
@@ -145,7 +145,7 @@ TEST(HwBlasStatus, SaysNotOpenBlasWithoutIt) {
   EXPECT_TRUE(s.warning.empty());
 }
 
-TEST(HwThreads, DefaultIsTheMaskSharedEvenlyByRanksBoundAlike) {
+TEST(core_Threads, DefaultIsTheMaskSharedEvenlyByRanksBoundAlike) {
   // One rank, 2 CPUs.
   auto p = hw::plan_threads({{"a", 2, "0-1"}}, 0);
   EXPECT_EQ(p.threads, std::vector<int>{2});
@@ -174,7 +174,7 @@ TEST(HwThreads, DefaultIsTheMaskSharedEvenlyByRanksBoundAlike) {
   EXPECT_EQ(p.summary[1], "rank 1: 2 threads, affinity mask of 2 CPUs (0-1)");
 }
 
-TEST(HwThreads, ExplicitCountLargerThanTheMaskWarnsWithTheLauncherFlags) {
+TEST(core_Threads, ExplicitCountLargerThanTheMaskWarnsWithTheLauncherFlags) {
   auto p = hw::plan_threads({{"a", 1, "0"}}, 2);
   EXPECT_EQ(p.threads, std::vector<int>{2});  // the user's count is kept
   ASSERT_EQ(p.warnings.size(), 1u);
