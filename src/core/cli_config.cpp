@@ -67,7 +67,7 @@ std::optional<std::string> scan_value(const std::string& text, size_t& pos, bool
   if (c == '[') {
     if (in_array) return std::string("has a nested array, which is not supported");
     ++pos;
-    bool want_value = true;
+    bool want_value = true, after_comma = false;
     for (;;) {
       while (!at_end() && (text[pos] == ' ' || text[pos] == '\t' || text[pos] == '\r')) ++pos;
       // CLI11 joins the lines of a multi-line array without separators and keeps comments in it:
@@ -75,7 +75,7 @@ std::optional<std::string> scan_value(const std::string& text, size_t& pos, bool
       if (at_end() || text[pos] == '\n' || text[pos] == '#')
         return std::string("has an array that does not end on its line (missing ']'; arrays must be on one line)");
       if (text[pos] == ']') {
-        if (want_value && text[pos - 1] != '[' && trim(text.substr(0, pos)).back() == ',')
+        if (after_comma)
           return std::string("has a trailing ',' in an array (it would add an empty value)");
         ++pos;
         return std::nullopt;
@@ -83,12 +83,12 @@ std::optional<std::string> scan_value(const std::string& text, size_t& pos, bool
       if (!want_value) {
         if (text[pos] != ',') return std::string("has array items not separated by ','");
         ++pos;
-        want_value = true;
+        want_value = after_comma = true;
         continue;
       }
       if (text[pos] == ',') return std::string("has an empty array item");
       if (auto err = scan_value(text, pos, true)) return err;
-      want_value = false;
+      want_value = after_comma = false;
     }
   }
   if (c == '{') return std::string("uses an inline table, which is not supported");
