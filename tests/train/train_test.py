@@ -31,6 +31,7 @@ MPI = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np"]
 # loopback interface, which Open MPI leaves out by default but every machine has.
 MPI_TCP = ["mpirun", "--allow-run-as-root", "--oversubscribe", "--mca", "pml", "ob1", "--mca", "btl", "self,tcp",
            "--mca", "btl_tcp_if_include", "lo", "-np"]
+# Runs whose assertions rely on fp32 numerics; one thread per rank (ranks share CI's 2 cores).
 FP32 = ["--precision", "fp32", "--threads", "1"]
 sys.path.insert(0, os.path.join(SRC, "tests", "model"))
 
