@@ -42,9 +42,9 @@ void check(bool ok, const std::string& what) {
 
 void check_rel(const at::Tensor& a, const at::Tensor& b, double tol, const std::string& what) {
   const double r = rel(a, b);
-  const double abs = (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+  const double max_abs = (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
   char buf[200];
-  std::snprintf(buf, sizeof buf, "%s rel %.3g abs %.3g (tol %.2g)", what.c_str(), r, abs, tol);
+  std::snprintf(buf, sizeof buf, "%s rel %.3g abs %.3g (tol %.2g)", what.c_str(), r, max_abs, tol);
   check(a.sizes() == b.sizes() && r <= tol, buf);
 }
 
