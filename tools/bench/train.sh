@@ -137,7 +137,7 @@ if want mfu; then
   rm -rf "$WORK"/runs/b[12]z0*
   if ! want scaling && ! want comm; then
     echo; echo "== runs: fp32, 1 and 2 ranks, ZeRO-0"
-    rm -rf "$WORK"/runs/s[12]z*
+    rm -rf "$WORK"/runs/s[12]z*  # (also the scaling rounds of an earlier invocation: the report reads what is there)
     run s1z0 1 0 fp32 "$MICRO" "$MICRO" "$STEPS"
     run s2z0 2 0 fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
   fi
