@@ -13,6 +13,7 @@
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/core/hw.h"
 #include "shardtune/core/log.h"
 #include "shardtune/core/mem.h"
 #include "shardtune/data/dataset.h"
@@ -23,6 +24,7 @@
 #include "shardtune/model/runtime.h"
 #include "shardtune/train/config.h"
 #include "shardtune/train/flops.h"
+#include "shardtune/train/launch.h"
 #include "shardtune/train/loader.h"
 #include "shardtune/train/trainer.h"
 
@@ -113,7 +115,10 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   cfg.validate();
   check_same_config(rt, cfg.table());
   const int world = rt.world(), rank = rt.rank();
-  model::setup_runtime(cfg.threads);
+  const train::Launch launch = train::resolve_launch(rt, cfg);  // threads, BLAS core, precision of every rank
+  model::setup_runtime(launch.threads);
+  log::info("shardtune " + std::to_string(world) + " rank(s), configuration:\n" + cfg.table());
+  launch.report();  // BLAS core, threads and affinity per rank, precision; warnings
   ST_CHECK(cfg.device == "cpu" || at::hasCUDA(), "--device cuda but this LibTorch has no CUDA",
            "build against a CUDA LibTorch (CMAKE_PREFIX_PATH) or use --device cpu");
   ST_CHECK(cfg.device == "cpu", "--device cuda is not supported by the trainer yet", "use --device cpu");
@@ -141,10 +146,21 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                          std::max<int64_t>(0, train_set->info().pad_id >= 0 ? train_set->info().pad_id : train_set->info().eos_id),
                          cfg.seed};
   train::Trainer trainer(cfg, model, comm);
-  const auto precision = model::parse_precision(cfg.precision);
+  const auto precision = launch.precision.precision;
+  const char* precision_name = precision == model::Precision::BF16 ? "bf16" : "fp32";
   const double peak = measure_peak_gflops(precision);
   const auto& mc = model->config();
-  log::info("shardtune " + std::to_string(world) + " rank(s), configuration:\n" + cfg.table());
+  if (cfg.precision == "bf16" && !hw::native_bf16(hw::cpu().flags) && rank == 0) {
+    // Emulated bf16 is measured (up to ~40x slower than fp32), so the user sees what it costs here.
+    char msg[320];
+    const double fp32 = measure_peak_gflops(model::Precision::FP32);
+    std::snprintf(msg, sizeof msg,
+                  "--precision bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16): measured matmuls run "
+                  "%.1f GFLOP/s in bf16 vs %.1f in fp32 (bf16/fp32 = %.3f)\n  ---> HINT: use --precision auto or fp32 "
+                  "on this CPU",
+                  peak, fp32, peak / std::max(fp32, 1e-9));
+    log::warn(msg);
+  }
   log::info("model: " + std::to_string(trainer.num_params()) + " parameters, " + std::to_string(mc.num_layers) +
             " layers; data: " + std::to_string(train_set->size()) + " train / " + std::to_string(val_set->size()) +
             " val samples (" + train_set->info().tokenizer_name + "); " + std::to_string(steps) + " steps, " +
@@ -166,8 +182,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   evaluate(0);
   train::StepLoader loader(*train_set, plan, 0, steps);
   auto flops_per_token = [&](int64_t row_len) { return train::flops_per_token(*model, trainer.num_params(), row_len); };
-  log::info("MFU reference: measured " + std::string(cfg.precision) + " matmul peak " +
-            std::to_string(static_cast<int>(peak)) + " GFLOP/s per rank (" + std::to_string(cfg.threads) + " thread(s))");
+  log::info("MFU reference: measured " + std::string(precision_name) + " matmul peak " +
+            std::to_string(static_cast<int>(peak)) + " GFLOP/s per rank (" + std::to_string(launch.threads) + " thread(s))");
   // Test hook: SHARDTUNE_TEST_FAIL="RANK:STEP" makes that rank throw at that step (failure-path tests).
   const char* fail_at = std::getenv("SHARDTUNE_TEST_FAIL");
   for (int64_t step = 0; step < steps; ++step) {
@@ -213,6 +229,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  shardtune::hw::select_blas_core(argv);  // before MPI_Init and any torch work: may re-exec with OPENBLAS_CORETYPE
   shardtune::dist::MpiRuntime rt(&argc, &argv);
   shardtune::log::set_rank(rt.rank(), rt.world());
   try {

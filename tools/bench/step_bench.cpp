@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "shardtune/core/error.h"
+#include "shardtune/core/hw.h"
 #include "shardtune/model/model.h"
 #include "shardtune/model/runtime.h"
 
@@ -29,6 +30,7 @@ static int run(int argc, char** argv) {
   app.add_option("--precision", precision, "fp32 | bf16")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   sm::setup_runtime(threads);
+  shardtune::hw::print_blas_status(stderr);  // stdout: the result line step.sh parses
   const sm::Precision prec = sm::parse_precision(precision);
 
   // Same config as step_ref.py.
@@ -106,4 +108,7 @@ static int run(int argc, char** argv) {
   return 0;
 }
 
-int main(int argc, char** argv) { return shardtune::run_guarded("shardtune-step-bench", run, argc, argv); }
+int main(int argc, char** argv) {
+  shardtune::hw::select_blas_core(argv);  // may re-exec with OPENBLAS_CORETYPE set
+  return shardtune::run_guarded("shardtune-step-bench", run, argc, argv);
+}
