@@ -25,7 +25,7 @@ rm -f "$BENCH_SUMMARY"
 t_start=$(date +%s)
 
 echo "== building the benchmark targets (no-op when up to date)" >&2
-cmake --build "$BUILD" --target shardtune shardtune-prep shardtune-step-bench >&2
+cmake --build "$BUILD" --target shardtune shardtune-prep shardtune-step-bench shardtune-hw >&2
 
 # ---- the machine ----
 cpu=$(lscpu | sed -n 's/^Model name: *//p' | head -1)
@@ -46,7 +46,12 @@ echo "| CPU | $cpu ($(lsv 'Vendor ID'), family $(lsv 'CPU family') model $(lsv '
 echo "| cores | $(nproc) online ($(lsv 'Core(s) per socket') core(s) per socket, $(lsv 'Thread(s) per core') thread(s) per core, $(lsv 'Socket(s)') socket(s)) |"
 echo "| AVX2 / AVX-512 / AMX | $(has avx2) / ${avx512:-no} / ${amx:-no} |"
 echo "| memory | $(free -g | awk '/^Mem:/ { print $2 " GiB" }') |"
-echo "| software | LibTorch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)' 2>/dev/null || echo '?') (Python side), $(mpirun --version 2>/dev/null | head -1), OPENBLAS_CORETYPE in the caller's environment: ${OPENBLAS_CORETYPE:-unset} (the bench scripts apply the project's choice) |"
+echo "| software | LibTorch $(/usr/bin/python3 -c 'import torch; print(torch.__version__)' 2>/dev/null || echo '?') (Python side), $(mpirun --version 2>/dev/null | head -1) |"
+hwv() { "$BUILD/tools/shardtune-hw" 2>/dev/null | sed -n "s/^$1  *//p" | head -1; }
+if [ -x "$BUILD/tools/shardtune-hw" ]; then
+  echo "| OpenBLAS core (shardtune-hw) | $(hwv openblas); user setting: $(hwv 'user setting'); chosen: $(hwv 'chosen core') |"
+  echo "| native bf16 | $(hwv 'native bf16') |"
+fi
 echo "| load average at start | $(cut -d' ' -f1-3 /proc/loadavg) |"
 echo "| settings | PREP_REPS=$PREP_REPS; step.sh threads $STEP_THREADS, $STEP_STEPS steps, $STEP_ROUNDS rounds; train.sh ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MFU_ROUNDS=$MFU_ROUNDS MEM_STEPS=$MEM_STEPS |"
 echo "<!-- bench:machine end -->"
