@@ -16,6 +16,7 @@
 #include "shardtune/core/fs.h"
 #include "shardtune/core/hw.h"
 #include "shardtune/core/log.h"
+#include "shardtune/core/mem.h"
 #include "shardtune/data/dataset.h"
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/mpi_runtime.h"
@@ -23,6 +24,7 @@
 #include "shardtune/model/model.h"
 #include "shardtune/model/runtime.h"
 #include "shardtune/train/config.h"
+#include "shardtune/train/flops.h"
 #include "shardtune/train/launch.h"
 #include "shardtune/train/loader.h"
 #include "shardtune/train/trainer.h"
@@ -176,18 +178,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   // ---- training loop ----
   evaluate(0);
   train::StepLoader loader(*train_set, plan, 0, steps);
-  // Model FLOPs per trained token: 6 per matmul parameter (forward + backward) plus attention,
-  // 12 * L * C * T. Embedding lookups are no matmuls: the input embedding counts only when it is tied
-  // to the output head, learned positions never.
-  double lookup_params = 0;
-  for (const auto& [name, t] : model->hf_parameters())
-    if ((!mc.tie_word_embeddings && (name == "model.embed_tokens.weight" || name == "transformer.wte.weight")) ||
-        name == "transformer.wpe.weight")
-      lookup_params += static_cast<double>(t.numel());
-  auto flops_per_token = [&](int64_t row_len) {
-    return 6.0 * (static_cast<double>(trainer.num_params()) - lookup_params) +
-           12.0 * mc.num_layers * mc.hidden_size * static_cast<double>(row_len);
-  };
+  auto flops_per_token = [&](int64_t row_len) { return train::flops_per_token(*model, trainer.num_params(), row_len); };
   log::info("MFU reference: measured " + std::string(precision_name) + " matmul peak " +
             std::to_string(static_cast<int>(peak)) + " GFLOP/s per rank (" + std::to_string(launch.threads) + " thread(s))");
   // Test hook: SHARDTUNE_TEST_FAIL="RANK:STEP" makes that rank throw at that step (failure-path tests).
@@ -201,12 +192,15 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     const double data_wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
     train::StepStats s = trainer.train_step(step, steps, batches);
     const double tps = s.tokens / (s.seconds + data_wait_s);
-    const double mfu = flops_per_token(batches.empty() ? 0 : batches[0].T) * tps / (peak * 1e9 * world);
+    const double fpt = flops_per_token(batches.empty() ? 0 : batches[0].T);
+    const double mfu = fpt * tps / (peak * 1e9 * world);
+    const mem::MemoryStats ms = mem::measure_memory();  // rank 0's, after the step (tools/bench/train.sh)
     metrics.write({{"type", "train"}, {"step", step + 1}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
                    {"tokens", s.tokens}, {"loss_tokens", s.loss_tokens}, {"tokens_per_s", tps}, {"mfu", mfu},
                    {"step_s", s.seconds}, {"comm_wait_s", s.comm_wait_s}, {"forward_s", s.forward_s},
                    {"backward_s", s.backward_s}, {"drain_s", s.drain_s}, {"optim_s", s.optim_s}, {"gather_s", s.gather_s},
-                   {"data_wait_s", data_wait_s}});
+                   {"data_wait_s", data_wait_s}, {"flops_per_token", fpt}, {"peak_gflops", peak},
+                   {"rss_peak_bytes", ms.rss_peak_bytes}, {"heap_bytes", ms.heap_bytes}, {"heap_held_bytes", ms.heap_held_bytes}});
     if ((step + 1) % cfg.log_every == 0 || step + 1 == steps) {
       char line[256];
       std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  mfu %.1f%%  comm-wait %.0f ms",

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Benchmark: shardtune-prep (GPT-2 BPE, 1 and 2 threads) vs the npm gpt-3-encoder reference (JavaScript,
-# single-threaded) on the same JSONL text, in one run. Prints MB/s of each and the per-core ratio.
-# Usage: tools/bench/prep.sh [BUILD_DIR]     (needs ../shared/data and the node refs from tools/test.sh)
+# single-threaded) on the same JSONL text, in one run. Prints a markdown table: MB/s of each as the median
+# over REPS runs (range min-max) and the per-core ratio of the medians.
+# Usage: [REPS=3] tools/bench/prep.sh [BUILD_DIR]     (needs ../shared/data and the node refs from tools/test.sh)
 set -euo pipefail
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(cd "$HERE/../.." && pwd)"
 BUILD="${1:-$ROOT/build}"
 SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
 REFS="$BUILD/node_refs/node_modules"
@@ -38,9 +40,9 @@ const s = Number(process.hrtime.bigint() - t0) / 1e9;
 console.log(JSON.stringify({ seconds: s, tokens: n }));
 JS
 
-best() { sort -g | head -1; }
+REPS=${REPS:-3}
 ref_times=(); ours1=(); ours2=()
-for rep in 1 2 3; do
+for ((rep = 1; rep <= REPS; rep++)); do
   ref_times+=("$(NODE_PATH="$REFS" node "$WORK/ref.js" "$WORK/corpus.jsonl" | /usr/bin/python3 -c 'import json,sys;print(json.load(sys.stdin)["seconds"])')")
   for th in 1 2; do
     rm -rf "$WORK/out$th"
@@ -51,13 +53,26 @@ for rep in 1 2 3; do
     if [ $th = 1 ]; then ours1+=("$(/usr/bin/python3 -c "print($t1 - $t0)")"); else ours2+=("$(/usr/bin/python3 -c "print($t1 - $t0)")"); fi
   done
 done
-R=$(printf '%s\n' "${ref_times[@]}" | best); O1=$(printf '%s\n' "${ours1[@]}" | best); O2=$(printf '%s\n' "${ours2[@]}" | best)
-/usr/bin/python3 - "$BYTES" "$R" "$O1" "$O2" <<'PY'
+/usr/bin/python3 - "$HERE" "$BYTES" "${ref_times[*]}" "${ours1[*]}" "${ours2[*]}" <<'PY'
 import sys
-b, r, o1, o2 = int(sys.argv[1]), *map(float, sys.argv[2:])
+sys.path.insert(0, sys.argv[1])
+from benchstats import begin, end, med, met, mr, summary, table
+b = int(sys.argv[2])
+ref, o1, o2 = ([float(x) for x in arg.split()] for arg in sys.argv[3:6])
 mb = b / 1e6
-print(f"corpus: {mb:.2f} MB JSONL, best of 3 runs each")
-print(f"gpt-3-encoder (node, 1 thread, encode only): {mb / r:8.2f} MB/s")
-print(f"shardtune-prep 1 thread (whole run, HDF5 out): {mb / o1:8.2f} MB/s   ratio {r / o1:5.1f}x per core")
-print(f"shardtune-prep 2 threads (whole run):          {mb / o2:8.2f} MB/s   ratio {r / o2 / 2:5.1f}x per core ({r / o2:.1f}x total)")
+TARGET = 5.0
+r1, r2 = med(ref) / med(o1), med(ref) / med(o2) / 2  # per core: the 2-thread run uses two cores
+begin("prep")
+print(f"Corpus {mb:.2f} MB JSONL, {len(ref)} run(s) of each; MB/s: median over runs (min–max); ratio per core = "
+      "reference median time / shardtune-prep median time (÷ 2 for 2 threads).")
+print()
+print(table(["", "MB/s", "ratio per core vs reference", "target", "met?"], [
+    ["gpt-3-encoder (node, 1 thread, encode only)", mr([mb / t for t in ref]), "1", "", ""],
+    ["shardtune-prep, 1 thread (whole run, HDF5 out)", mr([mb / t for t in o1]), f"**{r1:.1f}x**", "≥ 5x", met(r1 >= TARGET)],
+    ["shardtune-prep, 2 threads (whole run)", mr([mb / t for t in o2]), f"**{r2:.1f}x** ({2 * r2:.1f}x in total)", "≥ 5x",
+     met(r2 >= TARGET)]]))
+end("prep")
+for th, r in ((1, r1), (2, r2)):
+    summary(f"prep throughput vs npm `gpt-3-encoder`, {th} thread{'s' if th > 1 else ''}", "`tools/bench/prep.sh`",
+            "≥ 5x per core", f"{r:.1f}x per core", r >= TARGET)
 PY

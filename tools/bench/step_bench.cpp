@@ -1,13 +1,14 @@
 // One training step (forward + masked loss + backward + AdamW) of a ~15M-parameter Llama, timed.
 // Parameters and gradients live in one flat fp32 buffer each (params are views), as in the trainer,
 // so AdamW is a handful of fused elementwise passes. Compare with tools/bench/step_ref.py (step.sh).
+// Prints one JSON line with every timed step (and its phases); tools/bench/step_report.py takes medians.
 #include <CLI/CLI.hpp>
 #include <c10/core/GradMode.h>
 
 #include <chrono>
 #include <cmath>
-#include <algorithm>
 #include <cstdio>
+#include <vector>
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/hw.h"
@@ -60,7 +61,7 @@ static int run(int argc, char** argv) {
   at::manual_seed(0);
   const at::Tensor ids = at::randint(0, 8192, {batch, seq}, at::kLong);
   int step = 0;
-  double t_fwd = 0, t_bwd = 0, t_opt = 0;
+  double t_fwd = 0, t_bwd = 0, t_opt = 0;  // of the current step
   auto now = [] { return std::chrono::steady_clock::now(); };
   auto secs = [](auto a, auto b) { return std::chrono::duration<double>(b - a).count(); };
   auto train_step = [&]() {
@@ -72,10 +73,10 @@ static int run(int argc, char** argv) {
       const auto r = model.loss(ids, {});
       const at::Tensor loss = r.sum / double(r.count);
       const auto b = now();
-      t_fwd += secs(a, b);
+      t_fwd = secs(a, b);
       loss.backward();
       loss_val = loss.item<double>();
-      t_bwd += secs(b, now());
+      t_bwd = secs(b, now());
     }
     const auto c = now();
     at::NoGradGuard ng;
@@ -85,24 +86,25 @@ static int run(int argc, char** argv) {
     v.mul_(b2).addcmul_(flat_grad, flat_grad, 1 - b2);
     flat.mul_(1 - lr * wd);
     flat.addcdiv_(m, (v / bc2).sqrt_().add_(eps), -lr / bc1);
-    t_opt += secs(c, now());
+    t_opt = secs(c, now());
     return loss_val;
   };
   for (int i = 0; i < warmup; ++i) train_step();
-  t_fwd = t_bwd = t_opt = 0;
-  // tokens/s from the fastest step: the machine may be shared, and the minimum is the least disturbed.
-  double loss = 0, best = 1e30, total = 0;
+  // Every timed step is reported (no minimum, no mean): the report takes medians and ranges.
+  double loss = 0;
+  std::vector<double> step_s, fwd_s, bwd_s, opt_s;
   for (int i = 0; i < steps; ++i) {
     const auto t0 = now();
     loss = train_step();
-    const double dt = secs(t0, now());
-    best = std::min(best, dt);
-    total += dt;
+    step_s.push_back(secs(t0, now()));
+    fwd_s.push_back(t_fwd);
+    bwd_s.push_back(t_bwd);
+    opt_s.push_back(t_opt);
   }
-  std::printf("shardtune %s params=%lld best_step=%.3fs mean_step=%.3fs tokens/s=%.0f loss=%.4f "
-              "(mean fwd %.3fs bwd %.3fs adamw %.3fs)\n",
-              precision.c_str(), static_cast<long long>(n), best, total / steps, double(batch * seq) / best, loss,
-              t_fwd / steps, t_bwd / steps, t_opt / steps);
+  const nlohmann::json out = {{"side", "shardtune"}, {"precision", precision}, {"params", n}, {"threads", threads},
+                              {"tokens_per_step", batch * seq}, {"loss", loss}, {"step_s", step_s},
+                              {"forward_s", fwd_s}, {"backward_s", bwd_s}, {"optim_s", opt_s}};
+  std::printf("%s\n", out.dump().c_str());
   return 0;
 }
 

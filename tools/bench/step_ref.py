@@ -4,8 +4,10 @@ of the same ~15M-parameter Llama as step_bench.cpp, written the way HF's modelin
 (nn.Linear per projection, full [B*T, V] logits + F.cross_entropy, torch.optim.AdamW).
 
 usage: step_ref.py --precision fp32|bf16 [--threads 2] [--steps 5] [--warmup 2]
+prints one JSON line with every timed step; tools/bench/step_report.py takes medians.
 """
 import argparse
+import json
 import math
 import time
 
@@ -121,15 +123,14 @@ def main():
 
     for _ in range(a.warmup):
         step()
-    # tokens/s from the fastest step (as step_bench.cpp): the least disturbed on a shared machine.
+    # Every timed step is reported (no minimum, no mean): the report takes medians and ranges.
     times = []
     for _ in range(a.steps):
         t0 = time.perf_counter()
         loss = step()
         times.append(time.perf_counter() - t0)
-    best, mean = min(times), sum(times) / len(times)
-    print(f"python-ref {a.precision} params={n} best_step={best:.3f}s mean_step={mean:.3f}s "
-          f"tokens/s={a.batch * a.seq / best:.0f} loss={loss:.4f}")
+    print(json.dumps({"side": "python", "precision": a.precision, "params": n, "threads": a.threads,
+                      "tokens_per_step": a.batch * a.seq, "loss": loss, "step_s": times}))
 
 
 if __name__ == "__main__":

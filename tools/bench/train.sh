@@ -10,13 +10,17 @@
 #            with the machine's own ceiling: 1 vs 2 concurrent matmul processes, and two independent 1-rank
 #            jobs run at the same time
 #   comm     the same 2-rank runs: mean comm_wait_s / step_s (steps after the first WARMUP)
-#   memory   peak RSS per rank (GNU time around every rank, tools/bench/train_rss.sh) and the optimizer state
-#            rank 0 prints, ZeRO-0/1/2 x N = 1, 2, 4 ranks, against 8 B x P (ZeRO-0) / 12 B x P / N (ZeRO-1/2)
-#   mfu      the trainer's mfu next to achieved model FLOP/s and a Python torch matmul peak (train_peak.py)
+#   memory   measured memory per rank, ZeRO-0/1/2 x N = 1, 2, 4 ranks: peak RSS of every rank (GNU time,
+#            tools/bench/train_rss.sh) and rank 0's heap in use after each step (the trainer's metrics:
+#            glibc mallinfo2) and peak RSS (getrusage); whether the sharded part falls as 1/N is judged from
+#            those measurements (the optimizer state rank 0 prints is shown for reference only)
+#   mfu      the trainer's mfu next to achieved model FLOP/s (the trainer's own flops_per_token) and a
+#            Python torch matmul peak (train_peak.py); fp32 from the scaling rounds, bf16 MFU_ROUNDS rounds
 #
-# Environment: NICE (unset; e.g. -10 as root on a shared machine) BIND (none) ZEROS ("0 1 2", scaling/comm) ROUNDS (3) STEPS (8) WARMUP (2) MICRO (8) SEQ (256) MEM_STEPS (3) MEM_MICRO (2) THREADS (1)
+# Environment: NICE (unset; e.g. -10 as root on a shared machine) BIND (none) ZEROS ("0 1 2", scaling/comm) ROUNDS (3) STEPS (8) WARMUP (2) MICRO (8) SEQ (256) MEM_STEPS (3) MEM_MICRO (2) THREADS (1) MFU_ROUNDS (1)
 #   TRAIN_BENCH_WORK=DIR keeps the model, data and every run's metrics/log there (default: a temp dir).
-# Prints a table per section; the exact mpirun command of every run is in DIR/runs/*/cmd.
+# Prints markdown tables per section (tools/bench/train_report.py): every figure a median with its range
+# over rounds, steps or ranks, never a best run; the exact mpirun command of every run is in DIR/runs/*/cmd.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/../.." && pwd)"
@@ -26,7 +30,7 @@ SECTIONS=("$@")
 [ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(all)
 SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
 STEPS=${STEPS:-8} WARMUP=${WARMUP:-2} MICRO=${MICRO:-8} SEQ=${SEQ:-256}
-MEM_STEPS=${MEM_STEPS:-3} MEM_MICRO=${MEM_MICRO:-2} THREADS=${THREADS:-1} ROUNDS=${ROUNDS:-3}
+MEM_STEPS=${MEM_STEPS:-3} MEM_MICRO=${MEM_MICRO:-2} THREADS=${THREADS:-1} ROUNDS=${ROUNDS:-3} MFU_ROUNDS=${MFU_ROUNDS:-1}
 ZEROS=${ZEROS:-0 1 2}
 PY=/usr/bin/python3
 TRAINER="$BUILD/src/shardtune"
@@ -60,7 +64,7 @@ if [ ! -f "$WORK/data/manifest.json" ]; then
 fi
 echo "model: $(cat "$WORK/model.json")"
 echo "host: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "settings: BIND=${BIND:-none} ZEROS=\"$ZEROS\" ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS MEM_STEPS=$MEM_STEPS MEM_MICRO=$MEM_MICRO"
+echo "settings: BIND=${BIND:-none} ZEROS=\"$ZEROS\" ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS MEM_STEPS=$MEM_STEPS MEM_MICRO=$MEM_MICRO MFU_ROUNDS=$MFU_ROUNDS"
 
 # run NAME NP ZERO PRECISION MICRO GLOBAL STEPS [extra trainer options...]
 run() {
@@ -119,6 +123,7 @@ fi
 if want comm; then echo; report comm; fi
 if want memory; then
   echo; echo "== runs: memory, micro-batch $MEM_MICRO, $MEM_STEPS steps, N = 1, 2, 4 ranks (4 oversubscribed)"
+  rm -rf "$WORK"/runs/m[124]z*
   for n in 1 2 4; do
     for z in 0 1 2; do
       run "m${n}z$z" "$n" "$z" fp32 "$MEM_MICRO" $((n * MEM_MICRO)) "$MEM_STEPS"
@@ -129,14 +134,19 @@ if want memory; then
   echo; report memory
 fi
 if want mfu; then
+  rm -rf "$WORK"/runs/b[12]z0*
   if ! want scaling && ! want comm; then
     echo; echo "== runs: fp32, 1 and 2 ranks, ZeRO-0"
+    rm -rf "$WORK"/runs/s[12]z*  # (also the scaling rounds of an earlier invocation: the report reads what is there)
     run s1z0 1 0 fp32 "$MICRO" "$MICRO" "$STEPS"
     run s2z0 2 0 fp32 "$MICRO" $((2 * MICRO)) "$STEPS"
   fi
-  echo; echo "== runs: bf16 autocast, 1 and 2 ranks, ZeRO-0"
-  run b1z0 1 0 bf16 "$MICRO" "$MICRO" "$STEPS"
-  run b2z0 2 0 bf16 "$MICRO" $((2 * MICRO)) "$STEPS"
+  echo; echo "== runs: bf16 autocast, 1 and 2 ranks, ZeRO-0, $MFU_ROUNDS round(s)"
+  for ((k = 1; k <= MFU_ROUNDS; k++)); do
+    sfx=""; [ "$k" -gt 1 ] && sfx=".$k"
+    run "b1z0$sfx" 1 0 bf16 "$MICRO" "$MICRO" "$STEPS"
+    run "b2z0$sfx" 2 0 bf16 "$MICRO" $((2 * MICRO)) "$STEPS"
+  done
   echo "  python torch matmul peak (train_peak.py, $THREADS thread)"
   "${NICE_CMD[@]}" $PY "$HERE/train_peak.py" --threads "$THREADS" > "$WORK/peak.jsonl"
   echo; report mfu

@@ -1,13 +1,15 @@
 #!/usr/bin/python3
 """Matmul peak of this machine with Python torch (Debian python3-torch), independent of shardtune: the
-reference for the trainer's MFU. Square n x n matmuls, fp32 and bf16, best of `--trials` timed windows.
+reference for the trainer's MFU. Square n x n matmuls, fp32 and bf16, `--trials` timed windows each:
+"gflops" is their median, "gflops_min"/"gflops_max" the range.
 Run with OPENBLAS_CORETYPE=SkylakeX (tools/bench/train.sh sets it).
 
 usage: train_peak.py [--threads 1] [--sizes 1024,2048] [--seconds 0.5] [--trials 3] [--dtypes fp32,bf16]
-prints one JSON line per (dtype, size): {"dtype", "n", "threads", "gflops"}
+prints one JSON line per (dtype, size): {"dtype", "n", "threads", "gflops", "gflops_min", "gflops_max"}
 """
 import argparse
 import json
+import statistics
 import time
 
 import torch
@@ -28,7 +30,7 @@ with torch.no_grad():
         for n in map(int, a.sizes.split(",")):
             x, y = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
             torch.mm(x, y)  # warm-up
-            best = 0.0
+            trials = []
             for _ in range(a.trials):
                 reps, t0 = 0, time.perf_counter()
                 while True:
@@ -37,5 +39,6 @@ with torch.no_grad():
                     el = time.perf_counter() - t0
                     if el >= a.seconds:
                         break
-                best = max(best, 2.0 * n ** 3 * reps / el / 1e9)
-            print(json.dumps({"dtype": name, "n": n, "threads": a.threads, "gflops": round(best, 2)}), flush=True)
+                trials.append(2.0 * n ** 3 * reps / el / 1e9)
+            print(json.dumps({"dtype": name, "n": n, "threads": a.threads, "gflops": round(statistics.median(trials), 2),
+                              "gflops_min": round(min(trials), 2), "gflops_max": round(max(trials), 2)}), flush=True)
