@@ -247,8 +247,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                    {"backward_s", s.backward_s}, {"drain_s", s.drain_s}, {"optim_s", s.optim_s}, {"gather_s", s.gather_s},
                    {"data_wait_s", data_wait_s}, {"consumed_samples", consumed_samples}, {"skipped", s.skipped}});
     if (s.skipped)
-      log::info("step " + std::to_string(step + 1) + "/" + std::to_string(steps) + " skipped: the " + s.nonfinite +
-                " is not finite (--on-nonfinite skip; " + std::to_string(trainer.skipped_steps()) + " skipped so far)");
+      log::info("step " + std::to_string(step + 1) + "/" + std::to_string(steps) + " skipped: non-finite " + s.nonfinite +
+                " (--on-nonfinite skip; " + std::to_string(trainer.skipped_steps()) + " skipped so far)");
     if ((step + 1) % cfg.log_every == 0 || step + 1 == steps) {
       char line[256];
       std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  mfu %.1f%%  comm-wait %.0f ms",
@@ -284,6 +284,7 @@ int main(int argc, char** argv) {
   try {
     return train_main(argc, argv, rt);
   } catch (const std::exception& e) {
+    shardtune::signals::quiet();  // the launcher's SIGTERM to the other ranks is no news after this message
     // One failing rank ends the whole job promptly (no hang in a collective), with its own message.
     if (rt.world() > 1)
       std::fprintf(stderr, "shardtune [rank %d]: %s\n", rt.rank(), shardtune::describe(e).c_str());

@@ -91,4 +91,8 @@ void set_progress(int64_t step, int64_t total) {
 
 int received() { return g_signal.load(); }
 
+void quiet() {
+  for (int s : {SIGTERM, SIGINT, SIGUSR1}) std::signal(s, SIG_DFL);
+}
+
 }  // namespace shardtune::signals

@@ -47,6 +47,7 @@ struct GradReadyHook : torch::autograd::FunctionPostHook {
 using Clock = std::chrono::steady_clock;
 
 std::string value_text(double v) {
+  if (std::isnan(v)) return "nan";  // not "-nan": the sign of a NaN means nothing to the user
   char buf[32];
   std::snprintf(buf, sizeof buf, "%g", v);
   return buf;
@@ -158,33 +159,33 @@ struct Trainer::Impl {
     return r;
   }
 
-  // "loss (nan)" / "gradient norm (inf)" with the ranks where the local part was already non-finite
-  // (every rank sees the same global values, so every rank reaches this together).
+  // "loss (nan) and gradient norm (nan)", plus the ranks whose own part was already non-finite when
+  // that is not every rank (every rank sees the same global values, so every rank reaches this together).
   std::string describe_nonfinite(double loss, double local_loss, double grad_norm, double local_sq) {
     auto ranks_with = [&](bool bad_here) {
       std::string who;
-      for (int r = 0; r < world; ++r) {  // world is small; one scalar reduction per rank, only on failure
-        const double bad = comm.all_reduce(r == rank && bad_here ? 1.0 : 0.0, dist::ReduceOp::Max);
-        if (bad > 0) who += (who.empty() ? "" : ",") + std::to_string(r);
+      int n = 0;
+      for (int r = 0; r < world; ++r) {  // one scalar reduction per rank, only on this failure path
+        if (comm.all_reduce(r == rank && bad_here ? 1.0 : 0.0, dist::ReduceOp::Max) > 0) {
+          who += (n++ ? "," : "") + std::to_string(r);
+        }
       }
-      return who;
+      return n < world ? who : std::string();
     };
-    std::string what;
+    std::vector<std::string> parts;
     if (!std::isfinite(loss)) {
-      what = "loss (" + value_text(loss) + ")";
-      if (world > 1) {
-        const std::string who = ranks_with(!std::isfinite(local_loss));
-        if (!who.empty()) what += ", local loss not finite on rank " + who;
-      }
+      std::string p = "loss (" + value_text(loss) + ")";
+      if (world > 1)
+        if (auto who = ranks_with(!std::isfinite(local_loss)); !who.empty()) p += " [local loss non-finite on rank " + who + "]";
+      parts.push_back(p);
     }
     if (!std::isfinite(grad_norm)) {
-      what += std::string(what.empty() ? "" : " and ") + "gradient norm (" + value_text(grad_norm) + ")";
-      if (world > 1 && sync->grad_is_sharded()) {
-        const std::string who = ranks_with(!std::isfinite(local_sq));
-        if (!who.empty()) what += ", non-finite gradient shard on rank " + who;
-      }
+      std::string p = "gradient norm (" + value_text(grad_norm) + ")";
+      if (world > 1 && sync->grad_is_sharded())
+        if (auto who = ranks_with(!std::isfinite(local_sq)); !who.empty()) p += " [gradient shard non-finite on rank " + who + "]";
+      parts.push_back(p);
     }
-    return what;
+    return parts.size() == 2 ? parts[0] + " and " + parts[1] : parts.at(0);
   }
 
   // Error (--on-nonfinite error) or a counted skip; the optimizer has not run.
@@ -194,12 +195,12 @@ struct Trainer::Impl {
                              value_text(cfg.lr) + "), keep --grad-clip on (now " + value_text(cfg.grad_clip) +
                              "), check the data (shardtune-inspect --verify) and the model; or --on-nonfinite skip "
                              "to skip such steps";
-    ST_CHECK(cfg.on_nonfinite == "skip", where + ": the " + what + " is not finite; stopping before the optimizer "
+    ST_CHECK(cfg.on_nonfinite == "skip", where + ": non-finite " + what + "; stopping before the optimizer "
              "applies it (nothing saved)", hint);
     ++skipped_total;
     ++skipped_in_a_row;
     ST_CHECK(skipped_in_a_row <= cfg.max_consecutive_skips,
-             where + ": the " + what + " is not finite, " + std::to_string(skipped_in_a_row) +
+             where + ": non-finite " + what + ", " + std::to_string(skipped_in_a_row) +
                  " steps in a row skipped, more than --max-consecutive-skips " +
                  std::to_string(cfg.max_consecutive_skips) + "; stopping (nothing saved)",
              hint);

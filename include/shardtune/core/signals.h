@@ -13,5 +13,8 @@ void install_stop_handlers(const char* program, int rank, int world, const char*
 void set_progress(int64_t step, int64_t total);  // the step now running (1-based) and the total
 int received();                                  // 0, or the first stop signal received
 const char* name(int signo);                     // "SIGTERM", ...
+// The program is ending on an error it has reported: stop signals take their default action again
+// (MPI_Abort makes the launcher SIGTERM every rank; that must not read as a user's signal).
+void quiet();
 
 }  // namespace shardtune::signals
