@@ -111,7 +111,11 @@ void prepare_out(const dist::MpiRuntime& rt, const std::string& out) {
 // by prepare_out next time.
 void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const data::DatasetInfo& info, bool inject_failure) {
   const stdfs::path out = out_dir(cfg.out), staging = staging_dir(cfg.out);
-  ST_CHECK(stdfs::create_directory(staging), "cannot save: the staging folder '" + staging.string() + "' already exists",
+  std::error_code made_ec;
+  const bool made = stdfs::create_directory(staging, made_ec);
+  ST_CHECK(!made_ec, "cannot create the staging folder '" + staging.string() + "' to save the model: " + made_ec.message(),
+           "the folder that holds --out must be writable (the model is written beside --out, then renamed onto it)");
+  ST_CHECK(made, "cannot save: the staging folder '" + staging.string() + "' already exists",
            "another run is saving to the same --out? remove the folder once no run uses it");
   try {
     model::SaveOptions so;
