@@ -13,6 +13,7 @@
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/core/hw.h"
 #include "shardtune/core/log.h"
 #include "shardtune/core/signals.h"
 #include "shardtune/data/dataset.h"
@@ -22,6 +23,7 @@
 #include "shardtune/model/model.h"
 #include "shardtune/model/runtime.h"
 #include "shardtune/train/config.h"
+#include "shardtune/train/launch.h"
 #include "shardtune/train/loader.h"
 #include "shardtune/train/trainer.h"
 
@@ -153,7 +155,10 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   check_same_config(rt, cfg.table());
   const int world = rt.world(), rank = rt.rank();
   signals::install_stop_handlers("shardtune", rank, world, "nothing saved: checkpoints are not implemented yet");
-  model::setup_runtime(cfg.threads);
+  const train::Launch launch = train::resolve_launch(rt, cfg);  // threads, BLAS core, precision of every rank
+  model::setup_runtime(launch.threads);
+  log::info("shardtune " + std::to_string(world) + " rank(s), configuration:\n" + cfg.table());
+  launch.report();  // BLAS core, threads and affinity per rank, precision; warnings
   ST_CHECK(cfg.device == "cpu" || at::hasCUDA(), "--device cuda but this LibTorch has no CUDA",
            "build against a CUDA LibTorch (CMAKE_PREFIX_PATH) or use --device cpu");
   ST_CHECK(cfg.device == "cpu", "--device cuda is not supported by the trainer yet", "use --device cpu");
@@ -181,10 +186,21 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                          std::max<int64_t>(0, train_set->info().pad_id >= 0 ? train_set->info().pad_id : train_set->info().eos_id),
                          cfg.seed};
   train::Trainer trainer(cfg, model, comm);
-  const auto precision = model::parse_precision(cfg.precision);
+  const auto precision = launch.precision.precision;
+  const char* precision_name = precision == model::Precision::BF16 ? "bf16" : "fp32";
   const double peak = measure_peak_gflops(precision);
   const auto& mc = model->config();
-  log::info("shardtune " + std::to_string(world) + " rank(s), configuration:\n" + cfg.table());
+  if (cfg.precision == "bf16" && !hw::native_bf16(hw::cpu().flags) && rank == 0) {
+    // Emulated bf16 is measured (up to ~40x slower than fp32), so the user sees what it costs here.
+    char msg[320];
+    const double fp32 = measure_peak_gflops(model::Precision::FP32);
+    std::snprintf(msg, sizeof msg,
+                  "--precision bf16 on a CPU without native bf16 (no avx512_bf16/amx_bf16): measured matmuls run "
+                  "%.1f GFLOP/s in bf16 vs %.1f in fp32 (bf16/fp32 = %.3f)\n  ---> HINT: use --precision auto or fp32 "
+                  "on this CPU",
+                  peak, fp32, peak / std::max(fp32, 1e-9));
+    log::warn(msg);
+  }
   log::info("model: " + std::to_string(trainer.num_params()) + " parameters, " + std::to_string(mc.num_layers) +
             " layers; data: " + std::to_string(train_set->size()) + " train / " + std::to_string(val_set->size()) +
             " val samples (" + train_set->info().tokenizer_name + "); " + std::to_string(steps) + " steps, " +
@@ -218,8 +234,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     return 6.0 * (static_cast<double>(trainer.num_params()) - lookup_params) +
            12.0 * mc.num_layers * mc.hidden_size * static_cast<double>(row_len);
   };
-  log::info("MFU reference: measured " + std::string(cfg.precision) + " matmul peak " +
-            std::to_string(static_cast<int>(peak)) + " GFLOP/s per rank (" + std::to_string(cfg.threads) + " thread(s))");
+  log::info("MFU reference: measured " + std::string(precision_name) + " matmul peak " +
+            std::to_string(static_cast<int>(peak)) + " GFLOP/s per rank (" + std::to_string(launch.threads) + " thread(s))");
   // Test hook: SHARDTUNE_TEST_FAIL="RANK:STEP" makes that rank throw at that step, "RANK:save" while it
   // saves the final model (failure-path tests).
   const char* fail_at = std::getenv("SHARDTUNE_TEST_FAIL");
@@ -283,6 +299,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  shardtune::hw::select_blas_core(argv);  // before MPI_Init and any torch work: may re-exec with OPENBLAS_CORETYPE
   shardtune::dist::MpiRuntime rt(&argc, &argv);
   shardtune::log::set_rank(rt.rank(), rt.world());
   try {

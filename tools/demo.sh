@@ -64,7 +64,7 @@ $PY "$ROOT/tools/demo/make_task.py" "$OUT/train.jsonl" "$OUT/heldout.jsonl" 2000
   --max-seq-len 64 --val-fraction 0.02 --threads 1 --quiet
 "$BUILD_DIR/tools/shardtune-inspect" "$OUT/shards" --verify
 
-stage "fine-tune the base model on $NP ranks: $STEPS steps x 32 samples (full, DDP, fp32, CPU)"
+stage "fine-tune the base model on $NP ranks: $STEPS steps x 32 samples (full, DDP, --precision auto, CPU)"
 "${MPIRUN[@]}" "$TRAIN" --model "$OUT/base" --data "$OUT/shards" --out "$OUT/tuned" \
   --steps "$STEPS" --global-batch 32 --micro-batch $((32 / NP)) --seq-len 64 --lr 3e-3 --warmup-steps 30 \
   --schedule cosine --eval-every 50 --eval-batches 4 --log-every 50 --threads 1 --metrics "$OUT/finetune.jsonl"

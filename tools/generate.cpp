@@ -10,6 +10,7 @@
 #include <sstream>
 
 #include "shardtune/core/error.h"
+#include "shardtune/core/hw.h"
 #include "shardtune/core/log.h"
 #include "shardtune/model/generate.h"
 #include "shardtune/model/io.h"
@@ -39,8 +40,9 @@ static int run(int argc, char** argv) {
   app.add_option("--temperature", g.temperature, "0 = greedy")->capture_default_str();
   app.add_option("--top-p", g.top_p, "nucleus sampling mass")->capture_default_str();
   app.add_option("--seed", g.seed, "sampling seed")->capture_default_str();
-  app.add_option("--threads", threads, "intra-op threads (0 = LibTorch default)");
-  app.add_option("--precision", precision, "fp32 or bf16 (autocast)")->capture_default_str();
+  app.add_option("--threads", threads, "intra-op threads (0 = the CPUs of the affinity mask)")->capture_default_str();
+  app.add_option("--precision", precision, "fp32, bf16 (autocast) or auto (bf16 where the CPU computes it natively)")
+      ->capture_default_str();
   app.add_flag("--print-ids", print_ids, "print the generated ids instead of text");
   app.add_flag("--no-stop", no_stop, "do not stop at the EOS token");
   try {
@@ -51,7 +53,10 @@ static int run(int argc, char** argv) {
   ST_CHECK((!prompt.empty()) + (!prompt_ids.empty()) + (!prompts_file.empty()) == 1,
            "give exactly one of --prompt, --prompt-ids or --prompts-file",
            "--prompt and --prompts-file need --tokenizer; --prompt-ids takes space-separated ids");
+  ST_CHECK(threads >= 0, "--threads must not be negative (got " + std::to_string(threads) + ")",
+           "give 0 (the CPUs of the affinity mask) or a thread count");
   sm::setup_runtime(threads);
+  shardtune::hw::print_blas_status(stderr);  // stderr: stdout carries only ids, text or JSONL
 
   auto model = sm::load_model(model_path);
   if (!adapter.empty()) {
@@ -146,4 +151,7 @@ static int run(int argc, char** argv) {
   return 0;
 }
 
-int main(int argc, char** argv) { return shardtune::run_guarded("shardtune-generate", run, argc, argv); }
+int main(int argc, char** argv) {
+  shardtune::hw::select_blas_core(argv);  // before any torch work: may re-exec with OPENBLAS_CORETYPE set
+  return shardtune::run_guarded("shardtune-generate", run, argc, argv);
+}

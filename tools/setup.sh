@@ -51,7 +51,12 @@ st_build() {
   cmake --build "$BUILD_DIR" -j "$JOBS"
 }
 
-# Fast BLAS on this class of CPU (OpenBLAS misdetects it otherwise) — only if the user did not choose.
-export OPENBLAS_CORETYPE="${OPENBLAS_CORETYPE:-SkylakeX}"
+# OpenBLAS core for processes that do not choose one themselves (the Python torch references): what
+# shardtune-hw chooses from the CPU's own flags, only where OpenBLAS would fall back to a generic core;
+# the user's OPENBLAS_CORETYPE wins. shardtune's programs make the same choice at start by themselves.
+st_blas_env() {
+  local hw="$BUILD_DIR/tools/shardtune-hw"
+  if [ -x "$hw" ]; then eval "$("$hw" --blas-env)"; fi
+}
 # ccache hits across clones/build folders (CI builds a fresh clone each time).
 export CCACHE_BASEDIR="${CCACHE_BASEDIR:-$ROOT}"

@@ -6,5 +6,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 st_install_apt
 st_install_node_refs
 st_build
+st_blas_env   # after the build: needs build/tools/shardtune-hw
 cd "$BUILD_DIR"
 ctest --output-on-failure --timeout 900 -j "$JOBS" "$@"

@@ -4,6 +4,7 @@
 #include <mpi.h>
 
 #include <chrono>
+#include <exception>
 
 #include "nccl_backend.h"
 #include "shardtune/core/error.h"
@@ -29,9 +30,26 @@ MPI_Datatype mpi_type(const at::Tensor& t) {
     case at::kInt: return MPI_INT32_T;
     case at::kByte: return MPI_UINT8_T;
     case at::kBFloat16:
-    case at::kHalf: return MPI_UINT16_T;  // byte moves only (broadcast / gather), never reductions
-    default: ST_FAIL(std::string("unsupported dtype for MPI collective: ") + c10::toString(t.scalar_type()));
+    case at::kHalf: return MPI_UINT16_T;  // byte moves only (broadcast / gather): check_summable refuses sums
+    default:
+      ST_FAIL(std::string("unsupported dtype for an MPI collective: ") + c10::toString(t.scalar_type()),
+              "use float32, float64, int32, int64, uint8, bfloat16 or float16 tensors");
   }
+}
+
+// MPI sums what it is told the type is: bf16/half travel as MPI_UINT16_T (MPI has no such floats), so
+// MPI_SUM would add their bit patterns, and uint8 wraps. Only types whose MPI sum is the real sum pass.
+// Checked before the 1-rank shortcut, so a wrong dtype fails the same way on 1 rank as on N.
+void check_summable(const at::Tensor& t, const char* what) {
+  if (t.is_cuda()) return;  // NCCL sums bf16/half natively (nccl_backend.cpp maps the dtypes)
+  const auto ty = t.scalar_type();
+  if (ty == at::kFloat || ty == at::kDouble || ty == at::kInt || ty == at::kLong) return;
+  ST_FAIL(std::string(what) + ": cannot sum a " + c10::toString(ty) + " tensor over MPI" +
+              (ty == at::kBFloat16 || ty == at::kHalf
+                   ? " (it travels as MPI_UINT16_T, so MPI_SUM would add bit patterns, not numbers)"
+                   : " (MPI's sum of this type is not a meaningful sum)"),
+          "reduce in float32: convert with .to(at::kFloat) before the collective and back after it; bf16/half "
+          "may still be moved with all_gather or broadcast");
 }
 
 void check_flat(const at::Tensor& t, const char* what) {
@@ -50,25 +68,48 @@ class MpiPending : public Pending {
  public:
   MpiPending(Communicator* c, MPI_Request r, std::vector<at::Tensor> keep) : comm_(c), req_(r), keep_(std::move(keep)) {}
   ~MpiPending() override {
-    if (req_ != MPI_REQUEST_NULL) MPI_Wait(&req_, MPI_STATUS_IGNORE);
+    if (req_ == MPI_REQUEST_NULL) return;
+    // Unwinding: the peers may never join this collective (they failed, or never reached it), and an
+    // MPI_Wait here would keep this rank from printing its error and aborting the job.
+    if (std::uncaught_exceptions() > 0) {
+      abandon();
+      return;
+    }
+    if (MPI_Wait(&req_, MPI_STATUS_IGNORE) != MPI_SUCCESS) abandon();  // cannot throw here; the state is unknown
   }
   bool done() override {
     if (req_ == MPI_REQUEST_NULL) return true;
     int flag = 0;
-    mpi_check(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE), "MPI_Test");
+    checked(MPI_Test(&req_, &flag, MPI_STATUS_IGNORE), "MPI_Test");
     return flag != 0;
   }
   void wait() override {
     if (req_ == MPI_REQUEST_NULL) return;
     auto t0 = Clock::now();
-    mpi_check(MPI_Wait(&req_, MPI_STATUS_IGNORE), "MPI_Wait");
+    checked(MPI_Wait(&req_, MPI_STATUS_IGNORE), "MPI_Wait");
     comm_->blocked_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
+  }
+  void abandon() noexcept override {
+    if (req_ == MPI_REQUEST_NULL) return;
+    // MPI may still read or write these buffers: keep them alive for the rest of the process (which is
+    // about to abort) rather than free them under MPI. The request is neither freed nor cancelled:
+    // both are erroneous for nonblocking collectives.
+    new std::vector<at::Tensor>(std::move(keep_));  // NOLINT: deliberate leak
+    req_ = MPI_REQUEST_NULL;
+    comm_->abandoned_ = true;
   }
 
  private:
   Communicator* comm_;
   MPI_Request req_;
   std::vector<at::Tensor> keep_;
+
+  // A failed test/wait leaves the request in an unknown state: abandon it, then throw.
+  void checked(int rc, const char* what) {
+    if (rc == MPI_SUCCESS) return;
+    abandon();
+    mpi_check(rc, what);
+  }
 };
 
 namespace {
@@ -96,6 +137,11 @@ Communicator::Nccl& Communicator::nccl() {
   return *nccl_;
 }
 
+void Communicator::check_usable(const char* what) const {
+  ST_CHECK(!abandoned_, std::string(what) + ": an earlier collective of this rank was abandoned (an error is being handled)",
+           "no collective can follow an abandoned one: the ranks no longer agree on what is in flight; end the job");
+}
+
 double Communicator::take_blocked_seconds() {
   double s = blocked_s_;
   blocked_s_ = 0;
@@ -115,7 +161,9 @@ void Communicator::all_gather(const at::Tensor& in, at::Tensor& out) {
 }
 
 std::unique_ptr<Pending> Communicator::start_all_reduce_sum(at::Tensor t) {
+  check_usable("all_reduce_sum");
   check_flat(t, "all_reduce_sum");
+  check_summable(t, "all_reduce_sum");
   if (world() == 1) return std::make_unique<DonePending>();
   if (t.is_cuda()) return nccl().backend->all_reduce_sum(t, &blocked_s_);
   MPI_Request r;
@@ -124,8 +172,11 @@ std::unique_ptr<Pending> Communicator::start_all_reduce_sum(at::Tensor t) {
 }
 
 std::unique_ptr<Pending> Communicator::start_reduce_scatter_sum(at::Tensor in, at::Tensor out) {
+  check_usable("reduce_scatter_sum");
   check_flat(in, "reduce_scatter_sum");
   check_flat(out, "reduce_scatter_sum");
+  check_summable(in, "reduce_scatter_sum");
+  ST_CHECK(in.scalar_type() == out.scalar_type(), "reduce_scatter_sum: input and output dtypes differ");
   ST_CHECK(in.numel() == out.numel() * world(), "reduce_scatter_sum: input must be world x output");
   if (world() == 1) {
     if (out.data_ptr() != in.data_ptr()) out.copy_(in);
@@ -139,8 +190,10 @@ std::unique_ptr<Pending> Communicator::start_reduce_scatter_sum(at::Tensor in, a
 }
 
 std::unique_ptr<Pending> Communicator::start_all_gather(at::Tensor in, at::Tensor out) {
+  check_usable("all_gather");
   check_flat(in, "all_gather");
   check_flat(out, "all_gather");
+  ST_CHECK(in.scalar_type() == out.scalar_type(), "all_gather: input and output dtypes differ");
   ST_CHECK(out.numel() == in.numel() * world(), "all_gather: output must be world x input");
   if (world() == 1) {
     if (out.data_ptr() != in.data_ptr()) out.copy_(in);
@@ -156,7 +209,10 @@ std::unique_ptr<Pending> Communicator::start_all_gather(at::Tensor in, at::Tenso
 }
 
 void Communicator::broadcast(at::Tensor& t, int root) {
+  check_usable("broadcast");
   check_flat(t, "broadcast");
+  ST_CHECK(root >= 0 && root < world(), "broadcast: root " + std::to_string(root) + " is not a rank of a world of " +
+                                            std::to_string(world()));
   if (world() == 1) return;
   if (t.is_cuda()) return nccl().backend->broadcast(t, root, &blocked_s_);
   auto t0 = Clock::now();
@@ -165,6 +221,7 @@ void Communicator::broadcast(at::Tensor& t, int root) {
 }
 
 double Communicator::all_reduce(double value, ReduceOp op) {
+  check_usable("all_reduce");
   if (world() == 1) return value;
   double out = value;
   auto t0 = Clock::now();  // waiting here is waiting for the slowest rank: it counts as blocked time

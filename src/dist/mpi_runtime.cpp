@@ -3,7 +3,9 @@
 
 #include <mpi.h>
 
+#include <cstdio>
 #include <cstdlib>
+#include <cstring>
 
 #include "shardtune/core/error.h"
 
@@ -17,6 +19,29 @@ void mpi_check(int rc, const char* what) {
   ST_FAIL(std::string("MPI call ") + what + " failed: " + std::string(msg, len),
           "another rank probably failed first; see its message above");
 }
+
+const char* thread_level_name(int level) {
+  if (level == MPI_THREAD_SINGLE) return "MPI_THREAD_SINGLE";
+  if (level == MPI_THREAD_FUNNELED) return "MPI_THREAD_FUNNELED";
+  if (level == MPI_THREAD_SERIALIZED) return "MPI_THREAD_SERIALIZED";
+  if (level == MPI_THREAD_MULTIPLE) return "MPI_THREAD_MULTIPLE";
+  return "an unknown thread level";
+}
+
+// Test hook: SHARDTUNE_TEST_MPI_THREAD_PROVIDED=single|funneled|serialized|multiple makes the runtime
+// believe MPI provided that level (the failure path cannot be reached with a real Open MPI otherwise).
+int provided_for_test(int provided) {
+  const char* v = std::getenv("SHARDTUNE_TEST_MPI_THREAD_PROVIDED");
+  if (!v) return provided;
+  if (!std::strcmp(v, "single")) return MPI_THREAD_SINGLE;
+  if (!std::strcmp(v, "funneled")) return MPI_THREAD_FUNNELED;
+  if (!std::strcmp(v, "serialized")) return MPI_THREAD_SERIALIZED;
+  if (!std::strcmp(v, "multiple")) return MPI_THREAD_MULTIPLE;
+  return provided;
+}
+
+// The level we ask for: only the main thread calls MPI (the data prefetch thread does no MPI).
+constexpr int kThreadLevel = MPI_THREAD_FUNNELED;
 }  // namespace
 
 bool launched_by_mpi() {
@@ -28,10 +53,29 @@ bool launched_by_mpi() {
 MpiRuntime::MpiRuntime(int* argc, char*** argv) {
   if (!launched_by_mpi()) return;
   int provided = 0;
-  mpi_check(MPI_Init_thread(argc, argv, MPI_THREAD_FUNNELED, &provided), "MPI_Init_thread");
+  mpi_check(MPI_Init_thread(argc, argv, kThreadLevel, &provided), "MPI_Init_thread");
   active_ = true;
-  MPI_Comm_rank(MPI_COMM_WORLD, &rank_);
-  MPI_Comm_size(MPI_COMM_WORLD, &world_);
+  // Errors return to the caller, so that mpi_check prints what failed and a hint (Open MPI's default
+  // handler aborts the job with its own message first).
+  MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN);
+  // The constructor runs before main's error handling: report here, then end the whole job.
+  try {
+    mpi_check(MPI_Comm_rank(MPI_COMM_WORLD, &rank_), "MPI_Comm_rank");
+    mpi_check(MPI_Comm_size(MPI_COMM_WORLD, &world_), "MPI_Comm_size");
+    provided = provided_for_test(provided);
+    ST_CHECK(provided >= kThreadLevel,
+             std::string("the MPI library provides only ") + thread_level_name(provided) + ", shardtune needs " +
+                 thread_level_name(kThreadLevel) + " (MPI calls from the main thread while other threads run)",
+             "use an MPI library built with thread support (Open MPI has it by default; MPICH: configure "
+             "--enable-threads) and check that the environment does not cap the level (MPICH and Cray MPICH: "
+             "MPICH_MAX_THREAD_SAFETY)");
+  } catch (const std::exception& e) {
+    const char* program = argc && *argc > 0 && argv && *argv && (*argv)[0] ? (*argv)[0] : "shardtune";
+    if (const char* slash = std::strrchr(program, '/')) program = slash + 1;
+    std::fprintf(stderr, "%s [rank %d]: %s\n", program, rank_, describe(e).c_str());
+    std::fflush(stderr);
+    abort(1);
+  }
 }
 
 MpiRuntime::~MpiRuntime() {

@@ -5,7 +5,10 @@
 #include <ATen/autocast_mode.h>
 #include <torch/version.h>
 
+#include <algorithm>
+
 #include "shardtune/core/error.h"
+#include "shardtune/core/hw.h"
 
 // LibTorch 2.4 replaced the per-device autocast functions by ones taking a device type.
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
@@ -17,14 +20,28 @@
 namespace shardtune::model {
 
 void setup_runtime(int threads) {
+  ST_CHECK(threads >= 0, "thread count " + std::to_string(threads) + " is negative",
+           "give --threads 0 (the CPUs of the affinity mask) or a positive count");
   at::globalContext().setFlushDenormal(true);
-  if (threads > 0) at::set_num_threads(threads);
+  at::set_num_threads(threads > 0 ? threads : std::max(1, hw::affinity().count));
 }
 
 Precision parse_precision(const std::string& s) {
   if (s == "fp32" || s == "float32") return Precision::FP32;
   if (s == "bf16" || s == "bfloat16") return Precision::BF16;
-  ST_FAIL("unknown precision '" + s + "'", "use fp32 or bf16");
+  if (s == "auto") return resolve_precision(s).precision;
+  ST_FAIL("unknown precision '" + s + "'", "use auto, fp32 or bf16");
+}
+
+PrecisionChoice resolve_precision(const std::string& s, at::DeviceType device) {
+  if (s != "auto") return {parse_precision(s), "given explicitly"};
+  if (device != at::kCPU) return {Precision::FP32, "native bf16 detection covers the CPU only so far"};
+  const hw::Flags& flags = hw::cpu().flags;
+  std::string have;
+  for (const char* f : {"avx512_bf16", "amx_bf16"})
+    if (flags.count(f)) have += (have.empty() ? "" : " ") + std::string(f);
+  if (hw::native_bf16(flags)) return {Precision::BF16, "this CPU computes bf16 natively: " + have};
+  return {Precision::FP32, "no native bf16 on this CPU (no avx512_bf16/amx_bf16): bf16 would be emulated, far slower"};
 }
 
 namespace {

@@ -38,8 +38,13 @@ void TrainConfig::bind(CLI::App& app) {
   app.add_option("--eval-batches", eval_batches, "global batches of validation data per evaluation")->capture_default_str();
   app.add_option("--log-every", log_every, "print a progress line every N steps")->capture_default_str();
   app.add_option("--metrics", metrics, "JSONL file: one line per step and per evaluation");
-  app.add_option("--threads", threads, "torch threads per rank")->capture_default_str();
-  app.add_option("--precision", precision, "fp32 | bf16 (autocast; weights and optimizer stay fp32)")->capture_default_str();
+  app.add_option("--threads", threads,
+                 "torch threads per rank (0 = the CPUs of the rank's affinity mask, shared by ranks bound alike)")
+      ->capture_default_str();
+  app.add_option("--precision", precision,
+                 "auto | fp32 | bf16 (autocast; weights and optimizer stay fp32); auto = bf16 where the CPU computes "
+                 "it natively (AVX512_BF16/AMX), else fp32")
+      ->capture_default_str();
   app.add_option("--device", device, "cpu | cuda")->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "gradient bucket size for overlapped communication")->capture_default_str();
   app.add_option("--save-dtype", save_dtype, "dtype of the saved model: F32 | BF16 | F16 (default: as loaded)");
@@ -77,8 +82,10 @@ void TrainConfig::validate() const {
   ST_CHECK(weight_decay >= 0 && grad_clip >= 0, "--weight-decay and --grad-clip must not be negative");
   ST_CHECK(beta1 >= 0 && beta1 < 1 && beta2 >= 0 && beta2 < 1 && eps > 0, "AdamW needs 0 <= beta < 1 and eps > 0");
   ST_CHECK(eval_every >= 0 && eval_batches >= 0 && log_every >= 1, "--eval-every/--eval-batches >= 0, --log-every >= 1");
-  ST_CHECK(threads >= 1, "--threads must be at least 1");
-  ST_CHECK(precision == "fp32" || precision == "bf16", "unknown --precision '" + precision + "'", "use fp32 or bf16");
+  ST_CHECK(threads >= 0, "--threads must not be negative (got " + std::to_string(threads) + ")",
+           "give 0 (the CPUs of each rank's affinity mask) or a thread count");
+  ST_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16", "unknown --precision '" + precision + "'",
+           "use auto, fp32 or bf16");
   ST_CHECK(device == "cpu" || device == "cuda", "unknown --device '" + device + "'", "use cpu or cuda");
   ST_CHECK(bucket_mb > 0, "--bucket-mb must be positive");
   ST_CHECK(save_dtype.empty() || save_dtype == "F32" || save_dtype == "BF16" || save_dtype == "F16",

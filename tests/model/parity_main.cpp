@@ -9,6 +9,7 @@
 #include <string>
 
 #include "shardtune/core/error.h"
+#include "shardtune/core/hw.h"
 #include "shardtune/model/generate.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/runtime.h"
@@ -152,6 +153,7 @@ int run_llama2c_case(const stdfs::path& dir, const std::string& bin) {
 static int body(int argc, char** argv) {
   ST_CHECK(argc == 2 || argc == 3, "usage: model_parity CASE_DIR [MODEL.bin]");
   sm::setup_runtime(2);
+  shardtune::hw::print_blas_status(stdout);
   const stdfs::path dir = argv[1];
   std::printf("model parity: %s\n", dir.filename().c_str());
   if (argc == 3) run_llama2c_case(dir, argv[2]);
@@ -160,4 +162,7 @@ static int body(int argc, char** argv) {
   return failures ? 1 : 0;
 }
 
-int main(int argc, char** argv) { return shardtune::run_guarded("model_parity", body, argc, argv); }
+int main(int argc, char** argv) {
+  shardtune::hw::select_blas_core(argv);  // may re-exec with OPENBLAS_CORETYPE set
+  return shardtune::run_guarded("model_parity", body, argc, argv);
+}

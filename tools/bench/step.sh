@@ -13,8 +13,8 @@ steps=${3:-4}
 rounds=${4:-2}
 bench=$build/tools/shardtune-step-bench
 [ -x "$bench" ] || { echo "missing $bench: cmake --build $build --target shardtune-step-bench" >&2; exit 1; }
-# OpenBLAS picks its kernels at load time; without this it may fall back to slow generic ones.
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
+# OpenBLAS core from the CPU's flags where OpenBLAS would fall back to a generic one (user's setting wins).
+[ -x "$build/tools/shardtune-hw" ] && eval "$("$build/tools/shardtune-hw" --blas-env)"
 export OMP_NUM_THREADS=$threads
 # Idle OpenMP threads sleep instead of spinning: on a machine shared with other jobs, spinning makes
 # step times swing 10x. Both sides run with the same setting; override with OMP_WAIT_POLICY=ACTIVE.

@@ -10,6 +10,7 @@
 #include <cstdio>
 
 #include "shardtune/core/error.h"
+#include "shardtune/core/hw.h"
 #include "shardtune/model/model.h"
 #include "shardtune/model/runtime.h"
 
@@ -28,6 +29,7 @@ static int run(int argc, char** argv) {
   app.add_option("--precision", precision, "fp32 | bf16")->capture_default_str();
   CLI11_PARSE(app, argc, argv);
   sm::setup_runtime(threads);
+  shardtune::hw::print_blas_status(stderr);  // stdout: the result line step.sh parses
   const sm::Precision prec = sm::parse_precision(precision);
 
   // Same config as step_ref.py.
@@ -104,4 +106,7 @@ static int run(int argc, char** argv) {
   return 0;
 }
 
-int main(int argc, char** argv) { return shardtune::run_guarded("shardtune-step-bench", run, argc, argv); }
+int main(int argc, char** argv) {
+  shardtune::hw::select_blas_core(argv);  // may re-exec with OPENBLAS_CORETYPE set
+  return shardtune::run_guarded("shardtune-step-bench", run, argc, argv);
+}

@@ -38,8 +38,8 @@ done
 command -v mpirun >/dev/null || { echo "mpirun not found" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time (GNU time) not found: apt-get install time" >&2; exit 1; }
 
-# OpenBLAS picks its kernels at load time; without this it may fall back to slow generic ones.
-export OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-SkylakeX}
+# OpenBLAS core from the CPU's flags where OpenBLAS would fall back to a generic one (user's setting wins).
+[ -x "$BUILD/tools/shardtune-hw" ] && eval "$("$BUILD/tools/shardtune-hw" --blas-env)"
 export OMP_NUM_THREADS=$THREADS
 if [ -n "${TRAIN_BENCH_WORK:-}" ]; then WORK="$TRAIN_BENCH_WORK"; mkdir -p "$WORK"
 else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
@@ -48,7 +48,7 @@ else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
 NICE_CMD=()
 [ -n "${NICE:-}" ] && NICE_CMD=(nice -n "$NICE")
 # BIND=core pins every rank to a core of its own (Open MPI --bind-to core); default none (the OS places them).
-MPIRUN=("${NICE_CMD[@]}" mpirun --oversubscribe --bind-to "${BIND:-none}" -x OPENBLAS_CORETYPE -x OMP_NUM_THREADS)
+MPIRUN=("${NICE_CMD[@]}" mpirun --oversubscribe --bind-to "${BIND:-none}" ${OPENBLAS_CORETYPE:+-x OPENBLAS_CORETYPE} -x OMP_NUM_THREADS)
 [ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
 
 # ---- inputs: model + prepared data (reused when TRAIN_BENCH_WORK already holds them) ----

@@ -1,5 +1,6 @@
 // Collectives on flat, contiguous tensors: the only way trainer code talks to other ranks.
-// CPU tensors go over MPI; CUDA tensors over NCCL (when built with it). Float32 sums, plus host scalars.
+// CPU tensors go over MPI; CUDA tensors over NCCL (when built with it). Sums of float32/float64 (and
+// int32/int64) tensors, byte moves of any supported dtype (bf16/half included), plus host scalars.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -14,12 +15,21 @@ namespace shardtune::dist {
 enum class ReduceOp { Sum, Max };
 
 // A started nonblocking collective; `done()` polls, `wait()` blocks. MPI has no progress thread, so
-// callers poll outstanding work (Communicator::progress) from compute hooks to keep it moving.
+// callers poll done() on outstanding work from compute hooks (the autograd hooks) to keep it moving.
+//
+// Destroying an unfinished MPI Pending waits for it, except while an exception unwinds the stack
+// (std::uncaught_exceptions() > 0) or after abandon(): then it never blocks, so a failing rank reaches
+// its error message and MPI_Abort instead of hanging on peers that will never join. An abandoned
+// collective's buffers are leaked on purpose (MPI may still write them; the process is about to end).
+// (The NCCL backend's event-based Pending does not do this yet: its destructor synchronizes.)
 class Pending {
  public:
   virtual ~Pending() = default;
   virtual bool done() = 0;
   virtual void wait() = 0;
+  // Gives up on this collective without waiting (only on the way to an abort). After it the owning
+  // Communicator refuses every further collective: the ranks no longer agree on what is in flight.
+  virtual void abandon() noexcept {}
 };
 
 class Communicator {
@@ -33,7 +43,8 @@ class Communicator {
   int world() const { return rt_.world(); }
   const MpiRuntime& runtime() const { return rt_; }
 
-  // Blocking collectives. Tensors must be contiguous; float32 for reductions.
+  // Blocking collectives. Tensors must be contiguous. The sums accept float32/float64/int32/int64 only:
+  // bf16/half travel over MPI as MPI_UINT16_T, whose sum would add bit patterns (refused, with a hint).
   void all_reduce_sum(at::Tensor& t);
   void reduce_scatter_sum(const at::Tensor& in, at::Tensor& out);  // in.numel() == world * out.numel()
   void all_gather(const at::Tensor& in, at::Tensor& out);           // out.numel() == world * in.numel()
@@ -52,10 +63,16 @@ class Communicator {
   // Whether the NCCL backend was compiled in (CUDA tensors need it).
   static bool has_nccl();
 
+  // Whether a collective of this communicator was abandoned (Pending::abandon or unwinding): every
+  // further collective then throws.
+  bool abandoned() const { return abandoned_; }
+
  private:
   friend class MpiPending;
   const MpiRuntime& rt_;
   double blocked_s_ = 0;
+  bool abandoned_ = false;
+  void check_usable(const char* what) const;
   struct Nccl;
   std::unique_ptr<Nccl> nccl_;
   Nccl& nccl();

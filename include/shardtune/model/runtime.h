@@ -8,12 +8,21 @@
 
 namespace shardtune::model {
 
-// Flush denormals to zero and set intra-op threads (0 = leave LibTorch's default). Call once at start.
-// Note: OpenBLAS reads OPENBLAS_CORETYPE when the library loads, so set it in the environment.
+// Flush denormals to zero and set intra-op threads (0 = the CPUs in this process's affinity mask).
+// Call once at start. The BLAS core is chosen before that, by hw::select_blas_core() in main().
 void setup_runtime(int threads);
 
 enum class Precision { FP32, BF16 };
-Precision parse_precision(const std::string& s);  // "fp32" | "bf16"
+// "fp32" | "bf16" | "auto" (resolved by resolve_precision on the CPU).
+Precision parse_precision(const std::string& s);
+
+// "auto": bf16 where the device computes it natively (CPU: AVX512_BF16 or AMX-BF16), else fp32.
+// `reason` says why, for the log ("this CPU computes bf16 natively: avx512_bf16 amx_bf16").
+struct PrecisionChoice {
+  Precision precision;
+  std::string reason;
+};
+PrecisionChoice resolve_precision(const std::string& s, at::DeviceType device = at::kCPU);
 
 // Enables autocast to bf16 on `device` for the guard's lifetime when precision is BF16 (no-op for FP32).
 class AutocastGuard {

@@ -25,8 +25,8 @@ struct TrainConfig {
   uint64_t seed = 1234;
   int64_t eval_every = 0, eval_batches = 4, log_every = 1;
   std::string metrics;
-  int threads = 1;
-  std::string precision = "fp32";
+  int threads = 0;                  // 0 = the CPUs of this rank's affinity mask (train/launch.h resolves it)
+  std::string precision = "auto";   // auto = bf16 where the hardware computes it natively, else fp32
   std::string device = "cpu";
   double bucket_mb = 25.0;
   std::string save_dtype;  // "" = as loaded
