@@ -24,7 +24,7 @@ def base_args(tmp, out, steps=4, model=None, extra=()):
     an option given twice)."""
     opts = {"--model": model or f"{tmp}/model", "--data": f"{tmp}/data", "--out": out, "--steps": str(steps),
             "--global-batch": "8", "--micro-batch": "2", "--seq-len": "64", "--lr": "2e-3", "--eval-batches": "0",
-            "--metrics": out.rstrip("/") + ".jsonl", "--bucket-mb": "0.02"}
+            "--metrics": out.rstrip("/") + ".jsonl", "--bucket-mb": "0.02", "--precision": "fp32", "--threads": "1"}
     opts.update(zip(extra[::2], extra[1::2]))
     return [TRAIN] + [x for kv in opts.items() for x in kv]
 
