@@ -22,6 +22,8 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
     ::close(fd);
     ST_FAIL("input '" + path + "' is not a regular file", "pass JSONL files with --input");
   }
+  dev_ = static_cast<uint64_t>(st.st_dev);
+  ino_ = static_cast<uint64_t>(st.st_ino);
   size_ = static_cast<size_t>(st.st_size);
   if (size_ == 0) {
     ::close(fd);
@@ -36,6 +38,22 @@ MappedFile::MappedFile(const std::string& path) : path_(path) {
 
 MappedFile::~MappedFile() {
   if (data_) ::munmap(const_cast<char*>(data_), size_);
+}
+
+void check_distinct_inputs(const std::vector<const MappedFile*>& files) {
+  const char* hint = "give each file once with --input (to weight data, repeat lines inside one file)";
+  for (size_t i = 0; i < files.size(); ++i) {
+    for (size_t j = i + 1; j < files.size(); ++j) {
+      const MappedFile &a = *files[i], &b = *files[j];
+      const bool same_file = a.device() == b.device() && a.inode() == b.inode();
+      // Equal sizes are rare among real inputs, so comparing bytes costs nothing in the usual case.
+      if (!same_file && (a.view().size() != b.view().size() || a.view() != b.view())) continue;
+      const std::string both = "--input '" + a.path() + "' (input " + std::to_string(i + 1) + ") and --input '" +
+                               b.path() + "' (input " + std::to_string(j + 1) + ")";
+      ST_FAIL(both + (same_file ? " are the same file" : " have identical content (" + std::to_string(a.view().size()) + " bytes)"),
+              hint);
+    }
+  }
 }
 
 std::vector<Chunk> plan_chunks(const std::vector<const MappedFile*>& files, int rank, int world, size_t chunk_bytes) {

@@ -17,12 +17,21 @@ class MappedFile {
   MappedFile& operator=(const MappedFile&) = delete;
   std::string_view view() const { return {data_, size_}; }
   const std::string& path() const { return path_; }
+  // Device and inode: the same file under two names (symlink, hard link, "./a" vs "a") has the same.
+  uint64_t device() const { return dev_; }
+  uint64_t inode() const { return ino_; }
 
  private:
   std::string path_;
+  uint64_t dev_ = 0, ino_ = 0;
   const char* data_ = nullptr;
   size_t size_ = 0;
 };
+
+// Refuses (Error naming both --input arguments) two inputs that are the same file or have identical
+// content: their lines would be trained twice, and a line could be train in one copy and val in the
+// other (the split depends on the file index), leaking validation data into training.
+void check_distinct_inputs(const std::vector<const MappedFile*>& files);
 
 // A run of whole lines of one file. `first_line` is the 1-based line number of its first line.
 struct Chunk {

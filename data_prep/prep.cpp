@@ -134,6 +134,8 @@ ChunkResult process_chunk(const Chunk& c, const std::vector<const MappedFile*>& 
   ChunkResult out;
   int64_t line = c.first_line;
   size_t pos = 0;
+  // A UTF-8 byte-order mark (as some Windows editors write) is skipped at the start of a file only.
+  if (c.first_line == 1 && c.text.substr(0, 3) == "\xEF\xBB\xBF") pos = 3;
   while (pos < c.text.size()) {
     size_t nl = c.text.find('\n', pos);
     std::string_view text = c.text.substr(pos, (nl == std::string_view::npos ? c.text.size() : nl) - pos);
@@ -296,6 +298,7 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
       mapped.push_back(std::make_unique<MappedFile>(p));
       files.push_back(mapped.back().get());
     }
+    check_distinct_inputs(files);
     std::vector<Chunk> chunks = plan_chunks(files, rank, world, 256 << 10);
     uint64_t my_bytes = 0;
     for (const auto& c : chunks) my_bytes += c.text.size();

@@ -2,6 +2,7 @@
 #include <CLI/CLI.hpp>
 
 #include "prep.h"
+#include "shardtune/core/cli_config.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/log.h"
 #include "shardtune/dist/mpi_runtime.h"
@@ -28,11 +29,7 @@ int prep_main(int argc, char** argv) {
   app.add_flag("--skip-invalid", o.skip_invalid, "skip bad lines (counted and listed in manifest.json) instead of failing");
   app.add_option("--threads", o.threads, "tokenizer threads per rank (0 = all cores)")->capture_default_str();
   app.add_flag("--quiet", o.quiet, "no progress output");
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return app.exit(e);
-  }
+  if (int rc = cli::parse(app, argc, argv, "shardtune-prep"); rc >= 0) return rc;
   dist::MpiRuntime rt(&argc, &argv);
   log::set_rank(rt.rank(), rt.world());
   return prep::run_prep(o, rt);

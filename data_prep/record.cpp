@@ -70,13 +70,29 @@ std::string keys_of(simdjson::dom::object obj) {
   return s.empty() ? "none" : s;
 }
 
+// True when LINE parses once its byte-order marks are removed, i.e. they are what broke it.
+bool bom_is_the_error(simdjson::dom::parser& parser, std::string_view line) {
+  std::string s(line);
+  for (size_t at; (at = s.find("\xEF\xBB\xBF")) != std::string::npos;) s.erase(at, 3);
+  simdjson::dom::element doc;
+  return !parser.parse(s.data(), s.size(), true).get(doc);
+}
+
 }  // namespace
 
 Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format want) {
   simdjson::dom::element doc;
   auto err = parser.parse(line.data(), line.size(), true).get(doc);
   if (err == simdjson::UTF8_ERROR) bad("invalid UTF-8");
-  if (err) bad(std::string("malformed JSON: ") + simdjson::error_message(err));
+  if (err) {
+    // A byte-order mark is accepted at the start of a file only (the caller skips it there); one
+    // elsewhere, e.g. from files joined with `cat`, is not JSON: say so instead of "structure error".
+    const size_t bom = line.find("\xEF\xBB\xBF");
+    if (bom != std::string_view::npos && bom_is_the_error(parser, line))
+      bad("a UTF-8 byte-order mark (bytes EF BB BF) at byte " + std::to_string(bom + 1) +
+          " of this line; it is allowed only at the very start of a file (were files joined with cat?)");
+    bad(std::string("malformed JSON: ") + simdjson::error_message(err));
+  }
   if (!doc.is_object()) bad(std::string("expected a JSON object, found ") + type_name(doc.type()));
   simdjson::dom::object obj = doc.get_object().value_unsafe();
 
@@ -206,6 +222,9 @@ Sample build_sample(const Record& rec, const PromptTemplate& tpl, const Tokenize
       const Pattern& prompt = rec.input.empty() && !tpl.instruction_prompt_no_input.empty() ? tpl.instruction_prompt_no_input
                                                                                              : tpl.instruction_prompt;
       need(prompt, "instruction.prompt");
+      if (!rec.input.empty() && !prompt.has_field("input"))
+        throw RecordError{"this line has an \"input\", but template '" + tpl.name +
+                          "' has no {input} placeholder in \"instruction.prompt\", so the input would be dropped"};
       encode_runs(prompt.render(f), tok, 0, s);
       encode_runs(tpl.instruction_response.render(f), tok, 1, s);
       break;

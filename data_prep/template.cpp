@@ -55,9 +55,26 @@ std::vector<Run> Pattern::render(const std::map<std::string, std::string>& field
   return runs;
 }
 
+bool Pattern::has_field(const std::string& name) const {
+  return std::any_of(pieces_.begin(), pieces_.end(), [&](const Piece& p) { return p.is_field && p.text == name; });
+}
+
 namespace {
 
 using nlohmann::json;
+
+// A pattern that lacks the placeholder its role needs renders every sample the same (a response
+// without {output} trains each target as the bare template text): refuse the template.
+void require_field(const Pattern& p, const std::string& where, const char* key, const char* field, const char* why) {
+  ST_CHECK(p.has_field(field), "template " + where + ": \"" + key + "\" lacks the {" + field + "} placeholder, so " + why,
+           std::string("add {") + field + "} to \"" + key + "\" (see configs/templates/alpaca.json)");
+}
+
+void refuse_field(const Pattern& p, const std::string& where, const char* key, const char* field) {
+  ST_CHECK(!p.has_field(field),
+           "template " + where + ": \"" + key + "\" contains {" + field + "}: the answer would be shown in the prompt",
+           std::string("put {") + field + "} in the \"response\" pattern only");
+}
 
 Pattern get_pattern(const json& obj, const char* key, const std::vector<std::string>& allowed, const std::string& where,
                     bool required) {
@@ -89,11 +106,22 @@ PromptTemplate PromptTemplate::parse(const std::string& text, const std::string&
     t.instruction_prompt = get_pattern(s, "prompt", f, where + ":instruction", true);
     t.instruction_prompt_no_input = get_pattern(s, "prompt_no_input", f, where + ":instruction", false);
     t.instruction_response = get_pattern(s, "response", f, where + ":instruction", true);
+    require_field(t.instruction_prompt, where, "instruction.prompt", "instruction", "every prompt would lack its instruction");
+    if (!t.instruction_prompt_no_input.empty())
+      require_field(t.instruction_prompt_no_input, where, "instruction.prompt_no_input", "instruction",
+                    "every prompt would lack its instruction");
+    require_field(t.instruction_response, where, "instruction.response", "output",
+                  "every target would be the bare template text");
+    refuse_field(t.instruction_prompt, where, "instruction.prompt", "output");
+    refuse_field(t.instruction_prompt_no_input, where, "instruction.prompt_no_input", "output");
   }
   if (j.contains("input_output")) {
     const auto& s = j["input_output"];
     t.io_prompt = get_pattern(s, "prompt", {"input", "output"}, where + ":input_output", true);
     t.io_response = get_pattern(s, "response", {"input", "output"}, where + ":input_output", true);
+    require_field(t.io_prompt, where, "input_output.prompt", "input", "every prompt would lack its input");
+    require_field(t.io_response, where, "input_output.response", "output", "every target would be the bare template text");
+    refuse_field(t.io_prompt, where, "input_output.prompt", "output");
   }
   if (j.contains("chat")) {
     ST_CHECK(j["chat"].is_object(), "template " + where + ": \"chat\" must be an object of roles");
@@ -104,6 +132,15 @@ PromptTemplate PromptTemplate::parse(const std::string& text, const std::string&
       tr.prompt = get_pattern(turn, "prompt", {"content"}, w, false);
       tr.has_response = turn.contains("response");
       tr.response = get_pattern(turn, "response", {"content"}, w, false);
+      const std::string key = "chat." + role;
+      if (role == "assistant")  // only "response" text is trained on
+        require_field(tr.response, where, (key + ".response").c_str(), "content",
+                      "no assistant message would be trained on");
+      else
+        ST_CHECK(tr.prompt.has_field("content") || tr.response.has_field("content"),
+                 "template " + where + ": \"" + key + "\" lacks the {content} placeholder, so every " + role +
+                     " message would be dropped",
+                 "add {content} to its \"prompt\" (see configs/templates/alpaca.json)");
       t.chat[role] = std::move(tr);
     }
   }

@@ -22,6 +22,7 @@ class Pattern {
   Pattern(const std::string& text, const std::vector<std::string>& allowed, const std::string& where);
   std::vector<Run> render(const std::map<std::string, std::string>& fields) const;
   bool empty() const { return pieces_.empty(); }
+  bool has_field(const std::string& name) const;
 
  private:
   struct Piece {

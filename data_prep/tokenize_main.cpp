@@ -4,6 +4,7 @@
 
 #include <time.h>
 
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <iostream>
@@ -101,18 +102,20 @@ int body(int argc, char** argv) {
     out.clear();
     if (decode) {
       ids.clear();
+      if (!line.empty() && line.back() == '\r') line.pop_back();  // CRLF files
       size_t pos = 0;
       while (pos < line.size()) {
         while (pos < line.size() && line[pos] == ' ') ++pos;
         if (pos >= line.size()) break;
         size_t end = pos;
         while (end < line.size() && line[end] != ' ') ++end;
-        try {
-          ids.push_back(static_cast<TokenId>(std::stol(line.substr(pos, end - pos))));
-        } catch (const std::exception&) {
-          ST_FAIL("stdin line " + std::to_string(line_no) + ": '" + line.substr(pos, end - pos) + "' is not a token id",
-                  "--decode reads lines of space-separated integers");
-        }
+        // The whole item must be a non-negative integer ("12x" is not read as 12).
+        TokenId id = -1;
+        const auto [ptr, ec] = std::from_chars(line.data() + pos, line.data() + end, id);
+        ST_CHECK(ec == std::errc() && ptr == line.data() + end && id >= 0,
+                 "stdin line " + std::to_string(line_no) + ": '" + line.substr(pos, end - pos) + "' is not a token id",
+                 "--decode reads lines of space-separated non-negative integers");
+        ids.push_back(id);
         pos = end;
       }
       out = tok->decode(ids, skip_special);

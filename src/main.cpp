@@ -11,6 +11,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "shardtune/core/cli_config.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
 #include "shardtune/core/hw.h"
@@ -146,11 +147,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   train::TrainConfig cfg;
   CLI::App app{"shardtune: data-parallel fine-tuning (launch with mpirun/srun; see README)"};
   cfg.bind(app);
-  try {
-    app.parse(argc, argv);
-  } catch (const CLI::ParseError& e) {
-    return rt.rank() == 0 ? app.exit(e) : (e.get_exit_code() == 0 ? 0 : 2);
-  }
+  if (int rc = cli::parse(app, argc, argv, "shardtune", rt.rank() == 0); rc >= 0) return rc;  // --config: FILE:LINE errors
   cfg.validate();
   check_same_config(rt, cfg.table());
   const int world = rt.world(), rank = rt.rank();

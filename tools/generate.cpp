@@ -5,9 +5,10 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 
+#include <charconv>
+#include <cmath>
 #include <cstdio>
 #include <iostream>
-#include <sstream>
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/hw.h"
@@ -21,6 +22,49 @@
 
 namespace sm = shardtune::model;
 
+namespace {
+
+// "1 2 3", "1,2,3" or "1, 2, 3" -> ids. Every item must be a whole non-negative integer: "1,2,x" and
+// "1.5" are refused naming the item (std::stoll would read "1,2,x" as [1]).
+std::vector<int64_t> parse_prompt_ids(const std::string& text) {
+  std::vector<int64_t> ids;
+  size_t pos = 0, item = 0;
+  auto sep = [](char c) { return c == ' ' || c == ',' || c == '\t' || c == '\n'; };
+  while (pos < text.size()) {
+    while (pos < text.size() && sep(text[pos])) ++pos;
+    if (pos >= text.size()) break;
+    size_t end = pos;
+    while (end < text.size() && !sep(text[end])) ++end;
+    const std::string w = text.substr(pos, end - pos);
+    ++item;
+    int64_t v = 0;
+    const auto [ptr, ec] = std::from_chars(w.data(), w.data() + w.size(), v);
+    ST_CHECK(ec != std::errc::result_out_of_range, "--prompt-ids: '" + w + "' (item " + std::to_string(item) + ") is too large");
+    ST_CHECK(ec == std::errc() && ptr == w.data() + w.size(),
+             "--prompt-ids: '" + w + "' (item " + std::to_string(item) + ") is not an integer",
+             "give token ids separated by spaces or commas, e.g. \"1 2 3\" or \"1,2,3\"");
+    ST_CHECK(v >= 0, "--prompt-ids: '" + w + "' (item " + std::to_string(item) + ") is negative",
+             "token ids are 0 .. vocab_size-1");
+    ids.push_back(v);
+    pos = end;
+  }
+  ST_CHECK(!ids.empty(), "--prompt-ids has no ids", "give at least one token id, e.g. the BOS id");
+  return ids;
+}
+
+// Range checks before anything is loaded: a bad value must not surface later as a LibTorch error.
+void check_sampling_options(const sm::GenerateOptions& g, int threads) {
+  ST_CHECK(g.max_new_tokens >= 1, "--max-new-tokens must be at least 1 (got " + std::to_string(g.max_new_tokens) + ")");
+  ST_CHECK(std::isfinite(g.temperature) && g.temperature >= 0,
+           "--temperature must be a finite number >= 0 (got " + std::to_string(g.temperature) + ")",
+           "0 is greedy; 0.7-1.0 are usual for sampling");
+  ST_CHECK(g.top_p > 0 && g.top_p <= 1, "--top-p must be in (0, 1] (got " + std::to_string(g.top_p) + ")",
+           "1 samples from the whole distribution; 0.9 keeps the most likely tokens holding 90% of the mass");
+  ST_CHECK(threads >= 0, "--threads must be >= 0 (got " + std::to_string(threads) + ")", "give 0 (the CPUs of the affinity mask) or a thread count");
+}
+
+}  // namespace
+
 static int run(int argc, char** argv) {
   std::string model_path, adapter, prompt, tokenizer_spec, prompt_ids, precision = "fp32";
   sm::GenerateOptions g;
@@ -31,7 +75,7 @@ static int run(int argc, char** argv) {
   app.add_option("--adapter", adapter, "PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) to merge");
   app.add_option("--prompt", prompt, "prompt text (needs --tokenizer)");
   app.add_option("--tokenizer", tokenizer_spec, "tokenizer SPEC: tokenizer.json, GPT-2 files or a folder, or 'byte'");
-  app.add_option("--prompt-ids", prompt_ids, "prompt as token ids, e.g. \"1 2 3\"");
+  app.add_option("--prompt-ids", prompt_ids, "prompt as token ids, e.g. \"1 2 3\" or \"1,2,3\"");
   std::string prompts_file;
   app.add_option("--prompts-file", prompts_file,
                  "JSONL with {\"prompt\": TEXT} per line (needs --tokenizer): one model load for many prompts; prints "
@@ -52,9 +96,10 @@ static int run(int argc, char** argv) {
   }
   ST_CHECK((!prompt.empty()) + (!prompt_ids.empty()) + (!prompts_file.empty()) == 1,
            "give exactly one of --prompt, --prompt-ids or --prompts-file",
-           "--prompt and --prompts-file need --tokenizer; --prompt-ids takes space-separated ids");
-  ST_CHECK(threads >= 0, "--threads must not be negative (got " + std::to_string(threads) + ")",
-           "give 0 (the CPUs of the affinity mask) or a thread count");
+           "--prompt and --prompts-file need --tokenizer; --prompt-ids takes space- or comma-separated ids");
+  check_sampling_options(g, threads);
+  // Ids are checked for syntax now and against the vocabulary once the model is loaded.
+  std::vector<int64_t> ids = prompt_ids.empty() ? std::vector<int64_t>{} : parse_prompt_ids(prompt_ids);
   sm::setup_runtime(threads);
   shardtune::hw::print_blas_status(stderr);  // stderr: stdout carries only ids, text or JSONL
 
@@ -65,7 +110,6 @@ static int run(int argc, char** argv) {
   }
   model->eval();
 
-  std::vector<int64_t> ids;
 #ifdef ST_HAVE_TOKENIZER
   std::unique_ptr<shardtune::Tokenizer> tok;
   if (!tokenizer_spec.empty()) tok = shardtune::load_tokenizer(tokenizer_spec);
@@ -100,17 +144,7 @@ static int run(int argc, char** argv) {
 #else
   ST_CHECK(tokenizer_spec.empty() && prompts_file.empty(), "this build has no tokenizer library", "use --prompt-ids");
 #endif
-  if (!prompt_ids.empty()) {
-    std::istringstream in(prompt_ids);
-    std::string w;
-    while (in >> w) {
-      try {
-        ids.push_back(std::stoll(w));
-      } catch (const std::exception&) {
-        ST_FAIL("--prompt-ids: '" + w + "' is not an integer", "give ids separated by spaces, e.g. \"1 2 3\"");
-      }
-    }
-  } else {
+  if (prompt_ids.empty()) {
 #ifdef ST_HAVE_TOKENIZER
     ST_CHECK(tok != nullptr, "--prompt needs --tokenizer", "or give --prompt-ids");
     if (tok->add_bos && tok->bos_id) ids.push_back(*tok->bos_id);
@@ -120,9 +154,11 @@ static int run(int argc, char** argv) {
 #endif
   }
   const int64_t V = model->config().vocab_size;
-  for (int64_t t : ids)
-    ST_CHECK(t >= 0 && t < V, "prompt id " + std::to_string(t) + " is outside the vocabulary [0, " +
-                                  std::to_string(V) + ")");
+  for (size_t i = 0; i < ids.size(); ++i)
+    ST_CHECK(ids[i] >= 0 && ids[i] < V,
+             "prompt id " + std::to_string(ids[i]) + " (item " + std::to_string(i + 1) +
+                 ") is outside the vocabulary [0, " + std::to_string(V) + ")",
+             "the model " + model_path + " has " + std::to_string(V) + " token ids");
   if (!no_stop) {
     g.stop_id = model->config().eos_token_id;
 #ifdef ST_HAVE_TOKENIZER

@@ -1,20 +1,138 @@
 #!/bin/sh
-# shardtune-generate smoke test on the real stories260K (llama2.c .bin): greedy ids are deterministic and
-# equal to what reference.py's llama2.c path produces for the BOS prompt; errors exit 1 with a hint.
-#   generate_cli.sh SHARDTUNE_GENERATE SHARED_DIR
+# shardtune-generate end to end, against tests/model/reference.py (independent PyTorch code):
+#  - greedy ids (--temperature 0) equal the reference's greedy ids for the same weights: a random HF
+#    Llama (the model_ref fixture, prompt given comma-separated) and the real stories260K (llama2.c);
+#  - top-p sampling: every sampled first token lies in the nucleus computed from the reference logits;
+#    top-p 1e-6 equals greedy; the same seed repeats the ids, another seed changes them;
+#  - bad options exit 1 naming the option or the offending item, never with a LibTorch backtrace, and an
+#    allocation failure (a 140 TB KV cache) prints one "out of memory" line with a hint.
+#   generate_cli.sh SHARDTUNE_GENERATE SHARED_DIR REF_DIR REFERENCE_PY
 set -u
-gen=$1; model=$2/models/stories260K.bin
-[ -f "$model" ] || { echo "SKIP: $model not found (shared folder absent)"; exit 77; }
-out=$("$gen" --model "$model" --prompt-ids "1" --max-new-tokens 16 --print-ids --no-stop) || { echo "FAIL: generate failed"; exit 1; }
-again=$("$gen" --model "$model" --prompt-ids "1" --max-new-tokens 16 --print-ids --no-stop)
-n=$(echo "$out" | wc -w)
-[ "$n" -eq 16 ] || { echo "FAIL: expected 16 ids, got '$out'"; exit 1; }
-[ "$out" = "$again" ] || { echo "FAIL: greedy output not deterministic"; exit 1; }
-sampled=$("$gen" --model "$model" --prompt-ids "1" --max-new-tokens 16 --temperature 0.9 --top-p 0.9 --seed 7 --print-ids --no-stop)
-[ "$(echo "$sampled" | wc -w)" -eq 16 ] || { echo "FAIL: sampling gave '$sampled'"; exit 1; }
+gen=$1; stories=$2/models/stories260K.bin; refdir=$3; refpy=$4
+py=/usr/bin/python3
+hf=$refdir/llama_gqa_untied
+fail() { echo "FAIL: $*"; exit 1; }
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+have_py=0; "$py" -c "import numpy" 2>/dev/null && have_py=1
+[ -f "$hf/ref.safetensors" ] && [ $have_py = 1 ] || hf=""
+[ -f "$stories" ] || stories=""
+[ -n "$hf" ] || [ -n "$stories" ] || { echo "SKIP: neither $refdir/llama_gqa_untied (model_ref fixture) nor $2/models/stories260K.bin"; exit 77; }
+
+# st NAME FILE [T TOP_P]: an integer tensor of a reference file as space-separated ids; with T and TOP_P,
+# the top-p nucleus of the reference next-token logits after the 5-token prompt (logits[0, 4]), computed
+# as generate.cpp defines it: the smallest most-probable prefix whose mass reaches TOP_P.
+st() {
+  "$py" - "$@" <<'PY'
+import json, struct, sys
+import numpy as np
+name, path = sys.argv[1], sys.argv[2]
+with open(path, "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    h = json.loads(f.read(n))
+    e = h[name]
+    f.seek(8 + n + e["data_offsets"][0])
+    a = np.frombuffer(f.read(e["data_offsets"][1] - e["data_offsets"][0]), {"I64": np.int64, "F32": np.float32}[e["dtype"]])
+a = a.reshape(e["shape"])
+if len(sys.argv) == 3:
+    print(" ".join(str(int(x)) for x in a.reshape(-1)))
+else:
+    t, top_p = float(sys.argv[3]), float(sys.argv[4])
+    l = a[0, 4].astype(np.float64)
+    p = np.exp((l - l.max()) / t)
+    order = np.argsort(-p, kind="stable")
+    c = np.cumsum(p[order]) / p.sum()
+    k = int(np.searchsorted(c, top_p) + 1)
+    print(" ".join(str(int(x)) for x in order[:k]))
+PY
+}
+ids() { "$gen" --print-ids --no-stop "$@"; }
+
+if [ -n "$hf" ]; then
+  prompt=$(st gen_prompt "$hf/ref.safetensors" | tr ' ' ',')
+  want=$(st gen "$hf/ref.safetensors")
+  got=$(ids --model "$hf/hf" --prompt-ids "$prompt" --max-new-tokens 32 --temperature 0) || fail "generate failed"
+  [ "$got" = "$want" ] || fail "greedy ids differ from reference.py's for the same weights:
+  got  $got
+  want $want"
+  tiny=$(ids --model "$hf/hf" --prompt-ids "$prompt" --max-new-tokens 32 --temperature 0.8 --top-p 1e-6 --seed 3)
+  [ "$tiny" = "$want" ] || fail "top-p 1e-6 should be greedy: $tiny"
+  nucleus=$(st logits "$hf/ref.safetensors" 2.0 0.2)
+  n=$(echo "$nucleus" | wc -w)
+  [ "$n" -ge 3 ] && [ "$n" -le 40 ] || fail "test setup: a nucleus of $n tokens cannot tell top-p from full sampling"
+  seen=""
+  for seed in 1 2 3 4 5 6; do
+    first=$(ids --model "$hf/hf" --prompt-ids "$prompt" --max-new-tokens 1 --temperature 2.0 --top-p 0.2 --seed $seed)
+    case " $nucleus " in *" $first "*) ;; *) fail "seed $seed sampled $first, outside the top-p 0.2 nucleus (temperature 2) {$nucleus}";; esac
+    case " $seen " in *" $first "*) ;; *) seen="$seen $first";; esac
+  done
+  [ $(echo $seen | wc -w) -ge 2 ] || fail "6 seeds sampled only {$seen}: the seed does not reach the sampler"
+  echo "random llama: greedy = reference ($want); top-p 0.2 samples {$seen} within the $n-token nucleus"
+fi
+
+if [ -n "$stories" ] && [ $have_py = 1 ] && "$py" -c "import torch" 2>/dev/null; then
+  "$py" "$refpy" llama2c "$stories" "$tmp/s260" > /dev/null || fail "reference.py llama2c failed"
+  want=$(st gen "$tmp/s260/ref.safetensors")
+  got=$(ids --model "$stories" --prompt-ids "1" --max-new-tokens 32 --temperature 0) || fail "generate failed"
+  [ "$got" = "$want" ] || fail "stories260K greedy ids differ from reference.py llama2c:
+  got  $got
+  want $want"
+  echo "stories260K: greedy = reference"
+fi
+if [ -n "$stories" ]; then
+  s() { ids --model "$stories" --prompt-ids "1" --max-new-tokens 32 --temperature 1.0 --top-p 0.9 "$@"; }
+  a=$(s --seed 7); b=$(s --seed 7); c=$(s --seed 8)
+  [ "$(echo "$a" | wc -w)" -eq 32 ] || fail "sampling gave '$a'"
+  [ "$a" = "$b" ] || fail "same seed, different ids:
+  $a
+  $b"
+  [ "$a" != "$c" ] || fail "seeds 7 and 8 sampled the same 32 ids: $a"
+  greedy=$(ids --model "$stories" --prompt-ids "1" --max-new-tokens 32 --temperature 0)
+  tiny=$(ids --model "$stories" --prompt-ids "1" --max-new-tokens 32 --temperature 1.0 --top-p 1e-6 --seed 7)
+  [ "$tiny" = "$greedy" ] || fail "stories260K: top-p 1e-6 should be greedy"
+  [ "$a" != "$greedy" ] || fail "temperature 1.0 sampling equals greedy"
+  echo "stories260K: seed 7 twice equal, seed 8 differs; top-p 1e-6 = greedy"
+fi
+
+# ---- bad input: exit 1, the option or item named, no LibTorch backtrace ----
+model=${hf:+$hf/hf}; model=${model:-$stories}
+expect_error() {  # WANT ARGS...
+  want=$1; shift
+  err=$("$gen" --model "$model" "$@" 2>&1); rc=$?
+  [ $rc -eq 1 ] || fail "$* should exit 1 (got $rc): $err"
+  echo "$err" | grep -qF -- "$want" || fail "$*: expected '$want' in: $err"
+  echo "$err" | grep -q "frame #\|Exception raised" && fail "$*: LibTorch backtrace printed: $err"
+  return 0
+}
+expect_error "'x' (item 3) is not an integer" --prompt-ids "1,2,x"
+expect_error "'1.5' (item 1) is not an integer" --prompt-ids "1.5"
+expect_error "'-3' (item 2) is negative" --prompt-ids "1 -3"
+expect_error "prompt id 99999 (item 2) is outside the vocabulary" --prompt-ids "1, 99999"
+expect_error "--max-new-tokens must be at least 1" --prompt-ids 1 --max-new-tokens -5
+expect_error "--max-new-tokens must be at least 1" --prompt-ids 1 --max-new-tokens 0
+expect_error "--temperature must be a finite number >= 0" --prompt-ids 1 --temperature -1
+expect_error "--temperature must be a finite number >= 0" --prompt-ids 1 --temperature nan
+expect_error "--top-p must be in (0, 1]" --prompt-ids 1 --top-p 0
+expect_error "--top-p must be in (0, 1]" --prompt-ids 1 --top-p 1.5
+expect_error "--threads must be >= 0" --prompt-ids 1 --threads -1
 err=$("$gen" --model /nonexistent/model --prompt-ids "1" 2>&1); rc=$?
-[ $rc -eq 1 ] && echo "$err" | grep -q "HINT" || { echo "FAIL: missing model should exit 1 with a hint: $err"; exit 1; }
-err=$("$gen" --model "$model" --prompt-ids "1 99999" 2>&1); rc=$?
-[ $rc -eq 1 ] && echo "$err" | grep -q "outside the vocabulary" || { echo "FAIL: bad id not reported: $err"; exit 1; }
-echo "greedy: $out"
+[ $rc -eq 1 ] && echo "$err" | grep -q "HINT" || fail "missing model should exit 1 with a hint: $err"
+spaced=$(ids --model "$model" --prompt-ids "1 2 3" --max-new-tokens 4 --temperature 0)
+commas=$(ids --model "$model" --prompt-ids "1,2, 3" --max-new-tokens 4 --temperature 0)
+[ -n "$spaced" ] && [ "$spaced" = "$commas" ] || fail "comma-separated ids differ from space-separated: '$commas' vs '$spaced'"
+
+# ---- allocation failure: one line with the size and a hint ----
+if [ -n "$hf" ]; then
+  cp -r "$hf/hf" "$tmp/huge"
+  "$py" -c "
+import json, sys
+p = sys.argv[1] + '/config.json'; c = json.load(open(p)); c['max_position_embeddings'] = 2 ** 40
+json.dump(c, open(p, 'w'))" "$tmp/huge"
+  # The KV cache of 2^40 positions is 140 TB per layer: more than any address space, so it fails.
+  err=$("$gen" --model "$tmp/huge" --prompt-ids 1 --max-new-tokens 1099511627776 2>&1); rc=$?
+  [ $rc -eq 1 ] || fail "absurd KV cache should exit 1 (got $rc): $err"
+  echo "$err" | head -1 | grep -q "error: out of memory: tried to allocate [0-9.]* GB$" || fail "no one-line out-of-memory message: $err"
+  echo "$err" | grep -q "HINT" || fail "out-of-memory message without a hint: $err"
+  [ "$(echo "$err" | wc -l)" -le 3 ] || fail "out-of-memory message is not short: $err"
+  echo "allocation failure: $(echo "$err" | head -1)"
+fi
 echo "PASSED"

@@ -1,5 +1,6 @@
 // Parity of shardtune's models against tests/model/reference.py (independent Python torch code):
-// logits, gradients of the masked loss, packed-document logits, greedy generation, save/reload.
+// logits, gradients of the masked loss, packed-document logits, bf16 autocast logits and loss (vs the
+// reference under torch.autocast), greedy generation, mean CE, save/reload.
 // usage: model_parity CASE_DIR            (HF model in CASE_DIR/hf, reference in CASE_DIR/ref.safetensors)
 //        model_parity CASE_DIR FILE.bin   (llama2.c import; reference from `reference.py llama2c`)
 #include <c10/core/GradMode.h>
@@ -25,6 +26,16 @@ double rel(const at::Tensor& a, const at::Tensor& b) {
   return (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>() / (den > 0 ? den : 1.0);
 }
 
+// bf16 autocast vs reference.py under torch.autocast('cpu', bfloat16), rel = max |diff| / max |ref|.
+// Measured (5 cases x 4 weight/data seeds: 1234/7, 1/100, 2/101, 3/102; Xeon with AMX/AVX512_BF16;
+// LibTorch 1.13 vs Debian torch 1.13): logits bit-identical in 20/20 (the same rounding points), loss rel
+// <= 1.8e-7. A correct kernel on another CPU may differ by an fp32 ulp before some bf16 rounding, so the
+// bounds come from the same 20 runs with the reference's weights nudged by +-1 fp32 ulp: worst logits rel
+// 1.08e-2 (abs 0.055), worst loss rel 1.6e-4. Bounds = about 2x those. (For scale: bf16 vs the fp32
+// reference is 0.9e-2..3.9e-2 rel; moving one rounding point, e.g. HF's attention scale order, 1.4e-2.)
+constexpr double kBf16LogitsTol = 2.5e-2;
+constexpr double kBf16LossTol = 4e-4;
+
 void check(bool ok, const std::string& what) {
   std::printf("  %-58s %s\n", what.c_str(), ok ? "ok" : "FAIL");
   if (!ok) ++failures;
@@ -32,14 +43,21 @@ void check(bool ok, const std::string& what) {
 
 void check_rel(const at::Tensor& a, const at::Tensor& b, double tol, const std::string& what) {
   const double r = rel(a, b);
-  char buf[160];
-  std::snprintf(buf, sizeof buf, "%s rel %.3g (tol %.0e)", what.c_str(), r, tol);
+  const double max_abs = (a.to(at::kDouble) - b.to(at::kDouble)).abs().max().item<double>();
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "%s rel %.3g abs %.3g (tol %.2g)", what.c_str(), r, max_abs, tol);
   check(a.sizes() == b.sizes() && r <= tol, buf);
 }
 
 std::vector<int64_t> as_vec(const at::Tensor& t) {
   const at::Tensor c = t.to(at::kLong).contiguous();
   return std::vector<int64_t>(c.data_ptr<int64_t>(), c.data_ptr<int64_t>() + c.numel());
+}
+
+void check_mean_loss(sm::CausalLM& m, const at::Tensor& ids, const at::Tensor& ref, const std::string& what) {
+  const auto lr = m.loss(ids, {});
+  const at::Tensor mean = (lr.sum / double(lr.count)).reshape({1});
+  check_rel(mean, ref, 1e-5, what + " " + std::to_string(mean.item<double>()) + " nats");
 }
 
 void check_generation(sm::CausalLM& m, std::map<std::string, at::Tensor>& ref) {
@@ -117,11 +135,15 @@ int run_hf_case(const stdfs::path& dir) {
                 worst_name.c_str());
   check(all && worst <= 1e-4, buf);
   {
+    // bf16 autocast against reference.py's forward under torch.autocast('cpu', bfloat16) (bounds above).
     at::NoGradGuard ng;
     sm::AutocastGuard ac(at::kCPU, sm::Precision::BF16);
-    const double r = rel(m->logits(ids), ref["logits"]);
-    std::snprintf(buf, sizeof buf, "bf16 autocast logits rel %.3g (tol 5e-2)", r);
-    check(r < 5e-2, buf);
+    const at::Tensor lg = m->logits(ids);
+    check_rel(lg, ref["logits_bf16"], kBf16LogitsTol, "bf16 autocast logits vs torch.autocast");
+    std::printf("  (for scale: bf16 logits vs the fp32 reference rel %.3g)\n", rel(lg, ref["logits"]));
+    const auto lb = m->loss(ids, mask, {}, 7);
+    check_rel((lb.sum / double(lb.count)).reshape({1}), ref["loss_bf16"], kBf16LossTol,
+              "bf16 autocast masked mean loss vs torch.autocast");
   }
   check_generation(*m, ref);
   check_roundtrip(*m, dir / "hf", dir / "resaved", ids);
@@ -136,16 +158,10 @@ int run_llama2c_case(const stdfs::path& dir, const std::string& bin) {
   check_rel(m->logits(ids), ref["logits"], 1e-5, "llama2.c import logits vs interleaved-RoPE reference");
   check_generation(*m, ref);
   check_roundtrip(*m, {}, dir / "hf", ids);
-  // A trained model predicts its own greedy continuation well.
-  sm::GenerateOptions g;
-  g.max_new_tokens = 128;
-  std::vector<int64_t> seq = {1};
-  for (int64_t t : sm::generate(*m, seq, g)) seq.push_back(t);
-  const auto lr = m->loss(at::tensor(seq, at::kLong).view({1, -1}), {});
-  const double ce = lr.sum.item<double>() / double(lr.count);
-  char buf[120];
-  std::snprintf(buf, sizeof buf, "mean CE on own greedy continuation %.4f nats (< 1.0)", ce);
-  check(ce < 1.0, buf);
+  // Mean next-token CE against the reference's: on random ids (high) and on the model's own greedy
+  // continuation (low, as for any trained model); each to 1e-5, so a wrong head or shift fails.
+  check_mean_loss(*m, ids, ref["loss"], "mean CE on random ids");
+  check_mean_loss(*m, ref["gen_seq"], ref["gen_loss"], "mean CE on its greedy continuation");
   return 0;
 }
 }  // namespace

@@ -3,7 +3,8 @@
 
 Creates random-init models in Hugging Face layout (config.json + safetensors), and writes, for fixed
 tokens, the reference logits, gradients of the masked mean loss w.r.t. every parameter, greedy
-generations and per-document logits of a packed row, to <case>/ref.safetensors.
+generations, per-document logits of a packed row, and logits and loss under torch.autocast(bf16), to
+<case>/ref.safetensors.
 Also reads llama2.c legacy .bin files and runs them with llama2.c's own interleaved RoPE.
 
 usage: reference.py make OUT_DIR            (all random cases)
@@ -97,13 +98,21 @@ def attend(q, k, v, positions, doc_ids):
     H, Hkv = q.shape[1], k.shape[1]
     k = k.repeat_interleave(H // Hkv, dim=1)
     v = v.repeat_interleave(H // Hkv, dim=1)
-    T = q.shape[2]
-    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    B, T = q.shape[0], q.shape[2]
+    # scale * q k^T as one GEMM (alpha): under autocast the scale is applied before the bf16 rounding, as
+    # shardtune does. (HF rounds q k^T to bf16, then divides: for a head_dim whose root is no power of 2,
+    # e.g. 8 or 128, that moves one rounding point; measured on llama_bias_headdim: bf16 logits rel 1.4e-2.)
+    # (A materialized zero input: with beta=0 and an expanded one, torch 1.13 gave different scores once a
+    # backward pass had run in the process.)
+    s = torch.baddbmm(q.new_zeros(B * H, T, T), q.reshape(B * H, T, -1), k.reshape(B * H, T, -1).transpose(1, 2),
+                      alpha=1.0 / math.sqrt(q.shape[-1]))
+    s = s.view(B, H, T, T)
     allowed = torch.ones(T, T, dtype=torch.bool).tril()[None, None]
     if doc_ids is not None:
         allowed = allowed & (doc_ids[:, None, :, None] == doc_ids[:, None, None, :])
     s = s.masked_fill(~allowed, float("-inf"))
-    return torch.softmax(s, dim=-1) @ v
+    # As HF's eager attention: softmax in fp32, probabilities back in v's dtype (bf16 under autocast).
+    return torch.softmax(s.float(), dim=-1).to(v.dtype) @ v
 
 
 def llama_forward(cfg, W, ids, positions=None, doc_ids=None):
@@ -118,11 +127,8 @@ def llama_forward(cfg, W, ids, positions=None, doc_ids=None):
     ang = torch.cat([ang, ang], -1)[:, None]
     cos, sin = ang.cos(), ang.sin()
 
-    def lin(x, name):
-        y = x @ W[name + ".weight"].t()
-        if name + ".bias" in W:
-            y = y + W[name + ".bias"]
-        return y
+    def lin(x, name):  # nn.Linear: under autocast the bias is added inside the bf16 op, as HF
+        return torch.nn.functional.linear(x, W[name + ".weight"], W.get(name + ".bias"))
 
     x = W["model.embed_tokens.weight"][ids]
     for l in range(cfg["num_hidden_layers"]):
@@ -131,8 +137,10 @@ def llama_forward(cfg, W, ids, positions=None, doc_ids=None):
         q = lin(h, p + "self_attn.q_proj").view(B, T, H, hd).transpose(1, 2)
         k = lin(h, p + "self_attn.k_proj").view(B, T, Hkv, hd).transpose(1, 2)
         v = lin(h, p + "self_attn.v_proj").view(B, T, Hkv, hd).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        # As HF's apply_rotary_pos_emb: cos/sin in q's dtype, so the rotation runs in bf16 under autocast.
+        c, sn = cos.to(q.dtype), sin.to(q.dtype)
+        q = q * c + rotate_half(q) * sn
+        k = k * c + rotate_half(k) * sn
         y = attend(q, k, v, positions, doc_ids).transpose(1, 2).reshape(B, T, H * hd)
         x = x + lin(y, p + "self_attn.o_proj")
         h = rmsnorm(x, W[p + "post_attention_layernorm.weight"], eps)
@@ -154,7 +162,9 @@ def gpt2_forward(cfg, W, ids, positions=None, doc_ids=None):
     if positions is None:
         positions = torch.arange(T)[None].expand(B, T)
     ln = lambda x, n: torch.nn.functional.layer_norm(x, (C,), W[n + ".weight"], W[n + ".bias"], eps)
-    conv = lambda x, n: x @ W[n + ".weight"] + W[n + ".bias"]
+    # HF Conv1D is addmm(bias, x, w): one op, so under autocast the bias is added before the bf16 rounding.
+    conv = lambda x, n: torch.addmm(W[n + ".bias"], x.reshape(-1, x.shape[-1]), W[n + ".weight"]).view(
+        *x.shape[:-1], -1)
     x = W["transformer.wte.weight"][ids] + W["transformer.wpe.weight"][positions]
     for l in range(cfg["n_layer"]):
         p = f"transformer.h.{l}."
@@ -289,13 +299,19 @@ CASES = {
 }
 
 
-def make_case(name, out_root):
+def autocast_bf16():
+    """The region shardtune's --precision bf16 opens (model::AutocastGuard sets the same CPU autocast state):
+    matmuls in bf16, the reference's own ops otherwise, so differences left are op order and rounding."""
+    return torch.autocast("cpu", dtype=torch.bfloat16)
+
+
+def make_case(name, out_root, weight_seed=1234, data_seed=7):
     cfg, save_kw = CASES[name]
     out = os.path.join(out_root, name)
-    W = random_weights(cfg, seed=1234, std=0.15)
+    W = random_weights(cfg, seed=weight_seed, std=0.15)
     save_hf(cfg, W, os.path.join(out, "hf"), **save_kw)
     V = cfg["vocab_size"]
-    g = torch.Generator().manual_seed(7)
+    g = torch.Generator().manual_seed(data_seed)
     B, T = 2, 24
     ids = torch.randint(0, V, (B, T), generator=g)
     mask = (torch.rand(B, T, generator=g) > 0.3).long()
@@ -306,6 +322,11 @@ def make_case(name, out_root):
     ref = {"ids": ids, "loss_mask": mask, "logits": logits.detach(), "loss": loss.detach().reshape(1)}
     for n, p in params.items():
         ref["grad/" + n] = p.grad
+    # The same forward under bf16 autocast: logits and masked mean loss (CE on the bf16 logits, in fp32).
+    with torch.no_grad(), autocast_bf16():
+        logits_bf16 = forward(cfg, W, ids).float()
+    ref["logits_bf16"] = logits_bf16
+    ref["loss_bf16"] = masked_mean_loss(logits_bf16, ids, mask).reshape(1)
     # Packed row: three documents; reference = separate forwards, concatenated.
     docs = [7, 10, 7]
     doc_ids = torch.cat([torch.full((n,), i) for i, n in enumerate(docs)])[None]
@@ -384,8 +405,14 @@ def llama2c(path, out):
         gen = [1]
         for _ in range(32):
             gen.append(int(llama2c_forward(hp, W, torch.tensor([gen]))[0, -1].argmax()))
+        seq = torch.tensor([gen])
+        # Mean CE over every next token: of the random ids, and of the model's own greedy continuation
+        # (a trained model predicts that one well: a number far from the random ids' loss).
+        loss = masked_mean_loss(logits, ids, torch.ones_like(ids))
+        gen_loss = masked_mean_loss(llama2c_forward(hp, W, seq), seq, torch.ones_like(seq))
     write_safetensors(os.path.join(out, "ref.safetensors"),
-                      {"ids": ids, "logits": logits, "gen_prompt": torch.tensor([1]), "gen": torch.tensor(gen[1:])})
+                      {"ids": ids, "logits": logits, "loss": loss.reshape(1), "gen_prompt": torch.tensor([1]),
+                       "gen": torch.tensor(gen[1:]), "gen_seq": seq, "gen_loss": gen_loss.reshape(1)})
 
 
 if __name__ == "__main__":

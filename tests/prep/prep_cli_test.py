@@ -144,6 +144,140 @@ def t_templates(tmp):
     assert p.returncode != 0 and "alpaca" in p.stderr and "chatml" in p.stderr, p.stderr
 
 
+def t_template_placeholders(tmp):
+    """A template pattern without the placeholder its role needs would train every sample on the bare
+    template text: refused at load, naming the template file and the placeholder."""
+    row = {"instruction": "a", "output": "c"}
+    cases = [
+        ({"instruction": {"prompt": "{instruction}\n", "response": "Answer:"}}, '"instruction.response"', "{output}"),
+        ({"instruction": {"prompt": "Q:\n", "response": "{output}"}}, '"instruction.prompt"', "{instruction}"),
+        ({"instruction": {"prompt": "{instruction}", "prompt_no_input": "Q", "response": "{output}"}},
+         '"instruction.prompt_no_input"', "{instruction}"),
+        ({"instruction": {"prompt": "{instruction} {output}", "response": "{output}"}}, '"instruction.prompt"',
+         "{output}"),
+        ({"input_output": {"prompt": "Q:\n", "response": "{output}"}}, '"input_output.prompt"', "{input}"),
+        ({"input_output": {"prompt": "{input}\n", "response": "A"}}, '"input_output.response"', "{output}"),
+        ({"chat": {"assistant": {"prompt": "{content}"}}}, '"chat.assistant.response"', "{content}"),
+        ({"chat": {"user": {"prompt": "User:\n"}}}, '"chat.user"', "{content}"),
+    ]
+    for i, (tpl, key, field) in enumerate(cases):
+        path = os.path.join(tmp, f"tpl{i}.json")
+        json.dump(tpl, open(path, "w"))
+        p, out, _ = prep(tmp, [row], out=f"o{i}", extra=["--template", path], ok=False)
+        assert p.returncode != 0 and f"tpl{i}.json" in p.stderr and key in p.stderr and field in p.stderr \
+            and "HINT" in p.stderr, (tpl, p.stderr)
+        assert not os.path.exists(out), tpl
+    # A prompt without {input} is fine for records without one, and refused (file:line) for one with it.
+    path = os.path.join(tmp, "noinput.json")
+    json.dump({"instruction": {"prompt": "{instruction}\n", "response": "{output}"}}, open(path, "w"))
+    _, out, _ = prep(tmp, [row], out="ok", extra=["--template", path])
+    check_eq(samples(out)[0][0], expect("a\n", "c"), "template without {input}, record without input")
+    p, out, _ = prep(tmp, [row, {"instruction": "a", "input": "x", "output": "c"}], out="bad",
+                     extra=["--template", path], ok=False)
+    assert p.returncode != 0 and "in.jsonl:2" in p.stderr and "{input}" in p.stderr, p.stderr
+    # The built-in templates pass the checks.
+    for name in ("alpaca", "chatml", "plain"):
+        prep(tmp, [row], out="b_" + name, extra=["--template", name])
+
+
+def t_duplicate_inputs(tmp):
+    """The same input twice (same path, another spelling, a symlink, a hard link, or a copy with the
+    same bytes) is refused naming both arguments: its lines would be trained twice, and a line could be
+    train in one copy and val in the other."""
+    a = os.path.join(tmp, "a.jsonl")
+    open(a, "w").write(json.dumps({"text": "one"}) + "\n" + json.dumps({"text": "two"}) + "\n")
+    other = os.path.join(tmp, "other.jsonl")
+    open(other, "w").write(json.dumps({"text": "three"}) + "\n")
+    os.symlink(a, os.path.join(tmp, "link.jsonl"))
+    os.link(a, os.path.join(tmp, "hard.jsonl"))
+    open(os.path.join(tmp, "copy.jsonl"), "wb").write(open(a, "rb").read())
+    os.makedirs(os.path.join(tmp, "sub"))
+    variants = [(a, "are the same file"), (os.path.join(tmp, "sub", "..", "a.jsonl"), "are the same file"),
+                (os.path.join(tmp, "link.jsonl"), "are the same file"), (os.path.join(tmp, "hard.jsonl"), "are the same file"),
+                (os.path.join(tmp, "copy.jsonl"), "identical content")]
+    for i, (b, what) in enumerate(variants):
+        out = os.path.join(tmp, f"o{i}")
+        p = run([PREP, "--input", a, "--input", other, "--input", b, "--output", out, "--tokenizer", "byte",
+                 "--quiet"], ok=False)
+        assert p.returncode != 0 and what in p.stderr and f"'{a}' (input 1)" in p.stderr \
+            and f"'{b}' (input 3)" in p.stderr and "HINT" in p.stderr, (b, p.stderr)
+        assert not os.path.exists(out)
+    assert not [d for d in os.listdir(tmp) if "partial" in d], os.listdir(tmp)
+    # Different files, even of equal size, are fine.
+    same_size = os.path.join(tmp, "same_size.jsonl")
+    open(same_size, "w").write(json.dumps({"text": "owe"}) + "\n" + json.dumps({"text": "two"}) + "\n")
+    assert os.path.getsize(same_size) == os.path.getsize(a)
+    p = run([PREP, "--input", a, "--input", same_size, "--output", os.path.join(tmp, "ok"), "--tokenizer", "byte",
+             "--quiet"])
+    assert samples(os.path.join(tmp, "ok"))[1]["counts"]["samples"] == 4
+
+
+def t_bom(tmp):
+    """A UTF-8 byte-order mark is skipped at the start of a file; elsewhere it is named as the error."""
+    BOM = b"\xef\xbb\xbf"
+    body = json.dumps({"text": "one"}).encode() + b"\n" + json.dumps({"text": "two"}).encode() + b"\n"
+    _, plain, _ = prep(tmp, None, out="plain", raw=body, name="plain.jsonl")
+    _, bom, _ = prep(tmp, None, out="bom", raw=BOM + body, name="bom.jsonl")
+    check_eq(samples(bom)[0], samples(plain)[0], "samples of a file with a BOM")
+    # Files joined with cat: the second file's BOM starts line 2.
+    p, out, _ = prep(tmp, None, out="joined", raw=BOM + body + BOM + body, name="joined.jsonl", ok=False)
+    assert p.returncode != 0 and "joined.jsonl:3" in p.stderr and "byte-order mark" in p.stderr, p.stderr
+    assert "structure" not in p.stderr and not os.path.exists(out), p.stderr
+    # U+FEFF inside a string is content, kept as its bytes.
+    _, out, _ = prep(tmp, None, out="inside", raw=b'{"text": "a' + BOM + b'b"}\n', name="inside.jsonl")
+    check_eq(samples(out)[0][0][0], [BOS] + list(b"a" + BOM + b"b") + [EOS], "U+FEFF inside a string")
+    # A BOM at the start of the second input (in the middle of the inputs' joint byte range) is skipped too.
+    _, two, _ = prep(tmp, None, out="two", raw=body, name="first.jsonl",
+                     extra=["--input", os.path.join(tmp, "bom.jsonl")])
+    assert samples(two)[1]["counts"]["samples"] == 4
+
+
+def config_cases(tmp, prog, base, known_line, typo, meant):
+    """Runs PROG with --config files holding one mistake each; every error names FILE:LINE."""
+    cases = [
+        ("misspelt", known_line + f"\n{typo} = 64\n", 2, [f"unknown key '{typo}'", f"did you mean '{meant}'"]),
+        ("section", "# options\n[prep]\n" + known_line + "\n", 2, ["section header '[prep]'", "flat"]),
+        ("syntax", known_line + "\n\nseed = \"12\n", 3, ["unterminated string"]),
+        ("novalue", "seed =\n", 1, ["has no value"]),
+        ("badvalue", "# a\nseed = \"many\"\n", 2, ["seed = \"many\"", "Could not convert"]),
+    ]
+    for name, text, line, wants in cases:
+        cfg = os.path.join(tmp, f"{prog}-{name}.toml")
+        open(cfg, "w").write(text)
+        p = run(base + ["--config", cfg], ok=False)
+        err = p.stderr
+        assert p.returncode != 0 and f"{cfg}:{line}: " in err and "HINT" in err and "INI" not in err, (name, err)
+        for w in wants:
+            assert w in err, (name, w, err)
+
+
+def t_config_errors(tmp):
+    inp = os.path.join(tmp, "in.jsonl")
+    open(inp, "w").write(json.dumps({"text": "hello"}) + "\n")
+    # A good config: strings, numbers, an array, comments.
+    cfg = os.path.join(tmp, "good.toml")
+    open(cfg, "w").write(f'# prep options\ninput = ["{inp}"]\ntokenizer = "byte"  # no files needed\n'
+                         'max-seq-len = 64\nquiet = true\n')
+    run([PREP, "--config", cfg, "--output", os.path.join(tmp, "good")])
+    assert samples(os.path.join(tmp, "good"))[1]["options"]["max_seq_len"] == 64
+    base = [PREP, "--input", inp, "--output", os.path.join(tmp, "o"), "--tokenizer", "byte", "--quiet"]
+    config_cases(tmp, "prep", base, "max-seq-len = 64", "max-seq-lenn", "max-seq-len")
+    assert not os.path.exists(os.path.join(tmp, "o"))
+    # A value given on the command line wins over the file, so the file's bad value is not reported.
+    bad = os.path.join(tmp, "bad_seed.toml")
+    open(bad, "w").write('seed = "many"\n')
+    run(base + ["--config", bad, "--seed", "3"])
+    # The trainer reads --config through the same check (it fails before loading anything).
+    train = os.path.join(BIN, "src", "shardtune")
+    if os.path.exists(train):
+        tbase = [train, "--model", os.path.join(tmp, "no_model"), "--data", tmp, "--out", os.path.join(tmp, "t")]
+        config_cases(tmp, "train", tbase, "micro-batch = 4", "global-bach", "global-batch")
+        p = run(tbase + ["--config", os.path.join(tmp, "nosuch.toml")], ok=False)
+        assert p.returncode != 0 and "nosuch.toml" in p.stderr, p.stderr
+    else:
+        print(f"note: {train} not built (no LibTorch): trainer config errors not checked")
+
+
 def big_text_jsonl(tmp, n=10000):
     path = os.path.join(tmp, "big.jsonl")
     with open(path, "w") as f:

@@ -2,7 +2,6 @@
 // parse_special, Metaspace, Split behaviours, round trips, error messages, thread safety.
 #include <gtest/gtest.h>
 
-#include <chrono>
 #include <thread>
 
 #include "shardtune/core/error.h"
@@ -230,16 +229,14 @@ TEST(tokenizer_PostProcessor, SequenceWithTemplateAndStrip) {
 TEST(tokenizer_LongWord, MergeLoopIsNotQuadratic) {
   auto t = load_json(test::sp_style_json(false), "long");
   // No spaces: one ~500 KB "word" with no place to cut it, so the heap merge loop runs on all of it
-  // (an O(n^2) loop would take minutes).
+  // (an O(n^2) loop would take minutes, and ctest's timeout catches that: no wall-clock assert here,
+  // which would flake on a loaded machine).
   std::string text;
   for (int i = 0; i < 100000; ++i) text += "hello";
-  auto t0 = std::chrono::steady_clock::now();
   Ids ids = t->encode(text);
-  double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   EXPECT_EQ(ids.size(), 100000u);  // "▁hello" then "hello" x 99999
   EXPECT_EQ(ids[0], *t->token_to_id("\xE2\x96\x81hello"));
   EXPECT_EQ(ids[1], *t->token_to_id("hello"));
-  EXPECT_LT(secs, 5.0);
   EXPECT_EQ(t->decode(ids), text);
   // With spaces the text is cut before each "▁" (no token has "▁" after another char): same ids as
   // encoding word by word.

@@ -21,8 +21,20 @@ class Error : public std::runtime_error {
 
 [[noreturn]] void throw_error(const char* file, int line, std::string message, std::string hint = {});
 
-// "error: <what>\n  ---> HINT: <hint>\n  (raised at file:line)" for any exception.
+// "error: <what>\n  ---> HINT: <hint>\n  (raised at file:line)" for any exception. A library message
+// (LibTorch's c10::Error) keeps its text but not its backtrace; an allocation failure (std::bad_alloc,
+// LibTorch's "you tried to allocate N bytes") becomes "out of memory: tried to allocate X GB" + a hint.
 std::string describe(const std::exception& e);
+
+// A library exception's what() split into its message and, for c10::Error, where it was raised
+// ("Exception raised from ..." and the "frame #N" lines are dropped). Exposed for tests.
+struct LibraryMessage {
+  std::string message;      // the lines before the backtrace
+  std::string origin;       // "FILE:LINE" from "Exception raised from F at FILE:LINE", or empty
+  bool out_of_memory = false;
+  std::string oom_size;     // "1.50 GB" when out_of_memory
+};
+LibraryMessage split_library_message(const std::string& what);
 
 // Runs `body` and turns any exception into a message on stderr and exit code 1 (2 for usage errors
 // already handled by the caller). Keeps main() free of try/catch boilerplate.
