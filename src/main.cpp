@@ -17,6 +17,7 @@
 #include "shardtune/core/hw.h"
 #include "shardtune/core/log.h"
 #include "shardtune/core/mem.h"
+#include "shardtune/core/signals.h"
 #include "shardtune/data/dataset.h"
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/mpi_runtime.h"
@@ -75,32 +76,72 @@ struct Metrics {
   }
 };
 
-// Rank 0 makes sure --out is new or empty before any work is done.
+// The final model is written whole into this sibling of --out, then renamed onto --out at once.
+stdfs::path out_dir(const std::string& out) {
+  stdfs::path p = stdfs::absolute(out).lexically_normal();
+  return p.filename().empty() ? p.parent_path() : p;  // "run/" -> "run"
+}
+stdfs::path staging_dir(const std::string& out) {
+  const stdfs::path p = out_dir(out);
+  return p.parent_path() / (p.filename().string() + ".partial");
+}
+
+// Rank 0 makes sure --out is new or empty, and no earlier save was left half-written, before any work.
 void prepare_out(const dist::MpiRuntime& rt, const std::string& out) {
-  std::string err;
+  std::string err, hint = "choose a new --out folder; shardtune never overwrites";
   if (rt.rank() == 0) {
     try {
-      fs::require_absent_or_empty(out, "--out folder");
-      stdfs::create_directories(out);
+      const stdfs::path staging = staging_dir(out);
+      std::error_code ec;
+      if (stdfs::exists(staging, ec)) {
+        err = "the staging folder '" + staging.string() + "' of an earlier run's final save exists: that save did not "
+              "finish (the run was killed or the disk failed while saving), so it holds an incomplete model";
+        hint = "remove it (rm -r '" + staging.string() + "') and rerun, or choose another --out";
+      } else {
+        fs::require_absent_or_empty(out, "--out folder");
+        stdfs::create_directories(out);
+      }
     } catch (const std::exception& e) {
       err = e.what();
     }
   }
   err = rt.broadcast(err, 0);
-  ST_CHECK(err.empty(), err, "choose a new --out folder; shardtune never overwrites");
+  hint = rt.broadcast(hint, 0);
+  ST_CHECK(err.empty(), err, hint);
 }
 
-void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const data::DatasetInfo& info) {
-  stdfs::path out(cfg.out), staging = stdfs::path(cfg.out) / ".final.partial";
-  stdfs::remove_all(staging);
-  model::SaveOptions so;
-  so.dtype = cfg.save_dtype;
-  model::save_hf(m, staging, so);
-  nlohmann::json meta = {{"tokenizer", {{"name", info.tokenizer_name}, {"source", info.tokenizer_source},
-                                        {"hash", info.tokenizer_hash}, {"bos_id", info.bos_id}, {"eos_id", info.eos_id}}}};
-  fs::write_file_atomic(staging / "shardtune_tokenizer.json", meta.dump(2) + "\n");
-  for (const auto& e : stdfs::directory_iterator(staging)) stdfs::rename(e.path(), out / e.path().filename());
-  stdfs::remove(staging);
+// Writes the whole model folder under <out>.partial, syncs every file and the folder, then renames it
+// onto --out (empty since prepare_out; rename(2) replaces an empty folder) in one step: --out never
+// holds a partial model. A failed save removes its staging folder; one left by a killed run is named
+// by prepare_out next time.
+void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const data::DatasetInfo& info, bool inject_failure) {
+  const stdfs::path out = out_dir(cfg.out), staging = staging_dir(cfg.out);
+  std::error_code made_ec;
+  const bool made = stdfs::create_directory(staging, made_ec);
+  ST_CHECK(!made_ec, "cannot create the staging folder '" + staging.string() + "' to save the model: " + made_ec.message(),
+           "the folder that holds --out must be writable (the model is written beside --out, then renamed onto it)");
+  ST_CHECK(made, "cannot save: the staging folder '" + staging.string() + "' already exists",
+           "another run is saving to the same --out? remove the folder once no run uses it");
+  try {
+    model::SaveOptions so;
+    so.dtype = cfg.save_dtype;
+    model::save_hf(m, staging, so);
+    if (inject_failure) ST_FAIL("injected failure while saving the final model (SHARDTUNE_TEST_FAIL)");
+    nlohmann::json meta = {{"tokenizer", {{"name", info.tokenizer_name}, {"source", info.tokenizer_source},
+                                          {"hash", info.tokenizer_hash}, {"bos_id", info.bos_id}, {"eos_id", info.eos_id}}}};
+    fs::write_file_atomic(staging / "shardtune_tokenizer.json", meta.dump(2) + "\n");
+    fs::fsync_dir_contents(staging);
+    fs::require_absent_or_empty(out, "--out folder");
+    std::error_code ec;
+    stdfs::rename(staging, out, ec);
+    ST_CHECK(!ec, "cannot rename '" + staging.string() + "' to '" + out.string() + "': " + ec.message(),
+             "--out must stay an empty folder (or absent) while the run trains");
+    fs::fsync_path(out.parent_path());
+  } catch (...) {
+    std::error_code ec;
+    stdfs::remove_all(staging, ec);
+    throw;
+  }
 }
 
 int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
@@ -112,6 +153,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   cfg.validate();
   check_same_config(rt, cfg.table());
   const int world = rt.world(), rank = rt.rank();
+  signals::install_stop_handlers("shardtune", rank, world, "nothing saved: checkpoints are not implemented yet");
   const train::Launch launch = train::resolve_launch(rt, cfg);  // threads, BLAS core, precision of every rank
   model::setup_runtime(launch.threads);
   log::info("shardtune " + std::to_string(world) + " rank(s), configuration:\n" + cfg.table());
@@ -177,20 +219,34 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
 
   // ---- training loop ----
   evaluate(0);
-  train::StepLoader loader(*train_set, plan, 0, steps);
+  int64_t consumed_samples = 0;  // the data position: samples of the global stream trained on so far
+  train::StepLoader loader(*train_set, plan, consumed_samples, steps);
   auto flops_per_token = [&](int64_t row_len) { return train::flops_per_token(*model, trainer.num_params(), row_len); };
   log::info("MFU reference: measured " + std::string(precision_name) + " matmul peak " +
             std::to_string(static_cast<int>(peak)) + " GFLOP/s per rank (" + std::to_string(launch.threads) + " thread(s))");
-  // Test hook: SHARDTUNE_TEST_FAIL="RANK:STEP" makes that rank throw at that step (failure-path tests).
+  // Test hook: SHARDTUNE_TEST_FAIL="RANK:STEP" makes that rank throw at that step, "RANK:save" while it
+  // saves the final model (failure-path tests).
   const char* fail_at = std::getenv("SHARDTUNE_TEST_FAIL");
+  auto injected = [&](const std::string& when) { return fail_at && std::to_string(rank) + ":" + when == fail_at; };
+  // A stop signal: the handler already said so on stderr; end every rank now with 128 + signal.
+  auto stop_if_signalled = [&] {
+    if (const int sig = signals::received()) {
+      std::fflush(nullptr);
+      if (world > 1) rt.abort(128 + sig);  // MPI_Abort: every rank ends, whichever saw the signal first
+      std::_Exit(128 + sig);                // no destructors: the prefetch thread may be mid-read
+    }
+  };
   for (int64_t step = 0; step < steps; ++step) {
-    if (fail_at && std::to_string(rank) + ":" + std::to_string(step) == fail_at)
+    signals::set_progress(step + 1, steps);
+    stop_if_signalled();
+    if (injected(std::to_string(step)))
       ST_FAIL("injected failure at step " + std::to_string(step) + " (SHARDTUNE_TEST_FAIL)");
     // Time blocked on the prefetch thread: 0 when reading keeps ahead of training (it should).
     const auto wait_start = std::chrono::steady_clock::now();
     auto batches = loader.next();
     const double data_wait_s = std::chrono::duration<double>(std::chrono::steady_clock::now() - wait_start).count();
     train::StepStats s = trainer.train_step(step, steps, batches);
+    consumed_samples += cfg.global_batch;
     const double tps = s.tokens / (s.seconds + data_wait_s);
     const double fpt = flops_per_token(batches.empty() ? 0 : batches[0].T);
     const double mfu = fpt * tps / (peak * 1e9 * world);
@@ -199,8 +255,12 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                    {"tokens", s.tokens}, {"loss_tokens", s.loss_tokens}, {"tokens_per_s", tps}, {"mfu", mfu},
                    {"step_s", s.seconds}, {"comm_wait_s", s.comm_wait_s}, {"forward_s", s.forward_s},
                    {"backward_s", s.backward_s}, {"drain_s", s.drain_s}, {"optim_s", s.optim_s}, {"gather_s", s.gather_s},
-                   {"data_wait_s", data_wait_s}, {"flops_per_token", fpt}, {"peak_gflops", peak},
+                   {"data_wait_s", data_wait_s}, {"consumed_samples", consumed_samples}, {"skipped", s.skipped},
+                   {"flops_per_token", fpt}, {"peak_gflops", peak},
                    {"rss_peak_bytes", ms.rss_peak_bytes}, {"heap_bytes", ms.heap_bytes}, {"heap_held_bytes", ms.heap_held_bytes}});
+    if (s.skipped)
+      log::info("step " + std::to_string(step + 1) + "/" + std::to_string(steps) + " skipped: non-finite " + s.nonfinite +
+                " (--on-nonfinite skip; " + std::to_string(trainer.skipped_steps()) + " skipped so far)");
     if ((step + 1) % cfg.log_every == 0 || step + 1 == steps) {
       char line[256];
       std::snprintf(line, sizeof line, "step %lld/%lld  loss %.4f  lr %.3g  grad_norm %.3f  %.0f tok/s  mfu %.1f%%  comm-wait %.0f ms",
@@ -213,10 +273,15 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     if (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 != steps) evaluate(step + 1);
   }
   evaluate(steps);
+  stop_if_signalled();
+  if (trainer.skipped_steps() > 0)
+    log::info("skipped " + std::to_string(trainer.skipped_steps()) + " of " + std::to_string(steps) +
+              " steps with a non-finite loss or gradient norm (--on-nonfinite skip)");
 
   // ---- final model ----
+  trainer.check_weights_finite("after the last step, before saving");
   if (rank == 0) {
-    save_final(*model, cfg, train_set->info());
+    save_final(*model, cfg, train_set->info(), injected("save"));
     log::info("saved the fine-tuned model (Hugging Face layout) to " + cfg.out);
   }
   rt.barrier();
@@ -232,6 +297,7 @@ int main(int argc, char** argv) {
   try {
     return train_main(argc, argv, rt);
   } catch (const std::exception& e) {
+    shardtune::signals::quiet();  // the launcher's SIGTERM to the other ranks is no news after this message
     // One failing rank ends the whole job promptly (no hang in a collective), with its own message.
     if (rt.world() > 1)
       std::fprintf(stderr, "shardtune [rank %d]: %s\n", rt.rank(), shardtune::describe(e).c_str());

@@ -1,6 +1,7 @@
 // File helpers with error messages that name the path; SHA-256 via OpenSSL's EVP interface.
 #include "shardtune/core/fs.h"
 
+#include <fcntl.h>
 #include <openssl/evp.h>
 #include <unistd.h>
 
@@ -101,6 +102,21 @@ void publish_dir(const stdfs::path& staging, const stdfs::path& final_dir) {
   stdfs::rename(staging, final_dir, ec);
   ST_CHECK(!ec, "cannot rename '" + staging.string() + "' to '" + final_dir.string() + "': " + ec.message(),
            "the staging folder must be on the same file system as the output folder");
+}
+
+void fsync_path(const stdfs::path& path) {
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  ST_CHECK(fd >= 0, "cannot open '" + path.string() + "' to sync it: " + std::strerror(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  ST_CHECK(rc == 0, "cannot sync '" + path.string() + "' to disk: " + std::strerror(err), "check the disk (full? failing?)");
+}
+
+void fsync_dir_contents(const stdfs::path& dir) {
+  for (const auto& e : stdfs::directory_iterator(dir))
+    if (e.is_regular_file()) fsync_path(e.path());
+  fsync_path(dir);
 }
 
 }  // namespace shardtune::fs

@@ -16,7 +16,13 @@ FlatAdamW::FlatAdamW(std::vector<OwnedRange> owned, int64_t owned_elems, const s
   v_ = at::zeros({owned_elems}, at::kFloat);
 }
 
-void FlatAdamW::step(at::Tensor& p, const at::Tensor& g, double lr) {
+void FlatAdamW::step(at::Tensor& p, const at::Tensor& g, double lr) { update(p, g, lr, false); }
+
+void FlatAdamW::step_in_place(at::Tensor& flat_params, const at::Tensor& g, double lr) { update(flat_params, g, lr, true); }
+
+// `flat`: parameter element j of an owned range sits at flat_offset (the whole flat buffer), else at
+// shard_offset (an owned buffer laid out like g). Gradients, m and v are always at shard_offset.
+void FlatAdamW::update(at::Tensor& p, const at::Tensor& g, double lr, bool flat) {
   if (m_.device() != p.device()) {
     m_ = m_.to(p.device());
     v_ = v_.to(p.device());
@@ -30,24 +36,31 @@ void FlatAdamW::step(at::Tensor& p, const at::Tensor& g, double lr) {
   const bool cpu_fp32 = p.device().is_cpu() && p.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat &&
                         p.is_contiguous() && g.is_contiguous();
   if (fused_ && cpu_fp32) {
-    step_fused_cpu(p, g, lr, step_size, bc2_sqrt);
+    step_fused_cpu(p, g, lr, step_size, bc2_sqrt, flat);
     return;
   }
   // Moments over the whole owned buffer at once (padding has zero grads, so it stays zero).
   m_.mul_(cfg_.beta1).add_(g, 1.0 - cfg_.beta1);
   v_.mul_(cfg_.beta2).addcmul_(g, g, 1.0 - cfg_.beta2);
+  auto param_piece = [&](const OwnedRange& r) { return p.narrow(0, flat ? r.flat_offset : r.shard_offset, r.length); };
   if (cfg_.weight_decay != 0.0)
     for (size_t i = 0; i < owned_.size(); ++i)
-      if (decay_[i]) p.narrow(0, owned_[i].shard_offset, owned_[i].length).mul_(1.0 - lr * cfg_.weight_decay);
+      if (decay_[i]) param_piece(owned_[i]).mul_(1.0 - lr * cfg_.weight_decay);
   at::Tensor denom = v_.sqrt().div_(bc2_sqrt).add_(cfg_.eps);  // one temporary, not two
-  p.addcdiv_(m_, denom, -step_size);
+  if (!flat) {
+    p.addcdiv_(m_, denom, -step_size);
+    return;
+  }
+  for (const auto& r : owned_)
+    param_piece(r).addcdiv_(m_.narrow(0, r.shard_offset, r.length), denom.narrow(0, r.shard_offset, r.length), -step_size);
 }
 
 // One pass over p, g, m and v (the tensor-op form above makes about five, plus a temporary), split over
 // the intra-op threads. Same operations in the same order as the tensor ops, in float; padding between
 // the owned ranges is skipped (its gradient, moments and value stay zero either way).
-void FlatAdamW::step_fused_cpu(at::Tensor& p, const at::Tensor& g, double lr, double step_size, double bc2_sqrt) {
-  float* P = p.data_ptr<float>();
+void FlatAdamW::step_fused_cpu(at::Tensor& p, const at::Tensor& g, double lr, double step_size, double bc2_sqrt,
+                               bool flat) {
+  float* P0 = p.data_ptr<float>();
   const float* G = g.data_ptr<float>();
   float* M = m_.data_ptr<float>();
   float* V = v_.data_ptr<float>();
@@ -58,6 +71,7 @@ void FlatAdamW::step_fused_cpu(at::Tensor& p, const at::Tensor& g, double lr, do
   for (size_t i = 0; i < owned_.size(); ++i) {
     const float keep = decay_[i] ? static_cast<float>(1.0 - lr * cfg_.weight_decay) : 1.0f;
     const int64_t begin = owned_[i].shard_offset, end = begin + owned_[i].length;
+    float* P = P0 + (flat ? owned_[i].flat_offset - owned_[i].shard_offset : 0);  // P[j] for shard index j
     at::parallel_for(begin, end, 1 << 15, [&](int64_t b, int64_t e) {
       for (int64_t j = b; j < e; ++j) {
         const float gj = G[j];

@@ -2,7 +2,9 @@
 #include "shardtune/train/config.h"
 
 #include <CLI/CLI.hpp>
+#include <cmath>
 #include <sstream>
+#include <utility>
 
 #include "shardtune/core/error.h"
 
@@ -46,9 +48,25 @@ void TrainConfig::bind(CLI::App& app) {
   app.add_option("--device", device, "cpu | cuda")->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "gradient bucket size for overlapped communication")->capture_default_str();
   app.add_option("--save-dtype", save_dtype, "dtype of the saved model: F32 | BF16 | F16 (default: as loaded)");
+  app.add_option("--on-nonfinite", on_nonfinite, "a NaN/Inf loss or gradient norm: error (stop) | skip (skip that update)")
+      ->capture_default_str();
+  app.add_option("--max-consecutive-skips", max_consecutive_skips, "--on-nonfinite skip: stop after more steps than this skipped in a row")
+      ->capture_default_str();
 }
 
 void TrainConfig::validate() const {
+  // NaN passes every comparison below as false or true alike: refuse non-finite values first, by name.
+  for (auto [name, v] : {std::pair<const char*, double>{"--lr", lr}, {"--min-lr", min_lr}, {"--epochs", epochs},
+                         {"--weight-decay", weight_decay}, {"--grad-clip", grad_clip}, {"--beta1", beta1},
+                         {"--beta2", beta2}, {"--eps", eps}, {"--bucket-mb", bucket_mb}})
+    ST_CHECK(std::isfinite(v), std::string(name) + " must be a finite number (got " + std::to_string(v) + ")",
+             "give an ordinary value, e.g. --lr 1e-4");
+  ST_CHECK(bucket_mb <= 65536, "--bucket-mb " + std::to_string(bucket_mb) + " is absurdly large (over 64 GiB)",
+           "the default 25 is right for most runs");
+  ST_CHECK(epochs <= 1e6, "--epochs " + std::to_string(epochs) + " is absurdly large", "use a few passes, or --steps");
+  ST_CHECK(on_nonfinite == "error" || on_nonfinite == "skip", "unknown --on-nonfinite '" + on_nonfinite + "'",
+           "use error or skip");
+  ST_CHECK(max_consecutive_skips >= 0, "--max-consecutive-skips must not be negative");
   ST_CHECK(method == "full" || method == "lora" || method == "qlora", "unknown --method '" + method + "'",
            "use full, lora or qlora");
   ST_CHECK(method == "full", "--method " + method + " is not implemented yet", "use --method full");
@@ -76,7 +94,10 @@ void TrainConfig::validate() const {
 
 std::string TrainConfig::table() const {
   std::ostringstream o;
-  auto row = [&](const char* k, const auto& v) { o << "  " << k << std::string(16 - std::string(k).size(), ' ') << "= " << v << "\n"; };
+  auto row = [&](const char* k, const auto& v) {
+    const size_t n = std::string(k).size();
+    o << "  " << k << std::string(n < 16 ? 16 - n : 1, ' ') << "= " << v << "\n";
+  };
   row("model", model);
   row("data", data);
   row("out", out);
@@ -107,6 +128,8 @@ std::string TrainConfig::table() const {
   row("device", device);
   row("bucket-mb", bucket_mb);
   row("save-dtype", save_dtype.empty() ? "(as loaded)" : save_dtype);
+  row("on-nonfinite", on_nonfinite);
+  row("max-consecutive-skips", max_consecutive_skips);
   return o.str();
 }
 

@@ -21,15 +21,16 @@ data::HostBatch read_batch(data::ShardSet& set, const std::vector<int64_t>& ids,
 }
 }  // namespace
 
-std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler& sampler, const LoaderPlan& p, int64_t step) {
+std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler& sampler, const LoaderPlan& p,
+                                       int64_t consumed) {
   std::vector<data::HostBatch> out;
   for (int a = 0; a < p.accum(); ++a)
-    out.push_back(read_batch(set, sampler.micro_batch(step * p.global_batch, p.micro_batch, p.world, p.rank, a), p, p.pack));
+    out.push_back(read_batch(set, sampler.micro_batch(consumed, p.micro_batch, p.world, p.rank, a), p, p.pack));
   return out;
 }
 
-StepLoader::StepLoader(data::ShardSet& set, LoaderPlan plan, int64_t first_step, int64_t end_step)
-    : set_(set), plan_(plan), sampler_(set.size(), plan.seed), next_step_(first_step), end_step_(end_step) {
+StepLoader::StepLoader(data::ShardSet& set, LoaderPlan plan, int64_t consumed, int64_t steps)
+    : set_(set), plan_(plan), sampler_(set.size(), plan.seed), next_consumed_(consumed), steps_left_(steps) {
   thread_ = std::thread([this] { run(); });
 }
 
@@ -45,14 +46,16 @@ StepLoader::~StepLoader() {
 void StepLoader::run() {
   try {
     for (;;) {
-      int64_t step;
+      int64_t consumed;
       {
         std::unique_lock<std::mutex> lk(mu_);
         cv_.wait(lk, [&] { return stop_ || ready_.size() < 2; });
-        if (stop_ || next_step_ >= end_step_) return;
-        step = next_step_++;
+        if (stop_ || steps_left_ <= 0) return;
+        consumed = next_consumed_;
+        next_consumed_ += plan_.global_batch;
+        --steps_left_;
       }
-      auto batches = read_step(set_, sampler_, plan_, step);
+      auto batches = read_step(set_, sampler_, plan_, consumed);
       {
         std::lock_guard<std::mutex> lk(mu_);
         ready_.push_back(std::move(batches));

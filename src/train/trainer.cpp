@@ -1,6 +1,6 @@
-// Trainer: flat parameter/gradient buffers, gradient hooks that launch bucket communication as soon as
-// a bucket's gradients are complete (overlapping backward), global-norm clipping, AdamW on the owned
-// shard and the all-gather that makes every rank's parameters whole again.
+// Trainer: the flat parameter buffer, autograd hooks that hand each finished gradient to the stage's
+// GradSync (grad_sync.h: bucket communication overlapping backward), global-norm clipping, the
+// non-finite check, AdamW in place on the parameters this rank updates, and the all-gather after it.
 #include "shardtune/train/trainer.h"
 
 #include <torch/csrc/autograd/function.h>
@@ -8,8 +8,12 @@
 
 #include <chrono>
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
+#include <limits>
 
+#include "grad_sync.h"
 #include "shardtune/core/error.h"
 #include "shardtune/data/dataset.h"
 #include "shardtune/dist/communicator.h"
@@ -24,59 +28,86 @@ namespace {
 
 // Runs when a parameter's gradient accumulator has finished (its gradient is complete for this backward).
 // Our own FunctionPostHook, not utils::LambdaPostHook: that header pulls in compiled-autograd (dynamo)
-// headers in newer LibTorch; this interface is the same in 1.13 and 2.x.
+// headers in newer LibTorch; this interface is the same in 1.13 and 2.x. The hook lives on the
+// accumulator, which the model's parameter (and any autograd graph built from it) may keep beyond the
+// Trainer: so it reaches the GradSync only through a weak pointer, and the Trainer also removes it.
 struct GradReadyHook : torch::autograd::FunctionPostHook {
-  explicit GradReadyHook(std::function<void()> fn) : fn_(std::move(fn)) {}
+  GradReadyHook(std::weak_ptr<GradSync> sync, int bucket) : sync_(std::move(sync)), bucket_(bucket) {}
   torch::autograd::variable_list operator()(const torch::autograd::variable_list& outputs,
                                             const torch::autograd::variable_list& /*inputs*/) override {
-    fn_();
+    if (auto s = sync_.lock()) s->on_grad_ready(bucket_);
     return outputs;
   }
 
  private:
-  std::function<void()> fn_;
+  std::weak_ptr<GradSync> sync_;
+  int bucket_;
 };
 
-}  // namespace
-
 using Clock = std::chrono::steady_clock;
+
+std::string value_text(double v) {
+  if (std::isnan(v)) return "nan";  // not "-nan": the sign of a NaN means nothing to the user
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
+}  // namespace
 
 struct Trainer::Impl {
   TrainConfig cfg;
   std::shared_ptr<model::CausalLM> model;
   dist::Communicator& comm;
-  int world, rank, zero;
+  int world, rank;
+  ZeroStage stage;
   at::Device device{at::kCPU};
   model::Precision precision;
 
   optim::FlatLayout layout;
-  std::vector<at::Tensor> params;   // in layout.params order
-  at::Tensor flat_params;           // [total], every rank holds all parameters
-  at::Tensor flat_grad;             // [total] for ZeRO-0/1
-  at::Tensor owned_grad, master;    // [shard] for ZeRO-1/2
-  std::vector<at::Tensor> bucket_grad;  // ZeRO-2: a bucket's packed gradient, live only while it is reduce-scattered
+  std::vector<at::Tensor> params;  // in layout.params order, views into flat_params
+  at::Tensor flat_params;          // [total], every rank holds all parameters
+  std::shared_ptr<GradSync> sync;  // shared only so the hooks can hold a weak pointer
   std::unique_ptr<optim::FlatAdamW> adam;
 
-  // Hook state: gradients still missing per bucket in the current backward.
-  std::vector<int> remaining;
-  // Buckets start strictly in index order (nonblocking collectives must start in the same order on
-  // every rank; a rank whose graph differs, e.g. a micro-batch without targets, must not reorder them).
-  size_t next_launch = 0;  // buckets [0, next_launch) have started
-  bool communicate_now = false;
-  struct Op {
-    std::unique_ptr<dist::Pending> pending;
-    int bucket;
-    at::Tensor temp;  // reduce-scatter output (ZeRO-0 and ZeRO-2)
-  };
-  std::vector<Op> ops;
-  std::vector<std::shared_ptr<torch::autograd::Node>> accumulators;
+  // Installed hooks: the accumulator each sits on and the key del_post_hook takes.
+  std::vector<std::pair<std::shared_ptr<torch::autograd::Node>, uintptr_t>> hooks;
+
+  int64_t skipped_total = 0, skipped_in_a_row = 0;
+  // Test hook: SHARDTUNE_TEST_NAN="RANK:STEP" makes that rank's loss (and so every gradient) NaN at that
+  // 0-based step, as a diverging batch would (the non-finite tests; never set in real runs).
+  int64_t nan_step = -1;
 
   Impl(const TrainConfig& c, std::shared_ptr<model::CausalLM> m, dist::Communicator& cm)
-      : cfg(c), model(std::move(m)), comm(cm), world(cm.world()), rank(cm.rank()), zero(c.zero),
+      : cfg(c), model(std::move(m)), comm(cm), world(cm.world()), rank(cm.rank()), stage(zero_stage_from_int(c.zero)),
         precision(model::parse_precision(c.precision)) {
     if (cfg.device == "cuda") device = at::Device(at::kCUDA);
+    if (const char* v = std::getenv("SHARDTUNE_TEST_NAN")) {
+      const std::string s(v), mine = std::to_string(rank) + ":";
+      if (s.rfind(mine, 0) == 0) nan_step = std::stoll(s.substr(mine.size()));
+    }
+    check_finite(model->hf_parameters(), "at the start of training (as loaded from --model)",
+                 "the model file holds NaN or Inf: it is damaged, or was saved from a run that diverged; "
+                 "use an intact copy of the model");
     build_flat();
     install_hooks();
+  }
+
+  ~Impl() {
+    for (auto& [node, key] : hooks) node->del_post_hook(key);
+  }
+
+  static void check_finite(const std::vector<std::pair<std::string, at::Tensor>>& named, const std::string& when,
+                           const std::string& hint) {
+    at::NoGradGuard no_grad;
+    for (const auto& [name, t] : named) {
+      if (!t.is_floating_point() || at::isfinite(t).all().item<bool>()) continue;
+      const int64_t nan = at::isnan(t).sum().item<int64_t>();
+      const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+      ST_FAIL("weight '" + name + "' is not finite " + when + ": " + std::to_string(nan) + " NaN and " +
+                  std::to_string(bad - nan) + " Inf of " + std::to_string(t.numel()) + " values",
+              hint);
+    }
   }
 
   void build_flat() {
@@ -97,156 +128,18 @@ struct Trainer::Impl {
       t.set_requires_grad(true);
       params[i] = t;
     }
-    if (zero <= 1) {
-      flat_grad = at::zeros({layout.total}, flat_params.options());
-      for (size_t i = 0; i < params.size(); ++i)
-        params[i].mutable_grad() = flat_grad.narrow(0, layout.params[i].offset, layout.params[i].numel).view(layout.params[i].shape);
-    }
-    if (zero == 0) {
-      std::vector<optim::OwnedRange> all;
-      for (size_t i = 0; i < layout.params.size(); ++i)
-        all.push_back({static_cast<int>(i), layout.params[i].offset, layout.params[i].numel, layout.params[i].offset});
-      adam = std::make_unique<optim::FlatAdamW>(all, layout.total, layout.params, adam_cfg());
-    } else {
-      owned_grad = at::zeros({layout.shard_size()}, flat_params.options());
-      master = at::empty({layout.shard_size()}, flat_params.options());
-      for (size_t b = 0; b < layout.buckets.size(); ++b)
-        master.narrow(0, layout.shard_offset(b), layout.slice(b)).copy_(flat_params.narrow(0, layout.owned_offset(b, rank), layout.slice(b)));
-      adam = std::make_unique<optim::FlatAdamW>(layout.owned_ranges(rank), layout.shard_size(), layout.params, adam_cfg());
-      bucket_grad.resize(layout.buckets.size());
-    }
-    remaining.assign(layout.buckets.size(), 0);
+    sync = make_grad_sync(stage, FlatModel{layout, params, flat_params, comm});
+    adam = std::make_unique<optim::FlatAdamW>(sync->optimizer_ranges(), sync->optimizer_elems(), layout.params,
+                                              optim::AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});
   }
-
-  optim::AdamWConfig adam_cfg() const { return {cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay}; }
 
   void install_hooks() {
     for (size_t i = 0; i < params.size(); ++i) {
       auto acc = torch::autograd::impl::grad_accumulator(params[i]);
       ST_CHECK(acc != nullptr, "internal: parameter " + layout.params[i].name + " has no gradient accumulator");
-      const int bucket = layout.params[i].bucket;
-      acc->add_post_hook(std::make_unique<GradReadyHook>([this, bucket] {
-        if (--remaining[bucket] == 0 && communicate_now) launch_ready();
-        poll();
-      }));
-      accumulators.push_back(std::move(acc));
+      const uintptr_t key = acc->add_post_hook(std::make_unique<GradReadyHook>(sync, layout.params[i].bucket));
+      hooks.emplace_back(std::move(acc), key);
     }
-  }
-
-  // Prepares gradient storage and hook counters for one backward.
-  void begin_backward(bool last_micro) {
-    communicate_now = last_micro || zero == 2;
-    for (size_t b = 0; b < layout.buckets.size(); ++b) remaining[b] = static_cast<int>(layout.buckets[b].params.size());
-    next_launch = 0;
-    // ZeRO-2 keeps no gradient storage between micro-steps: autograd creates each parameter's gradient,
-    // and the bucket hook packs it, starts the reduce-scatter and releases it (see launch()).
-  }
-
-  // ZeRO-2 packing buffers: only buckets in flight hold one; finished ones are recycled (no allocation,
-  // page faults or zero-fill per bucket on the backward path).
-  std::vector<at::Tensor> free_buffers;
-  at::Tensor take_buffer(int64_t n) {
-    for (size_t i = 0; i < free_buffers.size(); ++i)
-      if (free_buffers[i].numel() >= n) {
-        at::Tensor t = std::move(free_buffers[i]);
-        free_buffers.erase(free_buffers.begin() + static_cast<std::ptrdiff_t>(i));
-        return t.numel() == n ? t : t.narrow(0, 0, n);
-      }
-    return at::empty({n}, flat_params.options());
-  }
-
-  void launch_ready() {
-    while (next_launch < layout.buckets.size() && remaining[next_launch] == 0) launch(static_cast<int>(next_launch++));
-  }
-
-  // Starts every bucket not started yet, in order (includes parameters that received no gradient).
-  void launch_rest() {
-    while (next_launch < layout.buckets.size()) launch(static_cast<int>(next_launch++));
-  }
-
-  void launch(int b) {
-    const auto& bk = layout.buckets[b];
-    Op op;
-    op.bucket = b;
-    if (zero == 0) {
-      // All-reduce as reduce-scatter then all-gather: MPI's nonblocking all-reduce needs many progress
-      // calls to finish a large bucket, while these two complete in few (measured: 3x less waiting).
-      op.temp = at::empty({layout.slice(b)}, flat_params.options());
-      op.pending = comm.start_reduce_scatter_sum(flat_grad.narrow(0, bk.offset, bk.size), op.temp);
-    } else if (zero == 1) {
-      op.pending = comm.start_reduce_scatter_sum(flat_grad.narrow(0, bk.offset, bk.size),
-                                                 owned_grad.narrow(0, layout.shard_offset(b), layout.slice(b)));
-    } else {
-      at::NoGradGuard no_grad;
-      bucket_grad[b] = take_buffer(bk.size);
-      int64_t filled = 0;
-      for (int p : bk.params) {
-        at::Tensor& g = params[p].mutable_grad();
-        at::Tensor dst = bucket_grad[b].narrow(0, layout.params[p].offset - bk.offset, layout.params[p].numel);
-        if (g.defined())
-          dst.copy_(g.reshape({-1}));
-        else
-          dst.zero_();
-        filled += layout.params[p].numel;
-        g = at::Tensor();  // the full gradient of this bucket is dropped right here
-      }
-      if (filled < bk.size) bucket_grad[b].narrow(0, filled, bk.size - filled).zero_();  // padding
-      op.temp = at::empty({layout.slice(b)}, flat_params.options());
-      op.pending = comm.start_reduce_scatter_sum(bucket_grad[b], op.temp);
-    }
-    ops.push_back(std::move(op));
-  }
-
-  // A bucket's reduce-scatter finished. ZeRO-0: its summed slice goes to this rank's slice of flat_grad
-  // (all-gathered after backward). ZeRO-2: it adds into the owned gradient and the packing buffer is
-  // recycled. ZeRO-1 reduce-scatters straight into the owned gradient: nothing to do.
-  void complete(Op& op) {
-    if (zero == 1) return;
-    at::NoGradGuard no_grad;
-    if (zero == 0) {  // the all-gathers start in finish_backward, in bucket order on every rank
-      flat_grad.narrow(0, layout.owned_offset(op.bucket, rank), layout.slice(op.bucket)).copy_(op.temp);
-      op.temp = at::Tensor();
-      return;
-    }
-    owned_grad.narrow(0, layout.shard_offset(op.bucket), layout.slice(op.bucket)).add_(op.temp);
-    free_buffers.push_back(std::move(bucket_grad[op.bucket]));  // reused by a later bucket, not freed
-    bucket_grad[op.bucket] = at::Tensor();
-    op.temp = at::Tensor();
-  }
-
-  void poll() {
-    for (auto& op : ops)
-      if (op.pending && op.pending->done()) {
-        op.pending.reset();
-        complete(op);
-      }
-  }
-
-  void finish_backward() {
-    if (communicate_now) launch_rest();
-    for (auto& op : ops)
-      if (op.pending) {
-        op.pending->wait();
-        op.pending.reset();
-        complete(op);
-      }
-    ops.clear();
-    // Nonblocking collectives must start in the same order on every rank: the all-gathers go here, in
-    // bucket order, never from the (timing-dependent) completion polling.
-    if (zero == 0 && communicate_now) all_gather_buckets(flat_grad, nullptr);
-  }
-
-  // Makes every bucket of `flat` whole from each rank's owned slice (in place, bucket by bucket, in
-  // bucket order). With `shard`, this rank's slices are first copied from it (the owned buffer layout).
-  void all_gather_buckets(at::Tensor& flat, const at::Tensor* shard) {
-    std::vector<std::unique_ptr<dist::Pending>> gathers;
-    for (size_t b = 0; b < layout.buckets.size(); ++b) {
-      const auto& bk = layout.buckets[b];
-      at::Tensor mine = flat.narrow(0, layout.owned_offset(b, rank), layout.slice(b));
-      if (shard) mine.copy_(shard->narrow(0, layout.shard_offset(b), layout.slice(b)));
-      gathers.push_back(comm.start_all_gather(mine, flat.narrow(0, bk.offset, bk.size)));
-    }
-    for (auto& g : gathers) g->wait();
   }
 
   at::Tensor to_device(const std::vector<int64_t>& v, int64_t B, int64_t T) {
@@ -266,6 +159,53 @@ struct Trainer::Impl {
     return r;
   }
 
+  // "loss (nan) and gradient norm (nan)", plus the ranks whose own part was already non-finite when
+  // that is not every rank (every rank sees the same global values, so every rank reaches this together).
+  std::string describe_nonfinite(double loss, double local_loss, double grad_norm, double local_sq) {
+    auto ranks_with = [&](bool bad_here) {
+      std::string who;
+      int n = 0;
+      for (int r = 0; r < world; ++r) {  // one scalar reduction per rank, only on this failure path
+        if (comm.all_reduce(r == rank && bad_here ? 1.0 : 0.0, dist::ReduceOp::Max) > 0) {
+          who += (n++ ? "," : "") + std::to_string(r);
+        }
+      }
+      return n < world ? who : std::string();
+    };
+    std::vector<std::string> parts;
+    if (!std::isfinite(loss)) {
+      std::string p = "loss (" + value_text(loss) + ")";
+      if (world > 1)
+        if (auto who = ranks_with(!std::isfinite(local_loss)); !who.empty()) p += " [local loss non-finite on rank " + who + "]";
+      parts.push_back(p);
+    }
+    if (!std::isfinite(grad_norm)) {
+      std::string p = "gradient norm (" + value_text(grad_norm) + ")";
+      if (world > 1 && sync->grad_is_sharded())
+        if (auto who = ranks_with(!std::isfinite(local_sq)); !who.empty()) p += " [gradient shard non-finite on rank " + who + "]";
+      parts.push_back(p);
+    }
+    return parts.size() == 2 ? parts[0] + " and " + parts[1] : parts.at(0);
+  }
+
+  // Error (--on-nonfinite error) or a counted skip; the optimizer has not run.
+  void handle_nonfinite(int64_t step, int64_t total_steps, const std::string& what) {
+    const std::string where = "step " + std::to_string(step + 1) + " of " + std::to_string(total_steps);
+    const std::string hint = "the run diverged or the data or model hold bad values: lower --lr (now " +
+                             value_text(cfg.lr) + "), keep --grad-clip on (now " + value_text(cfg.grad_clip) +
+                             "), check the data (shardtune-inspect --verify) and the model; or --on-nonfinite skip "
+                             "to skip such steps";
+    ST_CHECK(cfg.on_nonfinite == "skip", where + ": non-finite " + what + "; stopping before the optimizer "
+             "applies it (nothing saved)", hint);
+    ++skipped_total;
+    ++skipped_in_a_row;
+    ST_CHECK(skipped_in_a_row <= cfg.max_consecutive_skips,
+             where + ": non-finite " + what + ", " + std::to_string(skipped_in_a_row) +
+                 " steps in a row skipped, more than --max-consecutive-skips " +
+                 std::to_string(cfg.max_consecutive_skips) + "; stopping (nothing saved)",
+             hint);
+  }
+
   StepStats step(int64_t step, int64_t total_steps, const std::vector<data::HostBatch>& micro) {
     auto t0 = Clock::now();
     comm.take_blocked_seconds();
@@ -280,11 +220,7 @@ struct Trainer::Impl {
     const double total = comm.all_reduce(static_cast<double>(local_targets), dist::ReduceOp::Sum);
     ST_CHECK(total > 0, "step " + std::to_string(step) + ": the global batch has no target tokens",
              "check the data (shardtune-inspect) and --seq-len");
-    {
-      at::NoGradGuard no_grad;
-      if (zero <= 1) flat_grad.zero_();
-      if (zero >= 1) owned_grad.zero_();
-    }
+    sync->begin_step();
     double loss_sum = 0;
     auto since = [](Clock::time_point& t) {
       auto now = Clock::now();
@@ -294,34 +230,39 @@ struct Trainer::Impl {
     };
     auto t = Clock::now();
     for (size_t a = 0; a < micro.size(); ++a) {
-      begin_backward(a + 1 == micro.size());
+      sync->begin_backward(a + 1 == micro.size());
       model::LossResult r = forward(micro[a]);
+      if (step == nan_step) r.sum = r.sum * std::numeric_limits<float>::quiet_NaN();
       loss_sum += r.sum.item<double>();
       s.forward_s += since(t);
       (r.sum / total).backward();
       s.backward_s += since(t);
-      finish_backward();
+      sync->finish_backward();
       s.drain_s += since(t);
     }
-    // Global gradient norm and clipping.
     at::NoGradGuard no_grad;
-    at::Tensor& g = zero == 0 ? flat_grad : owned_grad;
-    const double local_norm = g.norm().item<double>();  // no full-size temporary
+    s.loss = comm.all_reduce(loss_sum, dist::ReduceOp::Sum) / total;
+    // Global gradient norm (no full-size temporary), then the non-finite check, then clipping.
+    at::Tensor& g = sync->grad();
+    const double local_norm = g.norm().item<double>();
     double sq = local_norm * local_norm;
-    if (zero >= 1) sq = comm.all_reduce(sq, dist::ReduceOp::Sum);
+    const double local_sq = sq;
+    if (sync->grad_is_sharded()) sq = comm.all_reduce(sq, dist::ReduceOp::Sum);
     s.grad_norm = std::sqrt(sq);
-    if (cfg.grad_clip > 0 && s.grad_norm > cfg.grad_clip) g.mul_(cfg.grad_clip / (s.grad_norm + 1e-6));
     s.lr = optim::lr_at(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr, optim::parse_schedule(cfg.schedule));
-    if (zero == 0) {
-      adam->step(flat_params, flat_grad, s.lr);
+    if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
+      s.nonfinite = describe_nonfinite(s.loss, loss_sum, s.grad_norm, local_sq);
+      handle_nonfinite(step, total_steps, s.nonfinite);
+      s.skipped = true;  // parameters unchanged (and still whole on every rank)
       s.optim_s = since(t);
     } else {
-      adam->step(master, owned_grad, s.lr);
+      skipped_in_a_row = 0;
+      if (cfg.grad_clip > 0 && s.grad_norm > cfg.grad_clip) g.mul_(cfg.grad_clip / (s.grad_norm + 1e-6));
+      adam->step_in_place(flat_params, g, s.lr);
       s.optim_s = since(t);
-      all_gather_buckets(flat_params, &master);
+      sync->after_optimizer();
       s.gather_s = since(t);
     }
-    s.loss = comm.all_reduce(loss_sum, dist::ReduceOp::Sum) / total;
     s.loss_tokens = static_cast<int64_t>(total);
     s.tokens = static_cast<int64_t>(comm.all_reduce(static_cast<double>(local_tokens), dist::ReduceOp::Sum));
     s.comm_wait_s = comm.take_blocked_seconds();
@@ -352,19 +293,21 @@ std::pair<double, int64_t> Trainer::evaluate(const std::vector<data::HostBatch>&
   return {sum, count};
 }
 
+void Trainer::check_weights_finite(const std::string& when) const {
+  Impl::check_finite(impl_->model->hf_parameters(), when,
+                     "the run diverged in its last step: lower --lr or keep --grad-clip on");
+}
+
 int64_t Trainer::num_params() const {
   int64_t n = 0;
   for (const auto& p : impl_->layout.params) n += p.numel;
   return n;
 }
 
-int64_t Trainer::optimizer_state_bytes() const {
-  return impl_->adam->state_bytes() + (impl_->master.defined() ? impl_->master.numel() * 4 : 0);
-}
+int64_t Trainer::optimizer_state_bytes() const { return impl_->adam->state_bytes(); }
 
-int64_t Trainer::grad_buffer_bytes() const {
-  return (impl_->flat_grad.defined() ? impl_->flat_grad.numel() * 4 : 0) +
-         (impl_->owned_grad.defined() ? impl_->owned_grad.numel() * 4 : 0);
-}
+int64_t Trainer::grad_buffer_bytes() const { return impl_->sync->grad_buffer_bytes(); }
+
+int64_t Trainer::skipped_steps() const { return impl_->skipped_total; }
 
 }  // namespace shardtune::train

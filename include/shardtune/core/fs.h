@@ -24,4 +24,8 @@ void require_absent_or_empty(const stdfs::path& dir, const std::string& what);
 // Renames a completed staging folder onto `final_dir` (which must be absent or empty).
 void publish_dir(const stdfs::path& staging, const stdfs::path& final_dir);
 
+// fsync(2) every regular file in `dir` (not recursive), then `dir` itself: its contents are on disk.
+void fsync_dir_contents(const stdfs::path& dir);
+void fsync_path(const stdfs::path& path);  // one file or folder
+
 }  // namespace shardtune::fs

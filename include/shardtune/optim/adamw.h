@@ -23,6 +23,9 @@ class FlatAdamW {
 
   // params/grads: the rank's owned buffers, laid out as in `owned` (shard_offset indexes them).
   void step(at::Tensor& params, const at::Tensor& grads, double lr);
+  // The same update on the owned pieces of the whole flat parameter buffer, in place: flat_offset
+  // indexes `flat_params`, shard_offset indexes `grads` (and m, v). No copy of the parameters is kept.
+  void step_in_place(at::Tensor& flat_params, const at::Tensor& grads, double lr);
 
   int64_t steps_taken() const { return t_; }
   at::Tensor& exp_avg() { return m_; }
@@ -40,7 +43,8 @@ class FlatAdamW {
   int64_t t_ = 0;
   bool fused_ = true;
 
-  void step_fused_cpu(at::Tensor& p, const at::Tensor& g, double lr, double step_size, double bc2_sqrt);
+  void update(at::Tensor& p, const at::Tensor& g, double lr, bool flat);
+  void step_fused_cpu(at::Tensor& p, const at::Tensor& g, double lr, double step_size, double bc2_sqrt, bool flat);
 };
 
 enum class Schedule { Cosine, Linear, Constant };

@@ -1,5 +1,7 @@
 // Reads this rank's micro-batches one optimizer step ahead on a background thread, so reading HDF5
-// never stalls a step; and the fixed validation batches.
+// never stalls a step; and the fixed validation batches. The data position is the number of samples
+// of the global stream consumed so far (not step x global batch), so a run resumed with another global
+// batch or world size continues at the same sample.
 #pragma once
 
 #include <condition_variable>
@@ -22,11 +24,14 @@ struct LoaderPlan {
   int accum() const { return static_cast<int>(global_batch / (micro_batch * world)); }
 };
 
-std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler& sampler, const LoaderPlan& p, int64_t step);
+// This rank's micro-batches of the global batch that starts at stream position `consumed`.
+std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler& sampler, const LoaderPlan& p,
+                                       int64_t consumed);
 
 class StepLoader {
  public:
-  StepLoader(data::ShardSet& set, LoaderPlan plan, int64_t first_step, int64_t end_step);
+  // Reads `steps` global batches, the first at stream position `consumed` (samples consumed so far).
+  StepLoader(data::ShardSet& set, LoaderPlan plan, int64_t consumed, int64_t steps);
   ~StepLoader();
   StepLoader(const StepLoader&) = delete;
   StepLoader& operator=(const StepLoader&) = delete;
@@ -37,7 +42,7 @@ class StepLoader {
   data::ShardSet& set_;
   LoaderPlan plan_;
   data::GlobalSampler sampler_;
-  int64_t next_step_, end_step_;
+  int64_t next_consumed_, steps_left_;
   std::deque<std::vector<data::HostBatch>> ready_;
   std::exception_ptr error_;
   bool stop_ = false;

@@ -1,5 +1,6 @@
-// The data-parallel trainer: flat fp32 parameters and gradients, bucketed communication overlapped with
-// backward (all-reduce for ZeRO-0, reduce-scatter for ZeRO-1/2), AdamW on the owned shard, all-gather.
+// The data-parallel trainer: flat fp32 parameters, one gradient-synchronization object per ZeRO stage
+// (bucketed communication overlapped with backward), global-norm clipping, AdamW on this rank's part of
+// the parameters in place, the all-gather; non-finite loss / gradient norm detection.
 #pragma once
 
 #include <cstdint>
@@ -29,25 +30,37 @@ struct StepStats {
   // Where this rank's step time went (seconds): forward, backward (incl. hook-driven communication
   // starts), waiting for the last buckets after backward, optimizer (clip + AdamW), all-gather.
   double forward_s = 0, backward_s = 0, drain_s = 0, optim_s = 0, gather_s = 0;
+  // --on-nonfinite skip: the loss or gradient norm was not finite and the update was not applied.
+  bool skipped = false;
+  std::string nonfinite;  // what was not finite, e.g. "loss (nan)"; empty when finite
 };
 
 class Trainer {
  public:
+  // Checks every weight is finite (Error naming the first tensor that is not), builds the flat buffers
+  // and installs the autograd hooks on the parameters' gradient accumulators.
   Trainer(const TrainConfig& cfg, std::shared_ptr<model::CausalLM> model, dist::Communicator& comm);
+  // Removes the hooks: a later backward through the model's parameters no longer reaches this trainer.
   ~Trainer();
   Trainer(const Trainer&) = delete;
   Trainer& operator=(const Trainer&) = delete;
 
   // One optimizer step over this rank's micro-batches of the global batch. `total_steps` feeds the LR
-  // schedule. Every rank must call it with the same step.
+  // schedule. Every rank must call it with the same step. A non-finite loss or gradient norm throws an
+  // Error naming the step (--on-nonfinite error) or skips the update (skip; Error after
+  // --max-consecutive-skips in a row); either way before the optimizer sees it.
   StepStats train_step(int64_t step, int64_t total_steps, const std::vector<data::HostBatch>& micro);
 
   // Mean masked loss over the given batches of every rank: (sum, count) reduced over ranks.
   std::pair<double, int64_t> evaluate(const std::vector<data::HostBatch>& batches);
 
+  // Error naming the first parameter (HF name) holding NaN or Inf; `when` says e.g. "before saving".
+  void check_weights_finite(const std::string& when) const;
+
   int64_t num_params() const;
-  int64_t optimizer_state_bytes() const;  // this rank's AdamW m+v (and fp32 master shard for ZeRO-1/2)
+  int64_t optimizer_state_bytes() const;  // this rank's AdamW m + v (the parameters themselves not counted)
   int64_t grad_buffer_bytes() const;      // this rank's persistent gradient memory
+  int64_t skipped_steps() const;          // steps whose update was skipped (non-finite), in total
 
  private:
   struct Impl;
