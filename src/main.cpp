@@ -15,6 +15,7 @@
 #include "shardtune/core/fs.h"
 #include "shardtune/core/log.h"
 #include "shardtune/data/dataset.h"
+#include "shardtune/data/verify.h"
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/mpi_runtime.h"
 #include "shardtune/model/io.h"
@@ -103,6 +104,12 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   train::TrainConfig cfg;
   CLI::App app{"shardtune: data-parallel fine-tuning (launch with mpirun/srun; see README)"};
   cfg.bind(app);
+  std::string verify_data = "auto";
+  app.add_option("--verify-data", verify_data,
+                 "check every shard's sha256, token ids and masks before training: auto (skip shards the "
+                 "verification cache knows unchanged), full, off")
+      ->check(CLI::IsMember({"auto", "full", "off"}))
+      ->capture_default_str();
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -122,6 +129,15 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
+  // Content of every shard (each rank a share), before any sample is used and before --out exists.
+  const data::VerifyResult vr =
+      data::verify_data(cfg.data, {"train", "val"}, {data::parse_verify_mode(verify_data), rank, world, 0, ""});
+  const auto verify_errors = rt.allgather(vr.error), verify_hints = rt.allgather(vr.hint);
+  for (size_t r = 0; r < verify_errors.size(); ++r) ST_CHECK(verify_errors[r].empty(), verify_errors[r], verify_hints[r]);
+  if (!vr.cache_warning.empty()) log::warn(vr.cache_warning);
+  if (verify_data != "off")
+    log::info("data verified: " + std::to_string(rt.allreduce_sum(vr.verified)) + " shard(s) checked, " +
+              std::to_string(rt.allreduce_sum(vr.cached)) + " known unchanged (cache " + vr.cache_dir + ")");
   const int64_t per_pass = cfg.micro_batch * world;
   ST_CHECK(cfg.global_batch % per_pass == 0,
            "--global-batch " + std::to_string(cfg.global_batch) + " is not a multiple of --micro-batch " +
