@@ -114,7 +114,7 @@ VerifyResult verify(const Folder& f, VerifyMode mode = VerifyMode::Full, const s
 
 #define EXPECT_HAS(msg, part) EXPECT_NE((msg).find(part), std::string::npos) << "missing '" << (part) << "' in: " << (msg)
 
-TEST(ReaderFaults, ValidFolderOpensAndVerifies) {
+TEST(data_reader_faults, ValidFolderOpensAndVerifies) {
   Folder f = make_folder();
   EXPECT_EQ(open_error(f), "");
   VerifyResult r = verify(f);
@@ -122,7 +122,7 @@ TEST(ReaderFaults, ValidFolderOpensAndVerifies) {
   EXPECT_EQ(r.verified, 3);
 }
 
-TEST(ReaderFaults, WrongRankOfOffsetsAndTokensIsAnErrorNamingFileAndDataset) {
+TEST(data_reader_faults, WrongRankOfOffsetsAndTokensIsAnErrorNamingFileAndDataset) {
   for (const char* name : {"offsets", "tokens", "loss_mask"}) {
     Folder f = make_folder();
     const hid_t type = std::string(name) == "offsets" ? H5T_STD_I64LE
@@ -139,7 +139,7 @@ TEST(ReaderFaults, WrongRankOfOffsetsAndTokensIsAnErrorNamingFileAndDataset) {
   }
 }
 
-TEST(ReaderFaults, ScalarAndWrongTypeDatasetsAreRejected) {
+TEST(data_reader_faults, ScalarAndWrongTypeDatasetsAreRejected) {
   Folder f = make_folder();
   replace_dataset(f.shard(0), "offsets", H5T_STD_I64LE, {});  // rank 0 (scalar)
   EXPECT_HAS(open_error(f), "0 dimensions");
@@ -152,7 +152,7 @@ TEST(ReaderFaults, ScalarAndWrongTypeDatasetsAreRejected) {
   EXPECT_HAS(open_error(h), "'/offsets' has type 4-byte signed integer, expected int64");
 }
 
-TEST(ReaderFaults, InconsistentLengthsAndOffsetsAreRejected) {
+TEST(data_reader_faults, InconsistentLengthsAndOffsetsAreRejected) {
   Folder f = make_folder();
   replace_dataset(f.shard(0), "loss_mask", H5T_STD_U8LE, {7});
   EXPECT_HAS(open_error(f), "'/loss_mask' has 7 entries");
@@ -169,7 +169,7 @@ TEST(ReaderFaults, InconsistentLengthsAndOffsetsAreRejected) {
   EXPECT_HAS(open_error(h), "'/offsets' ends at 0");
 }
 
-TEST(ReaderFaults, OutOfVocabularyIdIsFoundBeforeTrainingNamingShardAndSample) {
+TEST(data_reader_faults, OutOfVocabularyIdIsFoundBeforeTrainingNamingShardAndSample) {
   Folder f = make_folder([](ShardData& d) { d.tokens[d.offsets[7] + 1] = 300; });
   EXPECT_EQ(open_error(f), "");  // structure is fine: the content check finds it
   VerifyResult r = verify(f);
@@ -179,7 +179,7 @@ TEST(ReaderFaults, OutOfVocabularyIdIsFoundBeforeTrainingNamingShardAndSample) {
   EXPECT_LT(r.verified, 3);  // the failing shard is not counted as verified
 }
 
-TEST(ReaderFaults, BadMaskValueNamesShardAndSampleAlsoWhenVerificationIsOff) {
+TEST(data_reader_faults, BadMaskValueNamesShardAndSampleAlsoWhenVerificationIsOff) {
   Folder f = make_folder([](ShardData& d) { d.loss_mask[d.offsets[4]] = 2; });
   VerifyResult r = verify(f);
   EXPECT_HAS(r.error, f.shard(0).string());
@@ -198,7 +198,7 @@ TEST(ReaderFaults, BadMaskValueNamesShardAndSampleAlsoWhenVerificationIsOff) {
   }
 }
 
-TEST(ReaderFaults, ChecksumMismatchAndMissingChecksum) {
+TEST(data_reader_faults, ChecksumMismatchAndMissingChecksum) {
   Folder f = make_folder();
   f.manifest["shards"][1]["sha256"] = std::string(64, '0');
   f.save();
@@ -211,14 +211,14 @@ TEST(ReaderFaults, ChecksumMismatchAndMissingChecksum) {
   EXPECT_HAS(verify(f).error, "records no sha256");
 }
 
-TEST(ReaderFaults, LossTokenCountMustMatchManifest) {
+TEST(data_reader_faults, LossTokenCountMustMatchManifest) {
   Folder f = make_folder();
   f.manifest["shards"][2]["loss_tokens"] = 1;
   f.save();
   EXPECT_HAS(verify(f).error, "manifest.json says 1");
 }
 
-TEST(ReaderFaults, ManifestFieldsAreCheckedByName) {
+TEST(data_reader_faults, ManifestFieldsAreCheckedByName) {
   Folder f = make_folder();
   f.manifest.erase("shards");
   f.save();
@@ -239,7 +239,7 @@ TEST(ReaderFaults, ManifestFieldsAreCheckedByName) {
   EXPECT_HAS(open_error(g), "field 'tokenizer' has the wrong type");
 }
 
-TEST(ReaderFaults, ShardPathsMustStayInsideTheFolder) {
+TEST(data_reader_faults, ShardPathsMustStayInsideTheFolder) {
   for (const std::string& bad : {"../x.h5", "sub/../../x.h5", "/abs.h5", ""}) {
     Folder f = make_folder();
     f.manifest["shards"][0]["file"] = bad;
@@ -251,7 +251,7 @@ TEST(ReaderFaults, ShardPathsMustStayInsideTheFolder) {
   EXPECT_NO_THROW(check_relative_path("sub/train-00000.h5", "test"));
 }
 
-TEST(ReaderFaults, DeeplyNestedManifestIsRefusedBeforeParsing) {
+TEST(data_reader_faults, DeeplyNestedManifestIsRefusedBeforeParsing) {
   Folder f = make_folder();
   std::ofstream(f.dir / "manifest.json") << "{\"x\": " << std::string(300000, '[') << std::string(300000, ']') << "}";
   const std::string msg = open_error(f);
@@ -259,14 +259,14 @@ TEST(ReaderFaults, DeeplyNestedManifestIsRefusedBeforeParsing) {
   EXPECT_HAS(msg, "nested deeper than 128");
 }
 
-TEST(JsonDepth, CountsOnlyBracketsOutsideStrings) {
+TEST(data_json_depth, CountsOnlyBracketsOutsideStrings) {
   EXPECT_NO_THROW(check_json_depth(R"({"a": "[[[[[[\"{{{{{"})", "t", 2));
   EXPECT_NO_THROW(check_json_depth("[[]]", "t", 2));
   EXPECT_THROW(check_json_depth("[[[]]]", "t", 2), Error);
   EXPECT_THROW(check_json_depth(std::string(129, '{'), "t"), Error);
 }
 
-TEST(VerifyCache, UnchangedShardsAreRecognizedChangedOnesVerifiedAgain) {
+TEST(data_verify_cache, UnchangedShardsAreRecognizedChangedOnesVerifiedAgain) {
   Folder f = make_folder();
   const std::string cache = (f.dir / "cache").string();
   VerifyResult r1 = verify(f, VerifyMode::Auto, cache);
@@ -297,7 +297,7 @@ TEST(VerifyCache, UnchangedShardsAreRecognizedChangedOnesVerifiedAgain) {
   EXPECT_EQ(r4.verified, 3);
 }
 
-TEST(VerifyCache, CorruptedShardAfterVerificationIsCaught) {
+TEST(data_verify_cache, CorruptedShardAfterVerificationIsCaught) {
   Folder f = make_folder();
   const std::string cache = (f.dir / "cache").string();
   ASSERT_EQ(verify(f, VerifyMode::Auto, cache).error, "");
@@ -308,7 +308,7 @@ TEST(VerifyCache, CorruptedShardAfterVerificationIsCaught) {
   EXPECT_NE(verify(f, VerifyMode::Auto, cache).error, "");
 }
 
-TEST(VerifyCache, UnwritableCacheIsOnlyAWarning) {
+TEST(data_verify_cache, UnwritableCacheIsOnlyAWarning) {
   Folder f = make_folder();
   VerifyResult r = verify(f, VerifyMode::Auto, "/dev/null/shardtune-cache");
   EXPECT_EQ(r.error, "");
@@ -316,7 +316,7 @@ TEST(VerifyCache, UnwritableCacheIsOnlyAWarning) {
   EXPECT_HAS(r.cache_warning, "/dev/null/shardtune-cache");
 }
 
-TEST(VerifyCache, DefaultFolderFollowsEnvironment) {
+TEST(data_verify_cache, DefaultFolderFollowsEnvironment) {
   ::setenv("SHARDTUNE_CACHE_DIR", "/tmp/a", 1);
   EXPECT_EQ(default_cache_dir(), "/tmp/a");
   ::unsetenv("SHARDTUNE_CACHE_DIR");
@@ -327,7 +327,7 @@ TEST(VerifyCache, DefaultFolderFollowsEnvironment) {
   EXPECT_EQ(default_cache_dir(), "/home/u/.cache/shardtune");
 }
 
-TEST(VerifyShare, RanksVerifyDisjointSharesThatCoverEveryShard) {
+TEST(data_verify_share, RanksVerifyDisjointSharesThatCoverEveryShard) {
   Folder f = make_folder([](ShardData& d) { d.tokens[0] = -1; });  // shard 0 is bad: only rank 0 sees it
   VerifyResult r0 = verify(f, VerifyMode::Full, "", 0, 2), r1 = verify(f, VerifyMode::Full, "", 1, 2);
   EXPECT_HAS(r0.error, "sample 0, token 0");

@@ -42,7 +42,7 @@ def make_data(tmp, name="data", n=60):
     run(["/usr/bin/python3", os.path.join(SRC, "tools", "demo", "make_task.py"), f"{tmp}/task.jsonl", f"{tmp}/held.jsonl", str(n)])
     out = f"{tmp}/{name}"
     run([PREP, "--input", f"{tmp}/task.jsonl", "--output", out, "--tokenizer", "byte", "--template", "plain",
-         "--val-fraction", "0.1", "--max-seq-len", "64", "--shard-tokens", "2000", "--quiet"])
+         "--val-fraction", "0.1", "--max-seq-len", "64", "--shard-tokens", "500", "--quiet"])
     return out
 
 
@@ -130,7 +130,7 @@ def t_bad_shard_structure(tmp):
     s = first_train_shard(data)
     with h5py().File(f"{data}/{s['file']}", "r") as f:
         toks = f["tokens"][...]
-    rewrite_dataset(f"{data}/{s['file']}", "tokens", toks.astype(np.float32))
+    rewrite_dataset(f"{data}/{s['file']}", "tokens", toks.astype(np.float32), dtype=np.float32)
     c.refused(data, s["file"], "'/tokens' has type 4-byte float, expected int32")
 
 
