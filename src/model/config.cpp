@@ -18,6 +18,28 @@ T get_or(const json& j, const char* key, T fallback) {
   if (it == j.end() || it->is_null()) return fallback;
   return it->get<T>();
 }
+// An integer-valued key: an integer, or a float with an integral value (some exporters write 2048.0),
+// in int64 range. Anything else is an Error naming the key (never a silent or undefined conversion).
+int64_t as_int(const json& v, const char* key, const std::string& source) {
+  if (v.is_number_unsigned())
+    ST_CHECK(v.get<uint64_t>() <= uint64_t(INT64_MAX), source + ": " + key + " is too large");
+  if (v.is_number_integer()) return v.get<int64_t>();
+  ST_CHECK(v.is_number_float() && std::isfinite(v.get<double>()) && std::floor(v.get<double>()) == v.get<double>() &&
+               std::fabs(v.get<double>()) < 9.2e18,
+           source + ": " + key + " must be an integer, found " + v.dump().substr(0, 40),
+           "compare with the Hugging Face config of the same architecture");
+  return static_cast<int64_t>(v.get<double>());
+}
+int64_t req_int(const json& j, const char* key, const std::string& source) {
+  auto it = j.find(key);
+  ST_CHECK(it != j.end() && !it->is_null(), source + ": missing config key '" + key + "'",
+           "compare with the Hugging Face config of the same architecture (docs/MODELS.md lists the keys read)");
+  return as_int(*it, key, source);
+}
+int64_t opt_int(const json& j, const char* key, int64_t fallback, const std::string& source) {
+  auto it = j.find(key);
+  return it == j.end() || it->is_null() ? fallback : as_int(*it, key, source);
+}
 std::optional<int64_t> opt_id(const json& j, const char* key) {
   auto it = j.find(key);
   if (it == j.end() || !it->is_number_integer()) return std::nullopt;  // null or a list (multi-eos): ignored
@@ -29,30 +51,31 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
   ST_CHECK(j.is_object(), source + ": config is not a JSON object");
   ModelConfig c;
   c.raw = j;
-  std::string mt = get_or<std::string>(j, "model_type", "");
-  if (mt.empty() && j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty()) {
-    const std::string a = j["architectures"][0].get<std::string>();
-    if (a.rfind("GPT2", 0) == 0) mt = "gpt2";
-    else if (a.rfind("Llama", 0) == 0) mt = "llama";
-    else if (a.rfind("Qwen2", 0) == 0) mt = "qwen2";
-    else if (a.rfind("Mistral", 0) == 0) mt = "mistral";
-  }
-  c.model_type = mt;
-  try {
+  try {  // every key read: a wrong JSON type is an Error naming the file, never a raw library message
+    std::string mt = get_or<std::string>(j, "model_type", "");
+    if (mt.empty() && j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
+        j["architectures"][0].is_string()) {
+      const std::string a = j["architectures"][0].get<std::string>();
+      if (a.rfind("GPT2", 0) == 0) mt = "gpt2";
+      else if (a.rfind("Llama", 0) == 0) mt = "llama";
+      else if (a.rfind("Qwen2", 0) == 0) mt = "qwen2";
+      else if (a.rfind("Mistral", 0) == 0) mt = "mistral";
+    }
+    c.model_type = mt;
     if (mt == "llama" || mt == "mistral" || mt == "qwen2") {
       c.arch = Arch::Llama;
-      c.vocab_size = j.at("vocab_size").get<int64_t>();
-      c.hidden_size = j.at("hidden_size").get<int64_t>();
-      c.intermediate_size = j.at("intermediate_size").get<int64_t>();
-      c.num_layers = j.at("num_hidden_layers").get<int64_t>();
-      c.num_heads = j.at("num_attention_heads").get<int64_t>();
-      c.num_kv_heads = get_or<int64_t>(j, "num_key_value_heads", c.num_heads);
+      c.vocab_size = req_int(j, "vocab_size", source);
+      c.hidden_size = req_int(j, "hidden_size", source);
+      c.intermediate_size = req_int(j, "intermediate_size", source);
+      c.num_layers = req_int(j, "num_hidden_layers", source);
+      c.num_heads = req_int(j, "num_attention_heads", source);
+      c.num_kv_heads = opt_int(j, "num_key_value_heads", c.num_heads, source);
       ST_CHECK(j.contains("head_dim") || c.num_heads <= 0 || c.hidden_size % c.num_heads == 0,
                source + ": hidden_size " + std::to_string(c.hidden_size) + " is not a multiple of num_attention_heads " +
                    std::to_string(c.num_heads) + " (and no head_dim is given)",
                "check config.json: head_dim = hidden_size / num_attention_heads must be a whole number");
-      c.head_dim = get_or<int64_t>(j, "head_dim", c.num_heads > 0 ? c.hidden_size / c.num_heads : 0);
-      c.max_position_embeddings = get_or<int64_t>(j, "max_position_embeddings", 2048);
+      c.head_dim = opt_int(j, "head_dim", c.num_heads > 0 ? c.hidden_size / c.num_heads : 0, source);
+      c.max_position_embeddings = opt_int(j, "max_position_embeddings", 2048, source);
       c.norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6);
       c.rope_theta = get_or<double>(j, "rope_theta", 10000.0);
       c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false);
@@ -74,18 +97,19 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
         c.rope_scaling.low_freq_factor = get_or<double>(rs, "low_freq_factor", 1.0);
         c.rope_scaling.high_freq_factor = get_or<double>(rs, "high_freq_factor", 4.0);
         c.rope_scaling.original_max_position_embeddings =
-            get_or<int64_t>(rs, "original_max_position_embeddings", 8192);
+            opt_int(rs, "original_max_position_embeddings", 8192, source);
       }
     } else if (mt == "gpt2") {
       c.arch = Arch::GPT2;
-      c.vocab_size = j.at("vocab_size").get<int64_t>();
-      c.hidden_size = j.at("n_embd").get<int64_t>();
-      c.num_layers = j.at("n_layer").get<int64_t>();
-      c.num_heads = j.at("n_head").get<int64_t>();
+      c.vocab_size = req_int(j, "vocab_size", source);
+      c.hidden_size = req_int(j, "n_embd", source);
+      c.num_layers = req_int(j, "n_layer", source);
+      c.num_heads = req_int(j, "n_head", source);
       c.num_kv_heads = c.num_heads;
       c.head_dim = c.num_heads > 0 ? c.hidden_size / c.num_heads : 0;
-      c.intermediate_size = get_or<int64_t>(j, "n_inner", 4 * c.hidden_size);
-      c.max_position_embeddings = get_or<int64_t>(j, "n_positions", 1024);
+      const bool sane = c.hidden_size > 0 && c.hidden_size <= (int64_t(1) << 40);  // 4 x C must not overflow
+      c.intermediate_size = opt_int(j, "n_inner", sane ? 4 * c.hidden_size : 0, source);
+      c.max_position_embeddings = opt_int(j, "n_positions", 1024, source);
       c.norm_eps = get_or<double>(j, "layer_norm_epsilon", 1e-5);
       c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", true);
       c.hidden_act = get_or<std::string>(j, "activation_function", "gelu_new");
@@ -101,13 +125,13 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       ST_FAIL(source + ": unknown architecture (model_type '" + mt + "', architectures " + archs + ")",
               "supported model_type values: llama, mistral, qwen2, gpt2 (see docs/MODELS.md)");
     }
+    c.torch_dtype = get_or<std::string>(j, "torch_dtype", "float32");
+    c.bos_token_id = opt_id(j, "bos_token_id");
+    c.eos_token_id = opt_id(j, "eos_token_id");
   } catch (const json::exception& e) {
     ST_FAIL(source + ": bad or missing config key (" + e.what() + ")",
             "compare with the Hugging Face config of the same architecture (docs/MODELS.md lists the keys read)");
   }
-  c.torch_dtype = get_or<std::string>(j, "torch_dtype", "float32");
-  c.bos_token_id = opt_id(j, "bos_token_id");
-  c.eos_token_id = opt_id(j, "eos_token_id");
   c.validate(source);
   return c;
 }

@@ -37,7 +37,7 @@ for t in $TARGETS; do
   if [ $rc -ne 0 ]; then
     failed=1
     keep="$OUT/$t/crash-$(date +%s)"
-    cp "$OUT/$t/current" "$keep" 2>/dev/null
+    cp -L "$OUT/$t/current" "$keep" 2>/dev/null
     [ -f "$OUT/$t/manifest.json" ] && cp "$OUT/$t/manifest.json" "$keep.manifest.json"
     case $rc in
       124) why="hang (no end within $((SECONDS_PER_TARGET + 120)) s)";;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# ctest smoke of the fuzz driver: seeds, then 2 s per target (no sanitizers in the normal build; the
+# ctest smoke of the fuzz driver: seeds, then 1 s per target (no sanitizers in the normal build; the
 # bounded ASan run is tools/fuzz/run.sh). Fails on any finding or crash.
 set -euo pipefail
 FUZZ="$1"
@@ -7,5 +7,5 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 "$FUZZ" make-seeds "$tmp/seeds"
 for t in shard manifest safetensors config record; do
-  HOME="$tmp" "$FUZZ" run "$t" "$tmp/seeds/$t" "$tmp/out/$t" "${FUZZ_SMOKE_SECONDS:-2}"
+  HOME="$tmp" "$FUZZ" run "$t" "$tmp/seeds/$t" "$tmp/out/$t" "${FUZZ_SMOKE_SECONDS:-1}"
 done
