@@ -293,3 +293,34 @@ TEST(model_unit, Llama2cHeaderIsRangeCheckedBeforeItsSize) {
   const std::string msg = load_error(bin.string());
   EXPECT_NE(msg.find("huge.bin: num_hidden_layers is 100000"), std::string::npos) << msg;
 }
+
+TEST(model_unit, IntegerKeysAreCheckedNotConverted) {
+  auto err = [](nlohmann::json j) {
+    try {
+      sm::ModelConfig::from_json(j, "cfg.json");
+    } catch (const shardtune::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  nlohmann::json gpt2 = {{"model_type", "gpt2"}, {"vocab_size", 40}, {"n_embd", 16}, {"n_layer", 2}, {"n_head", 2}};
+  EXPECT_EQ(err(gpt2), "");
+  // Found by tools/fuzz: 4 * n_embd (the default n_inner) overflowed for n_embd = INT64_MIN.
+  gpt2["n_embd"] = INT64_MIN;
+  EXPECT_NE(err(gpt2).find("cfg.json: n_embd is -9223372036854775808"), std::string::npos) << err(gpt2);
+  nlohmann::json llama = tiny_llama().to_json();
+  llama["max_position_embeddings"] = 2048.0;  // integral floats are accepted
+  EXPECT_EQ(err(llama), "");
+  llama["max_position_embeddings"] = 2048.5;
+  EXPECT_NE(err(llama).find("max_position_embeddings must be an integer"), std::string::npos) << err(llama);
+  llama["max_position_embeddings"] = 1e300;
+  EXPECT_NE(err(llama).find("max_position_embeddings must be an integer"), std::string::npos) << err(llama);
+  llama["max_position_embeddings"] = "2048";
+  EXPECT_NE(err(llama).find("max_position_embeddings must be an integer, found \"2048\""), std::string::npos) << err(llama);
+  llama.erase("max_position_embeddings");
+  llama.erase("hidden_size");
+  EXPECT_NE(err(llama).find("cfg.json: missing config key 'hidden_size'"), std::string::npos) << err(llama);
+  llama["hidden_size"] = 16;
+  llama["model_type"] = 5;  // a wrong JSON type anywhere is our Error, not a raw library exception
+  EXPECT_NE(err(llama).find("cfg.json: bad or missing config key"), std::string::npos) << err(llama);
+}
