@@ -18,6 +18,7 @@ SRC = os.environ["ST_SOURCE"]
 TRAIN = os.path.join(BIN, "src", "shardtune")
 PREP = os.path.join(BIN, "data_prep", "shardtune-prep")
 GENERATE = os.path.join(BIN, "tools", "shardtune-generate")
+INSPECT = os.path.join(BIN, "tools", "shardtune-inspect")
 MPI = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np"]
 sys.path.insert(0, os.path.join(SRC, "tests", "model"))
 
@@ -126,6 +127,9 @@ def t_bad_shard_structure(tmp):
         c.refused(data, s["file"], f"'/{name}'", "2 dimensions")
         p = c.refused(data, s["file"], f"'/{name}'", ranks=2)
         assert "Segmentation" not in p.stderr and "signal" not in p.stderr.lower(), p.stderr[-2000:]
+        # shardtune-inspect --verify runs the same validation.
+        p = run([INSPECT, data, "--verify"], ok=False)
+        assert p.returncode != 0 and "INVALID" in p.stdout and f"'/{name}'" in p.stdout, p.stdout[-2000:] + p.stderr
     data = c.fresh_data()
     s = first_train_shard(data)
     with h5py().File(f"{data}/{s['file']}", "r") as f:
