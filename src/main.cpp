@@ -19,6 +19,7 @@
 #include "shardtune/core/mem.h"
 #include "shardtune/core/signals.h"
 #include "shardtune/data/dataset.h"
+#include "shardtune/data/verify.h"
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/mpi_runtime.h"
 #include "shardtune/model/io.h"
@@ -168,6 +169,15 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
+  // Content of every shard (each rank a share), before any sample is used and before --out exists.
+  const data::VerifyResult vr =
+      data::verify_data(cfg.data, {"train", "val"}, {data::parse_verify_mode(cfg.verify_data), rank, world, 0, ""});
+  const auto verify_errors = rt.allgather(vr.error), verify_hints = rt.allgather(vr.hint);
+  for (size_t r = 0; r < verify_errors.size(); ++r) ST_CHECK(verify_errors[r].empty(), verify_errors[r], verify_hints[r]);
+  if (!vr.cache_warning.empty()) log::warn(vr.cache_warning);
+  if (cfg.verify_data != "off")
+    log::info("data verified: " + std::to_string(rt.allreduce_sum(vr.verified)) + " shard(s) checked, " +
+              std::to_string(rt.allreduce_sum(vr.cached)) + " known unchanged (cache " + vr.cache_dir + ")");
   const int64_t per_pass = cfg.micro_batch * world;
   ST_CHECK(cfg.global_batch % per_pass == 0,
            "--global-batch " + std::to_string(cfg.global_batch) + " is not a multiple of --micro-batch " +

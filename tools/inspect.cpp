@@ -10,7 +10,9 @@
 #include "sentencepiece_tokenizer.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/data/manifest.h"
 #include "shardtune/data/shard.h"
+#include "shardtune/data/verify.h"
 
 namespace {
 
@@ -89,44 +91,38 @@ int inspect_main(int argc, char** argv) {
   stdfs::path manifest_path = stdfs::path(target) / "manifest.json";
   ST_CHECK(stdfs::is_regular_file(manifest_path), "'" + target + "' has no manifest.json",
            "pass a folder written by shardtune-prep (an unfinished one has no manifest) or a .h5 shard");
-  json m;
-  try {
-    m = json::parse(fs::read_file(manifest_path));
-  } catch (const json::exception& e) {
-    ST_FAIL("'" + manifest_path.string() + "' is not valid JSON: " + e.what());
-  }
-  ST_CHECK(m.value("format", "") == "shardtune-manifest", "'" + manifest_path.string() + "' is not a shardtune manifest");
-  const auto& t = m["tokenizer"];
+  // The checked reader first (every field, shard paths inside the folder), then the raw JSON for printing.
+  const data::Manifest man = data::read_manifest(target);
+  json m = json::parse(fs::read_file(manifest_path));
+  const json& t = m["tokenizer"];
+  const json tpl = m.contains("template") && m["template"].is_object() ? m["template"] : json::object();
   std::printf("shard folder %s (manifest format_version %d)\n", target.c_str(), m.value("format_version", 0));
-  std::printf("tokenizer  %s from %s, vocab %lld, bos %lld, eos %lld, add_bos %s\n", t.value("name", "?").c_str(),
-              t.value("source", "?").c_str(), static_cast<long long>(t.value("vocab_size", 0)),
-              static_cast<long long>(t.value("bos_id", -1)), static_cast<long long>(t.value("eos_id", -1)),
-              t.value("add_bos", false) ? "yes" : "no");
-  std::printf("format     %s, template %s\n", m.value("format_kind", "?").c_str(), m["template"].value("name", "?").c_str());
+  std::printf("tokenizer  %s from %s, vocab %lld, bos %lld, eos %lld, add_bos %s\n", man.tokenizer_name.c_str(),
+              man.tokenizer_source.c_str(), static_cast<long long>(man.vocab_size), static_cast<long long>(man.bos_id),
+              static_cast<long long>(man.eos_id), t.value("add_bos", false) ? "yes" : "no");
+  std::printf("format     %s, template %s\n", m.value("format_kind", "?").c_str(), tpl.value("name", "?").c_str());
   std::printf("counts    ");
-  for (auto& [k, v] : m["counts"].items()) std::printf(" %s=%s", k.c_str(), v.dump().c_str());
+  if (m.contains("counts") && m["counts"].is_object())
+    for (auto& [k, v] : m["counts"].items()) std::printf(" %s=%s", k.c_str(), v.dump().c_str());
   std::printf("\n\n%-18s %-6s %10s %12s %12s  %s\n", "shard", "split", "samples", "tokens", "trained", "sha256");
   int bad = 0;
-  for (const auto& s : m["shards"]) {
-    std::string file = s.value("file", "");
+  for (const auto& s : man.shards) {
     std::string status;
     if (verify) {
       try {
-        data::read_shard((stdfs::path(target) / file).string(), t.value("vocab_size", 0));
-        status = fs::sha256_file(stdfs::path(target) / file) == s.value("sha256", "") ? "  ok" : "  CHECKSUM MISMATCH";
+        data::verify_shard(s, man.vocab_size);  // the trainer's own check: structure, ids, masks, counts, sha256
+        status = "  ok";
       } catch (const std::exception& e) {
         status = std::string("  INVALID: ") + e.what();
       }
       bad += status != "  ok";
     }
-    std::printf("%-18s %-6s %10lld %12lld %12lld  %s…%s\n", file.c_str(), s.value("split", "").c_str(),
-                static_cast<long long>(s.value("samples", 0)), static_cast<long long>(s.value("tokens", 0)),
-                static_cast<long long>(s.value("loss_tokens", 0)), s.value("sha256", "").substr(0, 16).c_str(), status.c_str());
+    std::printf("%-18s %-6s %10lld %12lld %12lld  %s…%s\n", s.file.c_str(), s.split.c_str(),
+                static_cast<long long>(s.samples), static_cast<long long>(s.tokens),
+                static_cast<long long>(s.loss_tokens), s.sha256.substr(0, 16).c_str(), status.c_str());
   }
-  if (!m["shards"].empty()) {
-    std::string first = (stdfs::path(target) / m["shards"][0].value("file", "")).string();
-    print_sample(data::read_shard(first), sample, tokenizer.empty() ? t.value("source", "") : tokenizer, ids);
-  }
+  if (!man.shards.empty() && bad == 0)
+    print_sample(data::read_shard(man.shards[0].path), sample, tokenizer.empty() ? man.tokenizer_source : tokenizer, ids);
   ST_CHECK(bad == 0, std::to_string(bad) + " shard(s) failed verification", "re-run shardtune-prep to regenerate the folder");
   return 0;
 }

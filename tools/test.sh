@@ -7,5 +7,7 @@ st_install_apt
 st_install_node_refs
 st_build
 st_blas_env   # after the build: needs build/tools/shardtune-hw
+# Shard verification records of the test runs stay in the build folder, not in ~/.cache.
+export SHARDTUNE_CACHE_DIR="${SHARDTUNE_CACHE_DIR:-$BUILD_DIR/test-verify-cache}"
 cd "$BUILD_DIR"
 ctest --output-on-failure --timeout 900 -j "$JOBS" "$@"

@@ -4,18 +4,18 @@
 #include <algorithm>
 #include <filesystem>
 #include <mutex>
-#include <nlohmann/json.hpp>
 
 #include "h5.h"
+#include "layout.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/data/manifest.h"
 #include "shardtune/data/shard.h"
 
 namespace shardtune::data {
 
 namespace stdfs = std::filesystem;
 
-// The serial HDF5 library is not thread-safe: every HDF5 call of the data layer holds this lock.
 std::mutex& hdf5_mutex() {
   static std::mutex m;
   return m;
@@ -33,29 +33,18 @@ ShardSet::~ShardSet() {
 }
 
 std::unique_ptr<ShardSet> ShardSet::open(const std::string& dir, const std::string& split, int64_t expect_vocab) {
-  const std::string manifest_path = (stdfs::path(dir) / "manifest.json").string();
-  ST_CHECK(stdfs::is_regular_file(manifest_path), "data folder '" + dir + "' has no manifest.json",
-           "pass --data a folder written by shardtune-prep (an interrupted prep leaves none)");
-  nlohmann::json m;
-  try {
-    m = nlohmann::json::parse(fs::read_file(manifest_path));
-  } catch (const nlohmann::json::exception& e) {
-    ST_FAIL("'" + manifest_path + "' is not valid JSON: " + e.what(), "re-run shardtune-prep");
-  }
-  ST_CHECK(m.value("format", "") == "shardtune-manifest" && m.value("format_version", 0) == 1,
-           "'" + manifest_path + "' is not a version-1 shardtune manifest", "re-run shardtune-prep with this version");
+  const Manifest m = read_manifest(dir);
   std::unique_ptr<ShardSet> set(new ShardSet());
   DatasetInfo& info = set->info_;
   info.dir = dir;
   info.split = split;
-  const auto& t = m.at("tokenizer");
-  info.tokenizer_name = t.value("name", "");
-  info.tokenizer_hash = t.value("hash", "");
-  info.tokenizer_source = t.value("source", "");
-  info.vocab_size = t.value("vocab_size", 0);
-  info.bos_id = t.value("bos_id", -1);
-  info.eos_id = t.value("eos_id", -1);
-  info.pad_id = t.value("pad_id", -1);
+  info.tokenizer_name = m.tokenizer_name;
+  info.tokenizer_hash = m.tokenizer_hash;
+  info.tokenizer_source = m.tokenizer_source;
+  info.vocab_size = m.vocab_size;
+  info.bos_id = m.bos_id;
+  info.eos_id = m.eos_id;
+  info.pad_id = m.pad_id;
   if (expect_vocab > 0)
     ST_CHECK(info.vocab_size <= expect_vocab,
              "data in '" + dir + "' was tokenized with vocabulary size " + std::to_string(info.vocab_size) + " (" +
@@ -64,37 +53,30 @@ std::unique_ptr<ShardSet> ShardSet::open(const std::string& dir, const std::stri
   set->first_sample_.push_back(0);
   std::lock_guard<std::mutex> lock(hdf5_mutex());
   QuietHdf5 quiet;
-  for (const auto& s : m.at("shards")) {
-    if (s.value("split", "") != split) continue;
+  const std::string rerun = "the folder mixes outputs of different prep runs or a shard is damaged; re-run shardtune-prep";
+  for (const ManifestShard& s : m.shards) {
+    if (s.split != split) continue;
     auto sh = std::make_unique<Shard>();
-    sh->path = (stdfs::path(dir) / s.value("file", "")).string();
+    sh->path = s.path;
     ShardInfo si = read_shard_info(sh->path);  // magic, version, attributes
     ST_CHECK(si.tokenizer_hash == info.tokenizer_hash && si.vocab_size == info.vocab_size,
-             "shard '" + sh->path + "' was made with another tokenizer than manifest.json says",
-             "the folder mixes outputs of different prep runs; re-run shardtune-prep");
+             "shard '" + sh->path + "' was made with another tokenizer than manifest.json says", rerun);
+    ST_CHECK(si.split == split, "shard '" + sh->path + "' holds split '" + si.split + "', manifest.json says '" + split + "'",
+             rerun);
     sh->file = H5(H5Fopen(sh->path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
+    ST_CHECK(sh->file.ok(), "cannot open HDF5 file '" + sh->path + "'");
+    // Rank, type and length of every dataset and the offsets, before anything is read by sample.
+    ShardLayout layout = check_shard_layout(sh->file.get(), sh->path, s.samples);
+    ST_CHECK(layout.num_tokens == s.tokens,
+             "shard '" + sh->path + "' holds " + std::to_string(layout.num_tokens) + " tokens, manifest.json says " +
+                 std::to_string(s.tokens), rerun);
     sh->tokens = H5(H5Dopen2(sh->file.get(), "tokens", H5P_DEFAULT), H5Dclose);
     sh->mask = H5(H5Dopen2(sh->file.get(), "loss_mask", H5P_DEFAULT), H5Dclose);
-    H5 off(H5Dopen2(sh->file.get(), "offsets", H5P_DEFAULT), H5Dclose);
-    ST_CHECK(sh->tokens.ok() && sh->mask.ok() && off.ok(), "shard '" + sh->path + "' lacks /tokens, /offsets or /loss_mask");
-    H5 space(H5Dget_space(off.get()), H5Sclose), tspace(H5Dget_space(sh->tokens.get()), H5Sclose),
-        mspace(H5Dget_space(sh->mask.get()), H5Sclose);
-    hsize_t n = 0, nt = 0, nm = 0;
-    H5Sget_simple_extent_dims(space.get(), &n, nullptr);
-    H5Sget_simple_extent_dims(tspace.get(), &nt, nullptr);
-    H5Sget_simple_extent_dims(mspace.get(), &nm, nullptr);
-    sh->offsets.resize(n);
-    ST_CHECK(n >= 1 && H5Dread(off.get(), H5T_NATIVE_INT64, H5S_ALL, H5S_ALL, H5P_DEFAULT, sh->offsets.data()) >= 0,
-             "shard '" + sh->path + "': cannot read /offsets");
-    ST_CHECK(sh->offsets.front() == 0 && std::is_sorted(sh->offsets.begin(), sh->offsets.end()) &&
-                 sh->offsets.back() == static_cast<int64_t>(nt) && nm == nt,
-             "shard '" + sh->path + "': /offsets, /tokens and /loss_mask are inconsistent", "re-run shardtune-prep");
-    ST_CHECK(static_cast<int64_t>(n - 1) == s.value("samples", int64_t{-1}),
-             "shard '" + sh->path + "' holds " + std::to_string(n - 1) + " samples, manifest.json says " +
-                 std::to_string(s.value("samples", int64_t{-1})), "re-run shardtune-prep");
-    info.num_samples += static_cast<int64_t>(n - 1);
-    info.num_tokens += static_cast<int64_t>(nt);
-    info.num_loss_tokens += s.value("loss_tokens", int64_t{0});
+    ST_CHECK(sh->tokens.ok() && sh->mask.ok(), "shard '" + sh->path + "': cannot open /tokens or /loss_mask");
+    sh->offsets = std::move(layout.offsets);
+    info.num_samples += s.samples;
+    info.num_tokens += s.tokens;
+    info.num_loss_tokens += s.loss_tokens;
     set->first_sample_.push_back(info.num_samples);
     set->shards_.push_back(std::move(sh));
   }
@@ -128,9 +110,8 @@ void ShardSet::read(int64_t sample, std::vector<int32_t>& tokens, std::vector<ui
              "shard '" + sh.path + "': cannot read sample " + std::to_string(i) + " (truncated or corrupt file?)",
              "verify the folder with shardtune-inspect --verify");
   }
-  for (auto id : tokens)
-    ST_CHECK(id >= 0 && id < info_.vocab_size, "shard '" + sh.path + "': sample " + std::to_string(i) + " holds token id " +
-                                                  std::to_string(id) + " outside the vocabulary", "re-run shardtune-prep");
+  // A last guard when content verification was skipped (--verify-data off): names shard and sample.
+  check_token_chunk(tokens.data(), mask.data(), count, sh.offsets[i], sh.offsets, info_.vocab_size, sh.path);
 }
 
 namespace {

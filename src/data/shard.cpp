@@ -8,6 +8,7 @@
 #include <numeric>
 
 #include "h5.h"
+#include "layout.h"
 #include "shardtune/core/error.h"
 
 namespace shardtune::data {
@@ -156,6 +157,109 @@ void write_shard(const std::string& path, const ShardInfo& info, const ShardData
   ST_CHECK(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, "cannot flush shard '" + path + "' (disk full?)");
 }
 
+
+namespace {
+
+std::string type_desc(hid_t type) {
+  const H5T_class_t c = H5Tget_class(type);
+  const std::string bytes = std::to_string(H5Tget_size(type)) + "-byte ";
+  if (c == H5T_INTEGER) return bytes + (H5Tget_sign(type) == H5T_SGN_NONE ? "unsigned integer" : "signed integer");
+  if (c == H5T_FLOAT) return bytes + "float";
+  if (c == H5T_STRING) return "string";
+  return "non-numeric type (class " + std::to_string(static_cast<int>(c)) + ")";
+}
+
+// One 1-D integer dataset: returns its length after checking kind, storage, type and rank.
+hsize_t check_dataset(hid_t file, const char* name, size_t elem_size, bool is_signed, const char* want,
+                      const std::string& path, uint64_t file_size) {
+  const std::string ds_name = std::string("/") + name;
+  const std::string where = "shard '" + path + "': dataset '" + ds_name + "'";
+  const std::string rerun = "the shard is corrupt or not written by shardtune-prep; re-run shardtune-prep";
+  ST_CHECK(H5Lexists(file, name, H5P_DEFAULT) > 0, "shard '" + path + "' has no dataset '" + ds_name + "'",
+           "the file is incomplete or not a shardtune shard; re-run shardtune-prep");
+  H5 ds(H5Dopen2(file, name, H5P_DEFAULT), H5Dclose);
+  ST_CHECK(ds.ok(), where + " is not a dataset (a group?) or cannot be opened", rerun);
+  // External and virtual storage would read other files than the one verified: refused.
+  H5 dcpl(H5Dget_create_plist(ds.get()), H5Pclose);
+  const H5D_layout_t lay = H5Pget_layout(dcpl.get());
+  ST_CHECK((lay == H5D_CONTIGUOUS || lay == H5D_CHUNKED || lay == H5D_COMPACT) && H5Pget_external_count(dcpl.get()) == 0,
+           where + " uses external or virtual storage (data outside this file)", rerun);
+  H5 type(H5Dget_type(ds.get()), H5Tclose);
+  ST_CHECK(H5Tget_class(type.get()) == H5T_INTEGER && H5Tget_size(type.get()) == elem_size &&
+               (H5Tget_sign(type.get()) != H5T_SGN_NONE) == is_signed,
+           where + " has type " + type_desc(type.get()) + ", expected " + want, rerun);
+  H5 space(H5Dget_space(ds.get()), H5Sclose);
+  const int ndims = H5Sget_simple_extent_ndims(space.get());
+  ST_CHECK(ndims == 1 && H5Sget_simple_extent_type(space.get()) == H5S_SIMPLE,
+           where + " has " + std::to_string(ndims) + " dimensions, expected 1", rerun);
+  hsize_t n = 0;
+  H5Sget_simple_extent_dims(space.get(), &n, nullptr);  // safe: exactly one dimension
+  // Even compressed, no real shard stores more than 64 elements per byte of file.
+  const uint64_t max_elems = (file_size + 4096) * 64 / elem_size;
+  ST_CHECK(n <= max_elems, where + " claims " + std::to_string(n) + " elements, more than a file of " +
+                               std::to_string(file_size) + " bytes can hold", rerun);
+  return n;
+}
+
+}  // namespace
+
+ShardLayout check_shard_layout(hid_t file, const std::string& path, int64_t expect_samples) {
+  const std::string rerun = "the shard is corrupt; re-run shardtune-prep";
+  hsize_t file_size = 0;
+  ST_CHECK(H5Fget_filesize(file, &file_size) >= 0, "shard '" + path + "': cannot get the file size");
+  const hsize_t nt = check_dataset(file, "tokens", 4, true, "int32", path, file_size);
+  const hsize_t no = check_dataset(file, "offsets", 8, true, "int64", path, file_size);
+  const hsize_t nm = check_dataset(file, "loss_mask", 1, false, "uint8", path, file_size);
+  const std::string where = "shard '" + path + "': ";
+  ST_CHECK(no >= 1, where + "dataset '/offsets' is empty (it holds n_samples + 1 entries)", rerun);
+  ST_CHECK(nm == nt, where + "dataset '/loss_mask' has " + std::to_string(nm) + " entries, '/tokens' " +
+                         std::to_string(nt), rerun);
+  if (expect_samples >= 0)
+    ST_CHECK(static_cast<int64_t>(no - 1) == expect_samples,
+             where + "dataset '/offsets' holds " + std::to_string(no - 1) + " samples, manifest.json says " +
+                 std::to_string(expect_samples), "the folder mixes outputs of different prep runs; re-run shardtune-prep");
+  for (const char* attr : {"num_samples", "num_tokens"}) {
+    if (!has_attr(file, attr)) continue;
+    const int64_t v = read_int_attr(file, attr, path);
+    const int64_t want = attr[4] == 's' ? static_cast<int64_t>(no - 1) : static_cast<int64_t>(nt);
+    ST_CHECK(v == want, where + "attribute '" + attr + "' is " + std::to_string(v) + " but the datasets hold " +
+                            std::to_string(want), rerun);
+  }
+  ShardLayout out;
+  out.num_tokens = static_cast<int64_t>(nt);
+  out.offsets = read_dataset<int64_t>(file, "offsets", H5T_NATIVE_INT64, path);
+  const auto& o = out.offsets;
+  ST_CHECK(static_cast<hsize_t>(o.size()) == no && o.front() == 0,
+           where + "dataset '/offsets' must start at 0, starts at " + std::to_string(o.front()), rerun);
+  for (size_t i = 1; i < o.size(); ++i)
+    ST_CHECK(o[i] >= o[i - 1], where + "dataset '/offsets' decreases at sample " + std::to_string(i - 1), rerun);
+  ST_CHECK(o.back() == out.num_tokens, where + "dataset '/offsets' ends at " + std::to_string(o.back()) +
+                                           " but '/tokens' has " + std::to_string(nt) + " entries", rerun);
+  return out;
+}
+
+
+int64_t check_token_chunk(const int32_t* ids, const uint8_t* mask, size_t n, int64_t first, const std::vector<int64_t>& offsets,
+                          int64_t vocab, const std::string& path) {
+  int64_t ones = 0;
+  for (size_t k = 0; k < n; ++k) {
+    const bool id_ok = ids[k] >= 0 && ids[k] < vocab;
+    if (id_ok && mask[k] <= 1) {
+      ones += mask[k];
+      continue;
+    }
+    const int64_t pos = first + static_cast<int64_t>(k);
+    const int64_t sample = std::upper_bound(offsets.begin(), offsets.end(), pos) - offsets.begin() - 1;
+    const std::string at = "shard '" + path + "': sample " + std::to_string(sample) + ", token " +
+                           std::to_string(pos - offsets[sample]) + " (position " + std::to_string(pos) + " of /tokens)";
+    ST_CHECK(id_ok, at + " holds id " + std::to_string(ids[k]) + ", outside the vocabulary [0, " + std::to_string(vocab) + ")",
+             "the shard does not match its tokenizer or is corrupt; re-run shardtune-prep");
+    ST_FAIL(at + " has loss_mask value " + std::to_string(mask[k]) + " (must be 0 or 1)",
+            "the shard is corrupt; re-run shardtune-prep");
+  }
+  return ones;
+}
+
 ShardInfo read_shard_info(const std::string& path) {
   H5 file = open_for_read(path);
   QuietHdf5 quiet;
@@ -167,29 +271,17 @@ Shard read_shard(const std::string& path, int64_t expect_vocab) {
   QuietHdf5 quiet;
   Shard s;
   s.info = read_info(file.get(), path);
+  ShardLayout layout = check_shard_layout(file.get(), path);  // before any data is read
+  s.data.offsets = std::move(layout.offsets);
   s.data.tokens = read_dataset<int32_t>(file.get(), "tokens", H5T_NATIVE_INT32, path);
-  s.data.offsets = read_dataset<int64_t>(file.get(), "offsets", H5T_NATIVE_INT64, path);
   s.data.loss_mask = read_dataset<uint8_t>(file.get(), "loss_mask", H5T_NATIVE_UINT8, path);
   const auto& d = s.data;
   const std::string where = "shard '" + path + "': ";
   const std::string rerun = "the shard is corrupt; re-run shardtune-prep";
-  ST_CHECK(!d.offsets.empty() && d.offsets.front() == 0, where + "/offsets must start at 0", rerun);
-  ST_CHECK(d.offsets.back() == d.num_tokens(),
-           where + "/offsets ends at " + std::to_string(d.offsets.back()) + " but /tokens has " +
-               std::to_string(d.num_tokens()) + " entries", rerun);
-  for (size_t i = 1; i < d.offsets.size(); ++i)
-    ST_CHECK(d.offsets[i] >= d.offsets[i - 1], where + "/offsets decreases at sample " + std::to_string(i - 1), rerun);
-  ST_CHECK(d.loss_mask.size() == d.tokens.size(),
-           where + "/loss_mask has " + std::to_string(d.loss_mask.size()) + " entries, /tokens " +
-               std::to_string(d.tokens.size()), rerun);
+  ST_CHECK(static_cast<int64_t>(d.tokens.size()) == layout.num_tokens && d.loss_mask.size() == d.tokens.size(),
+           where + "/tokens or /loss_mask changed size while being read", rerun);
   ST_CHECK(s.info.vocab_size > 0, where + "vocab_size attribute is not positive", rerun);
-  for (size_t i = 0; i < d.tokens.size(); ++i)
-    ST_CHECK(d.tokens[i] >= 0 && d.tokens[i] < s.info.vocab_size,
-             where + "token id " + std::to_string(d.tokens[i]) + " at position " + std::to_string(i) +
-                 " is outside the vocabulary [0, " + std::to_string(s.info.vocab_size) + ")", rerun);
-  for (size_t i = 0; i < d.loss_mask.size(); ++i)
-    ST_CHECK(d.loss_mask[i] <= 1, where + "loss_mask value " + std::to_string(d.loss_mask[i]) + " at position " +
-                                      std::to_string(i) + " is not 0 or 1", rerun);
+  check_token_chunk(d.tokens.data(), d.loss_mask.data(), d.tokens.size(), 0, d.offsets, s.info.vocab_size, path);
   if (expect_vocab > 0)
     ST_CHECK(s.info.vocab_size == expect_vocab,
              where + "was tokenized with vocab size " + std::to_string(s.info.vocab_size) + " (" +

@@ -11,6 +11,7 @@
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/core/json_depth.h"
 #include "shardtune/core/log.h"
 
 namespace shardtune::model {
@@ -33,6 +34,65 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 bool ignorable(const std::string& name) {
   return ends_with(name, ".attn.bias") || ends_with(name, ".attn.masked_bias") ||
          ends_with(name, "rotary_emb.inv_freq");
+}
+
+std::string shape_str(const std::vector<int64_t>& s) { return shape_str(at::IntArrayRef(s)); }
+
+// The HF name a weight of `t` is known by (GPT-2 checkpoints may omit the "transformer." prefix).
+std::string canonical_name(const ModelConfig& cfg, const std::string& name) {
+  if (cfg.arch == Arch::GPT2 && name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0)
+    return "transformer." + name;
+  return name;
+}
+
+// Checks config.json against the safetensors headers (names, shapes, dtypes) before anything is
+// allocated: a config that does not describe these weights fails here, naming tensor and config key,
+// instead of allocating what the config claims (num_hidden_layers: 100000 would be ~24 GB).
+void check_weights(const ModelConfig& cfg, const std::vector<std::unique_ptr<st::File>>& files,
+                   const std::string& cfg_path) {
+  std::map<std::string, std::pair<const st::File*, const st::TensorInfo*>> found;
+  const std::string layer_prefix = cfg.arch == Arch::GPT2 ? "transformer.h." : "model.layers.";
+  int64_t layers_in_files = 0;
+  for (const auto& f : files)
+    for (const auto& t : f->tensors()) {
+      const std::string name = canonical_name(cfg, t.name);
+      ST_CHECK(!found.count(name), f->path().string() + ": tensor '" + t.name + "' also appears in " +
+                                       found[name].first->path().string(), "the checkpoint is inconsistent");
+      found[name] = {f.get(), &t};
+      if (name.rfind(layer_prefix, 0) == 0) {
+        const size_t a = layer_prefix.size(), b = name.find('.', a);
+        const std::string idx = name.substr(a, b == std::string::npos ? std::string::npos : b - a);
+        if (!idx.empty() && idx.size() < 7 && idx.find_first_not_of("0123456789") == std::string::npos)
+          layers_in_files = std::max<int64_t>(layers_in_files, std::stoll(idx) + 1);
+      }
+    }
+  const std::string what = cfg_path + " does not describe these weights";
+  std::string files_str;
+  for (const auto& f : files) files_str += (files_str.empty() ? "" : ", ") + f->path().string();
+  const std::string hint = "check that config.json belongs to these safetensors files (and the download is complete)";
+  ST_CHECK(layers_in_files == cfg.num_layers,
+           what + ": " + cfg.layers_key() + " is " + std::to_string(cfg.num_layers) + " but the weights hold " +
+               std::to_string(layers_in_files) + " layer(s) (" + layer_prefix + "N.*)", hint);
+  for (const ExpectedTensor& e : cfg.expected_tensors()) {
+    auto it = found.find(e.name);
+    std::string keys;
+    for (size_t d = 0; d < e.shape.size(); ++d) keys += (d ? ", " : "") + e.dim_keys[d];
+    ST_CHECK(it != found.end(), what + ": tensor '" + e.name + "' (expected shape " + shape_str(e.shape) + " from " +
+                                    keys + ") is missing from " + files_str, hint);
+    const st::TensorInfo& t = *it->second.second;
+    const std::string file = it->second.first->path().string();
+    if (t.shape != e.shape) {
+      std::string why = t.shape.size() != e.shape.size() ? "a different number of dimensions" : "";
+      for (size_t d = 0; why.empty() && d < e.shape.size(); ++d)
+        if (t.shape[d] != e.shape[d])
+          why = "dim " + std::to_string(d) + " is " + std::to_string(t.shape[d]) + ", config key " + e.dim_keys[d] +
+                " gives " + std::to_string(e.shape[d]);
+      ST_FAIL(file + ": tensor '" + t.name + "' has shape " + shape_str(t.shape) + ", expected " + shape_str(e.shape) +
+                  " from " + cfg_path + " (" + why + ")", hint);
+    }
+    ST_CHECK(t.dtype == st::DType::F32 || t.dtype == st::DType::BF16 || t.dtype == st::DType::F16,
+             file + ": tensor '" + t.name + "' has dtype " + st::dtype_name(t.dtype) + ", expected F32, BF16 or F16");
+  }
 }
 
 }  // namespace
@@ -108,19 +168,19 @@ std::shared_ptr<CausalLM> load_hf(const stdfs::path& dir) {
   const stdfs::path cfg_path = dir / "config.json";
   ST_CHECK(stdfs::exists(cfg_path), dir.string() + ": no config.json",
            "point --model at a Hugging Face model folder (config.json + model.safetensors) or a llama2.c .bin file");
-  auto model = std::make_shared<CausalLM>(ModelConfig::from_file(cfg_path.string()));
-  const ModelConfig& cfg = model->config();
-  std::vector<std::unique_ptr<st::File>> files;
+  const ModelConfig config = ModelConfig::from_file(cfg_path.string());
+  std::vector<std::unique_ptr<st::File>> files;  // headers parsed and validated; data only mapped
   for (const auto& p : st::model_files(dir)) files.push_back(std::make_unique<st::File>(p));
+  check_weights(config, files, cfg_path.string());  // before the model is allocated
+  auto model = std::make_shared<CausalLM>(config);
+  const ModelConfig& cfg = model->config();
 
   // HF name on disk -> (file, tensor); GPT-2 checkpoints may omit the "transformer." prefix.
   std::map<std::string, std::pair<const st::File*, const st::TensorInfo*>> found;
   std::vector<std::string> unexpected;
   for (const auto& f : files) {
     for (const auto& t : f->tensors()) {
-      std::string name = t.name;
-      if (cfg.arch == Arch::GPT2 && name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0)
-        name = "transformer." + name;
+      const std::string name = canonical_name(cfg, t.name);
       if (model->has_param(name)) {
         ST_CHECK(!found.count(name), f->path().string() + ": tensor '" + t.name + "' also appears in " +
                                          found[name].first->path().string(), "the checkpoint is inconsistent");
@@ -175,6 +235,25 @@ std::shared_ptr<CausalLM> load_llama2c(const stdfs::path& file) {
     ST_CHECK(h[i] != 0 && (i == 5 || (h[i] > 0 && h[i] < (1 << 24))),
              fname + ": implausible header value " + std::to_string(h[i]) + " at position " + std::to_string(i), hint);
   ST_CHECK(dim % n_heads == 0 && n_heads % n_kv == 0, fname + ": dim/n_heads/n_kv_heads are inconsistent", hint);
+  nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}},
+                      {"model_type", "llama"},
+                      {"vocab_size", vocab},
+                      {"hidden_size", dim},
+                      {"intermediate_size", hidden},
+                      {"num_hidden_layers", n_layers},
+                      {"num_attention_heads", n_heads},
+                      {"num_key_value_heads", n_kv},
+                      {"max_position_embeddings", seq_len},
+                      {"rms_norm_eps", 1e-5},
+                      {"rope_theta", 10000.0},
+                      {"tie_word_embeddings", shared},
+                      {"hidden_act", "silu"},
+                      {"torch_dtype", "float32"},
+                      {"bos_token_id", 1},
+                      {"eos_token_id", 2}};
+  // Ranges first (bounded sizes cannot overflow below), then the header against the file size, and only
+  // then the allocation.
+  const ModelConfig config = ModelConfig::from_json(j, fname);
   const int64_t hd = dim / n_heads, kv_dim = n_kv * hd;
   const int64_t L = n_layers;
   const int64_t n_floats = vocab * dim + L * dim + L * dim * dim + 2 * L * kv_dim * dim + L * dim * dim + L * dim +
@@ -188,23 +267,7 @@ std::shared_ptr<CausalLM> load_llama2c(const stdfs::path& file) {
   in.read(reinterpret_cast<char*>(all.data_ptr<float>()), n_floats * 4);
   ST_CHECK(in.good(), fname + ": read failed", hint);
 
-  nlohmann::json j = {{"architectures", {"LlamaForCausalLM"}},
-                      {"model_type", "llama"},
-                      {"vocab_size", vocab},
-                      {"hidden_size", dim},
-                      {"intermediate_size", hidden},
-                      {"num_hidden_layers", L},
-                      {"num_attention_heads", n_heads},
-                      {"num_key_value_heads", n_kv},
-                      {"max_position_embeddings", seq_len},
-                      {"rms_norm_eps", 1e-5},
-                      {"rope_theta", 10000.0},
-                      {"tie_word_embeddings", shared},
-                      {"hidden_act", "silu"},
-                      {"torch_dtype", "float32"},
-                      {"bos_token_id", 1},
-                      {"eos_token_id", 2}};
-  auto model = std::make_shared<CausalLM>(ModelConfig::from_json(j, fname));
+  auto model = std::make_shared<CausalLM>(config);
   int64_t off = 0;
   auto take = [&](std::vector<int64_t> shape) {
     int64_t n = 1;
@@ -296,7 +359,9 @@ int merge_lora(CausalLM& model, const stdfs::path& adapter_dir) {
            "save the adapter with PEFT's save_pretrained(safe_serialization=True) or shardtune's trainer");
   nlohmann::json cfg;
   try {
-    cfg = nlohmann::json::parse(fs::read_file(cfg_path));
+    const std::string text = fs::read_file(cfg_path);
+    check_json_depth(text, cfg_path.string());
+    cfg = nlohmann::json::parse(text);
   } catch (const nlohmann::json::exception& e) {
     ST_FAIL(cfg_path.string() + ": not valid JSON (" + e.what() + ")");
   }

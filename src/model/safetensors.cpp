@@ -14,6 +14,7 @@
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/core/json_depth.h"
 
 namespace shardtune::st {
 
@@ -68,6 +69,7 @@ int64_t TensorInfo::numel() const {
 std::vector<TensorInfo> parse_header(std::string_view json_text, uint64_t data_size, const std::string& file,
                                      std::map<std::string, std::string>* metadata) {
   const std::string hint = "the file is not a valid safetensors file (truncated or corrupt?); re-download or re-export it";
+  check_json_depth(json_text, file + " (safetensors header)");
   json header;
   try {
     header = json::parse(json_text.begin(), json_text.end());
@@ -273,7 +275,9 @@ std::vector<std::filesystem::path> model_files(const std::filesystem::path& dir,
   if (std::filesystem::exists(index_path)) {
     json index;
     try {
-      index = json::parse(fs::read_file(index_path));
+      const std::string text = fs::read_file(index_path);
+      check_json_depth(text, index_path.string());
+      index = json::parse(text);
     } catch (const json::exception& e) {
       ST_FAIL(index_path.string() + ": not valid JSON (" + e.what() + ")", "re-download or re-export the model");
     }

@@ -6,6 +6,7 @@
 #include "pipeline.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/core/json_depth.h"
 
 namespace shardtune::tok {
 
@@ -248,6 +249,7 @@ void parse_post_processor(const json& j, const Ctx& ctx, PipelineTokenizer& t) {
 std::unique_ptr<Tokenizer> load_hf_json(const std::filesystem::path& file) {
   Ctx ctx{file.string()};
   std::string text = fs::read_file(file);
+  check_json_depth(text, ctx.file);  // parsed values are copied recursively below
   json j;
   try {
     j = json::parse(text);

@@ -52,6 +52,10 @@ void TrainConfig::bind(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--max-consecutive-skips", max_consecutive_skips, "--on-nonfinite skip: stop after more steps than this skipped in a row")
       ->capture_default_str();
+  app.add_option("--verify-data", verify_data,
+                 "check every shard's sha256, token ids and masks before training: auto (skip shards the "
+                 "verification cache knows unchanged), full, off")
+      ->capture_default_str();
 }
 
 void TrainConfig::validate() const {
@@ -67,6 +71,8 @@ void TrainConfig::validate() const {
   ST_CHECK(on_nonfinite == "error" || on_nonfinite == "skip", "unknown --on-nonfinite '" + on_nonfinite + "'",
            "use error or skip");
   ST_CHECK(max_consecutive_skips >= 0, "--max-consecutive-skips must not be negative");
+  ST_CHECK(verify_data == "auto" || verify_data == "full" || verify_data == "off",
+           "unknown --verify-data '" + verify_data + "'", "use auto, full or off");
   ST_CHECK(method == "full" || method == "lora" || method == "qlora", "unknown --method '" + method + "'",
            "use full, lora or qlora");
   ST_CHECK(method == "full", "--method " + method + " is not implemented yet", "use --method full");
@@ -130,6 +136,7 @@ std::string TrainConfig::table() const {
   row("save-dtype", save_dtype.empty() ? "(as loaded)" : save_dtype);
   row("on-nonfinite", on_nonfinite);
   row("max-consecutive-skips", max_consecutive_skips);
+  row("verify-data", verify_data);
   return o.str();
 }
 

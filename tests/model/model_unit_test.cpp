@@ -3,8 +3,10 @@
 
 #include <filesystem>
 #include <fstream>
+#include <functional>
 
 #include "shardtune/core/error.h"
+#include "shardtune/core/fs.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/runtime.h"
 
@@ -194,4 +196,131 @@ TEST(model_unit, ParametersAreRepointable) {
   EXPECT_TRUE(at::allclose(m.logits(ids), ref));
   flat.zero_();
   EXPECT_EQ(m.logits(ids).abs().max().item<double>(), 0.0);
+}
+
+namespace {
+// Writes `edit`ed config.json into a saved tiny model and returns the load error.
+std::string config_error(const std::string& name, const std::function<void(nlohmann::json&)>& edit) {
+  const auto d = saved_tiny(name);
+  nlohmann::json j = nlohmann::json::parse(shardtune::fs::read_file(d / "config.json"));
+  edit(j);
+  std::ofstream(d / "config.json") << j.dump();
+  return load_error(d.string());
+}
+}  // namespace
+
+TEST(model_unit, ConfigIsCheckedAgainstTheWeightsBeforeAllocating) {
+  // 100000 layers of this size would be ~6 GB: the header check must refuse it first.
+  std::string msg = config_error("layers", [](auto& j) { j["num_hidden_layers"] = 4000; });
+  EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("num_hidden_layers is 4000 but the weights hold 2 layer(s)"), std::string::npos) << msg;
+  msg = config_error("vocab", [](auto& j) { j["vocab_size"] = 64; });
+  EXPECT_NE(msg.find("'model.embed_tokens.weight'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("config key vocab_size gives 64"), std::string::npos) << msg;
+  msg = config_error("kv", [](auto& j) { j["num_key_value_heads"] = 4; });
+  EXPECT_NE(msg.find("'model.layers.0.self_attn.k_proj.weight'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("num_key_value_heads x head_dim gives 16"), std::string::npos) << msg;
+  msg = config_error("tied", [](auto& j) { j["tie_word_embeddings"] = false; j["vocab_size"] = 32; });
+  EXPECT_EQ(msg, "");  // tiny_llama is untied already: a consistent config still loads
+  msg = config_error("untied", [](auto& j) { j["mlp_bias"] = true; });
+  EXPECT_NE(msg.find("'model.layers.0.mlp.gate_proj.bias'"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("is missing"), std::string::npos) << msg;
+}
+
+TEST(model_unit, HugeLayerCountIsRefusedWithoutAllocating) {
+  const std::string msg = config_error("layers100k", [](auto& j) { j["num_hidden_layers"] = 100000; });
+  EXPECT_NE(msg.find("config.json: num_hidden_layers is 100000"), std::string::npos) << msg;
+}
+
+TEST(model_unit, ConfigValuesAreRangeChecked) {
+  const std::vector<std::pair<std::function<void(nlohmann::json&)>, std::string>> cases = {
+      {[](auto& j) { j["rms_norm_eps"] = -1; }, "rms_norm_eps is -1"},
+      {[](auto& j) { j["rms_norm_eps"] = 0; }, "rms_norm_eps is 0"},
+      {[](auto& j) { j["num_attention_heads"] = 3; }, "hidden_size 16 is not a multiple of num_attention_heads 3"},
+      {[](auto& j) { j["num_attention_heads"] = -4; }, "num_attention_heads is -4"},
+      {[](auto& j) { j["vocab_size"] = 0; }, "vocab_size is 0"},
+      {[](auto& j) { j["hidden_size"] = int64_t(1) << 40; }, "hidden_size is 1099511627776"},
+      {[](auto& j) { j["rope_theta"] = -5.0; }, "rope_theta is -5"},
+      {[](auto& j) { j["num_key_value_heads"] = 3; }, "not a multiple of num_key_value_heads 3"},
+  };
+  int i = 0;
+  for (const auto& [edit, want] : cases) {
+    const std::string msg = config_error("range" + std::to_string(i++), edit);
+    EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+    EXPECT_NE(msg.find(want), std::string::npos) << "want '" << want << "' in: " << msg;
+  }
+}
+
+TEST(model_unit, DeeplyNestedConfigIsRefused) {
+  const auto d = saved_tiny("nested");
+  std::ofstream(d / "config.json") << "{\"model_type\": \"llama\", \"x\": " << std::string(300000, '[')
+                                   << std::string(300000, ']') << "}";
+  const std::string msg = load_error(d.string());
+  EXPECT_NE(msg.find("config.json"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("nested deeper than"), std::string::npos) << msg;
+}
+
+TEST(model_unit, ExpectedTensorsMatchTheModelsParameters) {
+  std::vector<sm::ModelConfig> cfgs = {tiny_llama()};
+  nlohmann::json j = tiny_llama().to_json();
+  j["tie_word_embeddings"] = true;
+  j["attention_bias"] = true;
+  j["mlp_bias"] = true;
+  cfgs.push_back(sm::ModelConfig::from_json(j, "biased"));
+  j["model_type"] = "qwen2";
+  j["attention_bias"] = false;
+  cfgs.push_back(sm::ModelConfig::from_json(j, "qwen2"));
+  cfgs.push_back(sm::ModelConfig::from_json({{"model_type", "gpt2"}, {"vocab_size", 40}, {"n_embd", 16}, {"n_layer", 2},
+                                             {"n_head", 2}, {"n_positions", 32}}, "gpt2"));
+  for (const auto& c : cfgs) {
+    sm::CausalLM m(c);
+    const auto params = m.hf_parameters();
+    const auto expected = c.expected_tensors();
+    ASSERT_EQ(params.size(), expected.size()) << c.model_type;
+    for (size_t i = 0; i < params.size(); ++i) {
+      EXPECT_EQ(params[i].first, expected[i].name);
+      EXPECT_EQ(params[i].second.sizes().vec(), expected[i].shape) << expected[i].name;
+      EXPECT_EQ(expected[i].dim_keys.size(), expected[i].shape.size());
+    }
+  }
+}
+
+TEST(model_unit, Llama2cHeaderIsRangeCheckedBeforeItsSize) {
+  const auto d = tmp_dir("llama2c_header");
+  const stdfs::path bin = d / "huge.bin";
+  const int32_t h[7] = {4096, 11008, 100000, 32, 32, 32000, 2048};
+  std::ofstream(bin, std::ios::binary).write(reinterpret_cast<const char*>(h), sizeof h);
+  const std::string msg = load_error(bin.string());
+  EXPECT_NE(msg.find("huge.bin: num_hidden_layers is 100000"), std::string::npos) << msg;
+}
+
+TEST(model_unit, IntegerKeysAreCheckedNotConverted) {
+  auto err = [](nlohmann::json j) {
+    try {
+      sm::ModelConfig::from_json(j, "cfg.json");
+    } catch (const shardtune::Error& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  nlohmann::json gpt2 = {{"model_type", "gpt2"}, {"vocab_size", 40}, {"n_embd", 16}, {"n_layer", 2}, {"n_head", 2}};
+  EXPECT_EQ(err(gpt2), "");
+  // Found by tools/fuzz: 4 * n_embd (the default n_inner) overflowed for n_embd = INT64_MIN.
+  gpt2["n_embd"] = INT64_MIN;
+  EXPECT_NE(err(gpt2).find("cfg.json: n_embd is -9223372036854775808"), std::string::npos) << err(gpt2);
+  nlohmann::json llama = tiny_llama().to_json();
+  llama["max_position_embeddings"] = 2048.0;  // integral floats are accepted
+  EXPECT_EQ(err(llama), "");
+  llama["max_position_embeddings"] = 2048.5;
+  EXPECT_NE(err(llama).find("max_position_embeddings must be an integer"), std::string::npos) << err(llama);
+  llama["max_position_embeddings"] = 1e300;
+  EXPECT_NE(err(llama).find("max_position_embeddings must be an integer"), std::string::npos) << err(llama);
+  llama["max_position_embeddings"] = "2048";
+  EXPECT_NE(err(llama).find("max_position_embeddings must be an integer, found \"2048\""), std::string::npos) << err(llama);
+  llama.erase("max_position_embeddings");
+  llama.erase("hidden_size");
+  EXPECT_NE(err(llama).find("cfg.json: missing config key 'hidden_size'"), std::string::npos) << err(llama);
+  llama["hidden_size"] = 16;
+  llama["model_type"] = 5;  // a wrong JSON type anywhere is our Error, not a raw library exception
+  EXPECT_NE(err(llama).find("cfg.json: bad or missing config key"), std::string::npos) << err(llama);
 }

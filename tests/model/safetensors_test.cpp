@@ -115,6 +115,14 @@ TEST(model_safetensors, CorruptHeaderIsRejected) {
   EXPECT_NE(error_of(raw_file(d / "e.safetensors", "[1, 2]", 0)).find("not a JSON object"), std::string::npos);
 }
 
+TEST(model_safetensors, DeeplyNestedHeaderIsRefused) {
+  const auto d = tmp_dir("nested");
+  const std::string h = "{\"__metadata__\": " + std::string(300000, '[') + std::string(300000, ']') + "}";
+  const std::string msg = error_of(raw_file(d / "n.safetensors", h, 0));
+  EXPECT_NE(msg.find("n.safetensors"), std::string::npos) << msg;
+  EXPECT_NE(msg.find("nested deeper"), std::string::npos) << msg;
+}
+
 TEST(model_safetensors, ShapeTimesDtypeMustMatchByteLength) {
   const auto d = tmp_dir("shape");
   const auto p = raw_file(d / "s.safetensors", R"({"q.weight": {"dtype": "F32", "shape": [2, 2], "data_offsets": [0, 12]}})", 16);

@@ -17,8 +17,11 @@ struct DatasetInfo {
   int64_t num_samples = 0, num_tokens = 0, num_loss_tokens = 0;
 };
 
-// One split ("train" / "val") of a folder written by shardtune-prep. Opening validates the manifest,
-// every shard's header and offsets; `read` validates the ids it returns. Not thread-safe (HDF5).
+// One split ("train" / "val") of a folder written by shardtune-prep. Opening validates the manifest
+// (manifest.h) and every shard's header and structure (rank, dtype and length of each dataset, offsets,
+// counts against the manifest) before reading anything else; `read` re-checks the ids and mask values
+// it returns. Content verification of whole shards (sha256, every id and mask) is verify.h's job.
+// Not thread-safe (HDF5).
 class ShardSet {
  public:
   // `expect_vocab` > 0: error if the data was tokenized for another vocabulary size.

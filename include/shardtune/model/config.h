@@ -5,6 +5,7 @@
 #include <nlohmann/json.hpp>
 #include <optional>
 #include <string>
+#include <vector>
 
 namespace shardtune::model {
 
@@ -14,6 +15,14 @@ struct RopeScaling {
   std::string type;  // "" (none) or "llama3"
   double factor = 1.0, low_freq_factor = 1.0, high_freq_factor = 4.0;
   int64_t original_max_position_embeddings = 8192;
+};
+
+// One weight a model of a config holds: HF name, shape, and per dimension the config key(s) it comes
+// from (for messages such as "dim 0 = vocab_size").
+struct ExpectedTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+  std::vector<std::string> dim_keys;
 };
 
 struct ModelConfig {
@@ -43,7 +52,12 @@ struct ModelConfig {
   static ModelConfig from_json(const nlohmann::json& j, const std::string& source);
   static ModelConfig from_file(const std::string& path);
   nlohmann::json to_json() const;  // HF keys incl. architectures/model_type
+  // Ranges (sizes positive and below sanity limits, heads dividing, eps > 0 and finite, ...).
   void validate(const std::string& source) const;
+  // The parameters CausalLM allocates for this config, in its order, computed without allocating.
+  std::vector<ExpectedTensor> expected_tensors() const;
+  // The config.json key of the layer count ("num_hidden_layers" or "n_layer").
+  const char* layers_key() const { return arch == Arch::GPT2 ? "n_layer" : "num_hidden_layers"; }
 };
 
 }  // namespace shardtune::model

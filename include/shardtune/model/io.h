@@ -18,6 +18,8 @@
 namespace shardtune::model {
 
 // `path` is an HF model folder (or its config.json) or a llama2.c .bin file. Parameters are fp32 on CPU.
+// config.json is range-checked and compared with the safetensors headers (tensor names and shapes; the
+// llama2.c header with the file size) before the model is allocated; a mismatch names tensor and key.
 std::shared_ptr<CausalLM> load_model(const std::string& path);
 std::shared_ptr<CausalLM> load_hf(const std::filesystem::path& dir);
 std::shared_ptr<CausalLM> load_llama2c(const std::filesystem::path& file);

@@ -1,0 +1,32 @@
+// manifest.json of a prep folder, read with every field checked: a missing or mistyped field is an
+// Error naming manifest.json and the field, and shard paths must stay inside the folder.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace shardtune::data {
+
+struct ManifestShard {
+  std::string file;  // relative to the folder; never absolute, never with a ".." component
+  std::string path;  // folder / file
+  std::string split;
+  int64_t samples = 0, tokens = 0, loss_tokens = 0;
+  std::string sha256;  // "" when the manifest has none (then content verification refuses the shard)
+};
+
+struct Manifest {
+  std::string path;  // .../manifest.json, for messages
+  std::string tokenizer_name, tokenizer_hash, tokenizer_source;
+  int64_t vocab_size = 0, bos_id = -1, eos_id = -1, pad_id = -1;
+  std::vector<ManifestShard> shards;  // in manifest order
+};
+
+// Reads `dir`/manifest.json (nesting depth bounded first). Throws Error naming the file and field.
+Manifest read_manifest(const std::string& dir);
+
+// Throws unless `file` is a plain relative path (no "..", not absolute, not empty); `where` names it.
+void check_relative_path(const std::string& file, const std::string& where);
+
+}  // namespace shardtune::data
