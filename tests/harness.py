@@ -1,6 +1,7 @@
 """Runner shared by the Python CLI test scripts: `script.py CASE` runs t_CASE(tmpdir) in a fresh
 temporary folder; Skip exits 77 (ctest SKIP_RETURN_CODE), failures exit non-zero with the traceback."""
 import shutil
+import subprocess
 import sys
 import tempfile
 
@@ -21,3 +22,11 @@ def run_case(namespace, prefix):
         shutil.rmtree(tmp, ignore_errors=True)
     print(f"{case}: passed")
     return 0
+
+
+def run(args, ok=True, timeout=300, env=None):
+    """Runs a command, capturing its output; with ok, a non-zero exit fails with the output's tails."""
+    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
+    if ok and p.returncode != 0:
+        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
+    return p

@@ -3,14 +3,13 @@
 measured independently by a Python probe inside the same kind of mpirun launch), the BLAS core line
 (OpenBLAS's own detection read through ctypes), the re-exec that applies a chosen core before MPI_Init,
 and the user's OPENBLAS_CORETYPE winning. Usage: launch_test.py CASE."""
-import ctypes
 import os
 import re
 import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from harness import Skip, run_case  # noqa: E402
+from harness import Skip, run, run_case  # noqa: E402
 
 BIN = os.environ["ST_BIN"]
 SRC = os.environ["ST_SOURCE"]
@@ -20,12 +19,6 @@ HW = os.path.join(BIN, "tools", "shardtune-hw")
 MPI = ["mpirun", "--allow-run-as-root", "-np"]  # default binding on purpose (np <= 2: one core per rank)
 sys.path.insert(0, os.path.join(SRC, "tests", "model"))
 
-
-def run(args, ok=True, timeout=300, env=None):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
 
 
 def clean_env(**extra):

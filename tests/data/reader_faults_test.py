@@ -11,7 +11,7 @@ import subprocess
 import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from harness import Skip, run_case  # noqa: E402
+from harness import Skip, run, run_case  # noqa: E402
 
 BIN = os.environ["ST_BIN"]
 SRC = os.environ["ST_SOURCE"]
@@ -22,12 +22,6 @@ INSPECT = os.path.join(BIN, "tools", "shardtune-inspect")
 MPI = ["mpirun", "--allow-run-as-root", "--oversubscribe", "-np"]
 sys.path.insert(0, os.path.join(SRC, "tests", "model"))
 
-
-def run(args, ok=True, timeout=180, env=None):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
 
 
 def make_model(path, vocab=259):
@@ -140,7 +134,6 @@ def t_bad_shard_structure(tmp):
 
 def t_bad_shard_content(tmp):
     c = Case(tmp)
-    import numpy as np
     # An id >= vocab deep in the last train shard: found before step 1, naming shard and sample.
     data = c.fresh_data()
     shards = [s for s in manifest(data)["shards"] if s["split"] == "train"]

@@ -3,7 +3,6 @@
 counted skip, never a saved model that looks finished), the atomic final save and its leftover staging
 folder, SIGTERM to mpirun. Fixtures are made in the test (tiny random Llama, byte-tokenized task data).
 Usage: faults_test.py CASE."""
-import json
 import os
 import signal
 import subprocess

@@ -11,13 +11,12 @@ import json
 import os
 import shutil
 import struct
-import subprocess
 import sys
 
 import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
-from harness import Skip, run_case  # noqa: E402
+from harness import Skip, run, run_case  # noqa: E402
 
 BIN = os.environ["ST_BIN"]
 SRC = os.environ["ST_SOURCE"]
@@ -36,12 +35,6 @@ FP32 = ["--precision", "fp32", "--threads", "1"]
 sys.path.insert(0, os.path.join(SRC, "tests", "model"))
 
 
-
-def run(args, ok=True, timeout=300, env=None):
-    p = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env)
-    if ok and p.returncode != 0:
-        raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    return p
 
 
 def small_cfg(vocab=259, **kw):

