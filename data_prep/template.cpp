@@ -9,6 +9,7 @@
 #include "builtin_templates.h"  // generated: kBuiltinTemplates {name, json}
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/core/json_depth.h"
 
 namespace shardtune::prep {
 
@@ -89,6 +90,7 @@ Pattern get_pattern(const json& obj, const char* key, const std::vector<std::str
 }  // namespace
 
 PromptTemplate PromptTemplate::parse(const std::string& text, const std::string& where) {
+  check_json_depth(text, "template " + where);
   json j;
   try {
     j = json::parse(text);

@@ -12,6 +12,7 @@
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/hw.h"
+#include "shardtune/core/json_depth.h"
 #include "shardtune/core/log.h"
 #include "shardtune/model/generate.h"
 #include "shardtune/model/io.h"
@@ -113,6 +114,12 @@ static int run(int argc, char** argv) {
 #ifdef ST_HAVE_TOKENIZER
   std::unique_ptr<shardtune::Tokenizer> tok;
   if (!tokenizer_spec.empty()) tok = shardtune::load_tokenizer(tokenizer_spec);
+  // A tokenizer with more ids than the model has rows would index past the embedding table.
+  if (tok)
+    ST_CHECK(tok->vocab_size() <= model->config().vocab_size,
+             "the tokenizer '" + tokenizer_spec + "' has " + std::to_string(tok->vocab_size()) + " ids but the model " +
+                 model_path + " has a vocabulary of " + std::to_string(model->config().vocab_size),
+             "give the tokenizer the model was trained with (a fine-tuned folder names it in shardtune_tokenizer.json)");
   if (!prompts_file.empty()) {
     ST_CHECK(tok != nullptr, "--prompts-file needs --tokenizer");
     if (!no_stop) g.stop_id = tok->eos_id ? std::optional<int64_t>(*tok->eos_id) : model->config().eos_token_id;
@@ -122,6 +129,7 @@ static int run(int argc, char** argv) {
     std::string line;
     for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      shardtune::check_json_depth(line, prompts_file + ":" + std::to_string(lineno));
       nlohmann::json j;
       try {
         j = nlohmann::json::parse(line);

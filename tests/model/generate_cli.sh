@@ -114,6 +114,13 @@ expect_error "--temperature must be a finite number >= 0" --prompt-ids 1 --tempe
 expect_error "--top-p must be in (0, 1]" --prompt-ids 1 --top-p 0
 expect_error "--top-p must be in (0, 1]" --prompt-ids 1 --top-p 1.5
 expect_error "--threads must be >= 0" --prompt-ids 1 --threads -1
+# A --prompts-file line nested 300,000 deep: refused by the depth pre-scan, naming file and line.
+"$py" -c "import sys; open(sys.argv[1], 'w').write('{\"prompt\": ' + '[' * 300000 + ']' * 300000 + '}\n')" "$tmp/deep.jsonl"
+[ -f "$stories" ] && "$gen" --model "$stories" --prompts-file "$tmp/deep.jsonl" --tokenizer byte --max-new-tokens 1 \
+  > "$tmp/deep.out" 2>&1 && fail "a --prompts-file line nested 300,000 deep was accepted"
+[ -f "$stories" ] && { grep -q "deep.jsonl:1: JSON nested deeper than" "$tmp/deep.out" || fail "deep --prompts-file line: $(cat "$tmp/deep.out")"; }
+# A tokenizer with more ids (byte: 259) than the model's vocabulary: refused before any id reaches the embedding.
+[ -n "$hf" ] && expect_error "has a vocabulary of" --prompt "hi" --tokenizer byte  # the random Llama: 97 ids
 err=$("$gen" --model /nonexistent/model --prompt-ids "1" 2>&1); rc=$?
 [ $rc -eq 1 ] && echo "$err" | grep -q "HINT" || fail "missing model should exit 1 with a hint: $err"
 spaced=$(ids --model "$model" --prompt-ids "1 2 3" --max-new-tokens 4 --temperature 0)

@@ -175,6 +175,12 @@ def t_template_placeholders(tmp):
     p, out, _ = prep(tmp, [row, {"instruction": "a", "input": "x", "output": "c"}], out="bad",
                      extra=["--template", path], ok=False)
     assert p.returncode != 0 and "in.jsonl:2" in p.stderr and "{input}" in p.stderr, p.stderr
+    # A template nested 300,000 deep: refused by the depth pre-scan, naming the file, no crash.
+    path = os.path.join(tmp, "deep.json")
+    open(path, "w").write('{"instruction": ' + "[" * 300000 + "]" * 300000 + "}")
+    p, out, _ = prep(tmp, [row], out="deep", extra=["--template", path], ok=False)
+    assert p.returncode == 1 and "deep.json" in p.stderr and "nested deeper" in p.stderr, p.stderr[-2000:]
+    assert not os.path.exists(out)
     # The built-in templates pass the checks.
     for name in ("alpaca", "chatml", "plain"):
         prep(tmp, [row], out="b_" + name, extra=["--template", name])
