@@ -337,11 +337,25 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
     return 1;
   }
   if (rt.allreduce_sum(stats.samples) == 0) {
+    // Say why, with counts: "all dropped" alone leaves a user guessing (the usual cause is a template
+    // whose prompt alone fills --max-seq-len, e.g. alpaca's ~150 bytes with the byte tokenizer).
+    const int64_t lines = rt.allreduce_sum(stats.lines), empty = rt.allreduce_sum(stats.empty),
+                  overlong = rt.allreduce_sum(stats.dropped_overlong),
+                  no_target = rt.allreduce_sum(stats.dropped_no_target),
+                  invalid = rt.allreduce_sum(stats.skipped_invalid);
     if (rank == 0) {
       std::error_code ec;
       stdfs::remove_all(staging, ec);
-      std::fprintf(stderr, "shardtune-prep: error: no samples were produced (all lines blank, empty, dropped or skipped)\n"
-                           "  ---> HINT: check --format, --max-seq-len and --overlong; nothing was written\n");
+      const std::string L = std::to_string(opt.max_seq_len);
+      std::fprintf(stderr,
+                   "shardtune-prep: error: no samples were produced from %lld line(s): %lld blank or empty, %lld longer "
+                   "than --max-seq-len %s and dropped, %lld with no response token left within --max-seq-len %s, "
+                   "%lld skipped as invalid\n  ---> HINT: %s; nothing was written\n",
+                   (long long)lines, (long long)empty, (long long)overlong, L.c_str(), (long long)no_target, L.c_str(),
+                   (long long)invalid,
+                   no_target > 0 ? "the prompt (template included) fills --max-seq-len: raise --max-seq-len or use a "
+                                   "shorter --template (e.g. plain)"
+                                 : "check --format, --max-seq-len and --overlong");
     }
     return 1;
   }

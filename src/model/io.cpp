@@ -91,7 +91,9 @@ void check_weights(const ModelConfig& cfg, const std::vector<std::unique_ptr<st:
                   " from " + cfg_path + " (" + why + ")", hint);
     }
     ST_CHECK(t.dtype == st::DType::F32 || t.dtype == st::DType::BF16 || t.dtype == st::DType::F16,
-             file + ": tensor '" + t.name + "' has dtype " + st::dtype_name(t.dtype) + ", expected F32, BF16 or F16");
+             file + ": tensor '" + t.name + "' has dtype " + st::dtype_name(t.dtype) + ", expected F32, BF16 or F16",
+             "model weights must be floating point; re-export the model with transformers' save_pretrained "
+             "(quantized checkpoints are not read)");
   }
 }
 
