@@ -181,6 +181,9 @@ def t_bad_manifest(tmp):
     data = c.fresh_data()
     open(f"{data}/manifest.json", "w").write('{"format": ' + "[" * 300000 + "]" * 300000 + "}")
     c.refused(data, "manifest.json", "nested deeper than 128")
+    # --data that is missing, or a file (the manifest itself): named as such, not "has no manifest.json".
+    c.refused(f"{tmp}/nowhere", f"data folder '{tmp}/nowhere' does not exist", "HINT")
+    c.refused(f"{data}/manifest.json", "is a file, not a folder", f"pass the folder that holds it: {data}")
 
 
 def t_verify_cache(tmp):

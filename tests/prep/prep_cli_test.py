@@ -374,6 +374,13 @@ def t_bad_inputs(tmp):
     assert p.returncode != 0 and "is empty" in p.stderr and "in.jsonl" in p.stderr, p.stderr
     p, out, _ = prep(tmp, None, out="o_blank", raw=b"\n \n\n", ok=False)
     assert p.returncode != 0 and "no samples" in p.stderr, p.stderr
+    # Every sample loses its response to truncation (alpaca's prompt alone is ~150 bytes): the message
+    # counts why and names the usual cause, instead of "all lines blank, empty, dropped or skipped".
+    p, out, _ = prep(tmp, [{"instruction": "a", "output": "b"}] * 3, out="o_short", extra=["--max-seq-len", "64"],
+                     ok=False)
+    assert p.returncode != 0 and not os.path.exists(out), p.stderr
+    assert "no samples were produced from 3 line(s)" in p.stderr, p.stderr
+    assert "3 with no response token left within --max-seq-len 64" in p.stderr and "raise --max-seq-len" in p.stderr, p.stderr
     for spec, what in [(os.path.join(tmp, "nope.json"), "nope.json"), (os.path.join(tmp, "garbage.json"), "garbage.json")]:
         open(os.path.join(tmp, "garbage.json"), "w").write("{not json")
         inp = os.path.join(tmp, "in.jsonl")

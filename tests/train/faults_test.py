@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 from harness import run_case  # noqa: E402
-from train_test import MPI, TRAIN, make_data, make_model, read_safetensors, run, train_lines  # noqa: E402
+from train_test import MPI, PREP, TRAIN, make_data, make_model, read_safetensors, run, train_lines  # noqa: E402
 
 
 def base_args(tmp, out, steps=4, model=None, extra=()):
@@ -165,6 +165,25 @@ def t_save_atomic(tmp):
     p = fails(base_args(tmp, left, steps=1), f"{left}.partial", "did not finish", f"rm -r '{left}.partial'")
     assert not os.path.exists(left) or not os.listdir(left)
     assert open(left + ".partial/model.safetensors").read() == "half"  # never touched
+
+
+def t_start_checks(tmp):
+    """Found by probing as a user: --threads 100000 hung (minutes, GBs spent starting threads); now refused by
+    name. Runs that are valid but not what the user asked for say so at start: --seq-len beyond the model's
+    max_position_embeddings (256 here), evaluation asked for on an empty validation split."""
+    setup(tmp)
+    out = f"{tmp}/thr"
+    fails(base_args(tmp, out, steps=1, extra=["--threads", "100000"]), "--threads 100000 is more than the", "HINT")
+    no_model(out)
+    p = run(base_args(tmp, f"{tmp}/long", steps=1, extra=["--seq-len", "1024"]))
+    assert "--seq-len 1024 is longer than the model's max_position_embeddings 256" in p.stderr, p.stderr[-2000:]
+    p = run(base_args(tmp, f"{tmp}/short", steps=1))
+    assert "max_position_embeddings" not in p.stderr and "validation split" not in p.stderr, p.stderr[-2000:]
+    run([PREP, "--input", f"{tmp}/task.jsonl", "--output", f"{tmp}/noval", "--tokenizer", "byte", "--template", "plain",
+         "--val-fraction", "0", "--max-seq-len", "128", "--quiet"])
+    p = run(base_args(tmp, f"{tmp}/ev", steps=1, extra=["--data", f"{tmp}/noval", "--eval-every", "1",
+                                                        "--eval-batches", "2"]))
+    assert "the validation split of" in p.stderr and "is empty: no evaluation will run" in p.stderr, p.stderr[-2000:]
 
 
 def start_and_signal(cmd, metrics, sig):
