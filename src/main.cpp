@@ -67,8 +67,25 @@ struct Metrics {
   std::unique_ptr<std::ofstream> out;
   explicit Metrics(const std::string& path, int rank) {
     if (path.empty() || rank != 0) return;
+    refuse_foreign_file(path);
     out = std::make_unique<std::ofstream>(path, std::ios::trunc);
-    ST_CHECK(out->good(), "cannot write --metrics file '" + path + "'");
+    ST_CHECK(out->good(), "cannot write --metrics file '" + path + "'",
+             "give a file path in a folder that exists and is writable");
+  }
+  // An earlier run's metrics file may be rewritten (reruns, benchmarks); a file that is not one (a
+  // user's own data, a typo naming another file) must never be truncated.
+  static void refuse_foreign_file(const std::string& path) {
+    std::ifstream in(path);
+    std::string first;
+    if (!in.good() || !std::getline(in, first) || first.empty()) return;  // absent or empty
+    bool ours = false;
+    try {
+      const auto j = nlohmann::json::parse(first);
+      ours = j.is_object() && j.contains("type") && j.contains("step");
+    } catch (const nlohmann::json::exception&) {
+    }
+    ST_CHECK(ours, "--metrics file '" + path + "' exists and is not a shardtune metrics file",
+             "choose another --metrics path; shardtune only rewrites its own metrics files");
   }
   void write(const nlohmann::json& j) {
     if (!out) return;

@@ -273,6 +273,12 @@ def t_config_errors(tmp):
     bad = os.path.join(tmp, "bad_seed.toml")
     open(bad, "w").write('seed = "many"\n')
     run(base + ["--config", bad, "--seed", "3"])
+    # A folder given as --config (CLI11 said "was not readable (missing?)", exit 103) and an option given
+    # twice (exit 114): usage errors, exit 2 like every other.
+    p = run(base + ["--config", tmp], ok=False)
+    assert p.returncode == 2 and "is a folder, not a TOML file" in p.stderr and "HINT" in p.stderr, (p.returncode, p.stderr)
+    p = run(base + ["--seed", "1", "--seed", "2"], ok=False)
+    assert p.returncode == 2 and "--seed" in p.stderr, (p.returncode, p.stderr)
     # The trainer reads --config through the same check (it fails before loading anything).
     train = os.path.join(BIN, "src", "shardtune")
     if os.path.exists(train):

@@ -169,7 +169,7 @@ def t_save_atomic(tmp):
 
 def t_start_checks(tmp):
     """Found by probing as a user: --threads 100000 hung (minutes, GBs spent starting threads); now refused by
-    name. Runs that are valid but not what the user asked for say so at start: --seq-len beyond the model's
+    name; --metrics truncated any existing file. Runs that are valid but not what the user asked for say so at start: --seq-len beyond the model's
     max_position_embeddings (256 here), evaluation asked for on an empty validation split."""
     setup(tmp)
     out = f"{tmp}/thr"
@@ -184,6 +184,16 @@ def t_start_checks(tmp):
     p = run(base_args(tmp, f"{tmp}/ev", steps=1, extra=["--data", f"{tmp}/noval", "--eval-every", "1",
                                                         "--eval-batches", "2"]))
     assert "the validation split of" in p.stderr and "is empty: no evaluation will run" in p.stderr, p.stderr[-2000:]
+    # --metrics naming a file that is not a metrics file: refused, the file untouched (it was truncated);
+    # an earlier run's metrics file is rewritten as before.
+    mine = f"{tmp}/mine.jsonl"
+    open(mine, "w").write('{"my": "data"}\n')
+    fails(base_args(tmp, f"{tmp}/m1", steps=1, extra=["--metrics", mine]), "is not a shardtune metrics file", "HINT")
+    assert open(mine).read() == '{"my": "data"}\n'
+    no_model(f"{tmp}/m1")
+    run(base_args(tmp, f"{tmp}/m2", steps=2, extra=["--metrics", f"{tmp}/short.jsonl"]))
+    run(base_args(tmp, f"{tmp}/m3", steps=1, extra=["--metrics", f"{tmp}/short.jsonl"]))
+    assert len(train_lines(f"{tmp}/short.jsonl")) == 1  # rewritten, not appended
 
 
 def start_and_signal(cmd, metrics, sig):
