@@ -20,6 +20,7 @@
 #include "sentencepiece_tokenizer.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/core/hw.h"
 #include "shardtune/core/log.h"
 #include "shardtune/data/shard.h"
 #include "shardtune/dist/mpi_runtime.h"
@@ -42,7 +43,12 @@ void PrepOptions::validate() const {
            "use --format text, or --overlong truncate|drop for prompt/response data");
   ST_CHECK(val_fraction >= 0.0 && val_fraction < 1.0, "--val-fraction must be in [0, 1) (got " + std::to_string(val_fraction) + ")");
   ST_CHECK(shard_tokens >= max_seq_len, "--shard-tokens must be at least --max-seq-len");
-  ST_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores)");
+  ST_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores)", "give 0 (all cores) or a thread count");
+  // --threads 100000 aborted ("terminate called", thread creation failed) and left a staging folder.
+  ST_CHECK(threads <= hw::max_threads(),
+           "--threads " + std::to_string(threads) + " is more than the " + std::to_string(hw::max_threads()) +
+               " threads, the limit on this machine",
+           "give 0 (all cores) or at most the cores of this machine");
 }
 
 namespace {

@@ -387,6 +387,10 @@ def t_bad_inputs(tmp):
     assert p.returncode != 0 and not os.path.exists(out), p.stderr
     assert "no samples were produced from 3 line(s)" in p.stderr, p.stderr
     assert "3 with no response token left within --max-seq-len 64" in p.stderr and "raise --max-seq-len" in p.stderr, p.stderr
+    # --threads 100000 aborted ("terminate called without an active exception") and left .out.partial-PID.
+    p, out, _ = prep(tmp, [{"text": "hello"}], out="o_thr", extra=["--threads", "100000"], ok=False)
+    assert p.returncode == 1 and "--threads 100000 is more than the" in p.stderr and "HINT" in p.stderr, p.stderr
+    assert not os.path.exists(out) and not [d for d in os.listdir(tmp) if "partial" in d], os.listdir(tmp)
     for spec, what in [(os.path.join(tmp, "nope.json"), "nope.json"), (os.path.join(tmp, "garbage.json"), "garbage.json")]:
         open(os.path.join(tmp, "garbage.json"), "w").write("{not json")
         inp = os.path.join(tmp, "in.jsonl")
