@@ -175,6 +175,8 @@ def t_start_checks(tmp):
     out = f"{tmp}/thr"
     fails(base_args(tmp, out, steps=1, extra=["--threads", "100000"]), "--threads 100000 is more than the", "HINT")
     no_model(out)
+    fails(base_args(tmp, out, extra=["--steps", "-1"]), "--steps and --epochs must not be negative", "HINT")
+    fails(base_args(tmp, out, extra=["--micro-batch", "0"]), "must be positive (got 8 and 0)", "HINT")
     p = run(base_args(tmp, f"{tmp}/long", steps=1, extra=["--seq-len", "1024"]))
     assert "--seq-len 1024 is longer than the model's max_position_embeddings 256" in p.stderr, p.stderr[-2000:]
     p = run(base_args(tmp, f"{tmp}/short", steps=1))
