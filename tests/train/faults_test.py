@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 from harness import run_case  # noqa: E402
-from train_test import MPI, PREP, TRAIN, make_data, make_model, read_safetensors, run, train_lines  # noqa: E402
+from train_test import GENERATE, MPI, PREP, TRAIN, make_data, make_model, read_safetensors, run, train_lines  # noqa: E402
 
 
 def base_args(tmp, out, steps=4, model=None, extra=()):
@@ -49,7 +49,8 @@ def fails(args, *want, env=None, timeout=180):
 
 
 def t_nonfinite_weights(tmp):
-    """NaN or Inf in the model file: refused at start, naming the tensor by its HF name."""
+    """NaN or Inf in the model file: refused at start, naming the tensor by its HF name, by the trainer and by
+    shardtune-generate; a weight that --save-dtype F16 would turn into Inf is refused at the save."""
     import torch  # noqa: F401
     sys.path.insert(0, os.path.join(os.environ["ST_SOURCE"], "tests", "model"))
     from reference import llama_cfg, random_weights, save_hf
@@ -64,6 +65,17 @@ def t_nonfinite_weights(tmp):
         out = f"{tmp}/out_{bad}"
         fails(base_args(tmp, out, model=model), name, "not finite", "NaN" if bad != bad else "1 Inf", "HINT")
         no_model(out)
+        # shardtune-generate too (it printed ids computed from them).
+        fails([GENERATE, "--model", model, "--prompt-ids", "1 2", "--max-new-tokens", "2"], name, "not finite", "HINT")
+    # A finite weight that overflows --save-dtype F16 (max 65504) was saved as Inf with exit 0.
+    W = random_weights(cfg, 11, 0.05)
+    W["model.embed_tokens.weight"][7, 0] = 1e6
+    save_hf(cfg, W, f"{tmp}/big")
+    out = f"{tmp}/out_f16"
+    fails(base_args(tmp, out, steps=1, model=f"{tmp}/big", extra=["--save-dtype", "F16", "--lr", "1e-6"]),
+          "model.embed_tokens.weight' does not fit F16", "--save-dtype BF16")
+    no_model(out)
+    run(base_args(tmp, f"{tmp}/out_bf16", steps=1, model=f"{tmp}/big", extra=["--save-dtype", "BF16", "--lr", "1e-6"]))
 
 
 def t_nonfinite_options(tmp):
