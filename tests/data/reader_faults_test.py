@@ -236,6 +236,7 @@ def t_model_config(tmp):
     refused(lambda j: j.update(num_hidden_layers=3000), "config.json", "num_hidden_layers is 3000 but the weights hold 2")
     refused(lambda j: j.update(hidden_size=64), "model.embed_tokens.weight", "config key hidden_size gives 64")
     refused(lambda j: j.update(rms_norm_eps=-1), "config.json", "rms_norm_eps is -1")
+    refused(None, "config.json: config is not a JSON object", "HINT", text="[1, 2]")
     refused(None, "config.json", "nested deeper than", text='{"model_type": "llama", "x": ' + "[" * 300000 + "]" * 300000 + "}")
 
 
