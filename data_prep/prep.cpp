@@ -20,6 +20,7 @@
 #include "sentencepiece_tokenizer.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/core/hw.h"
 #include "shardtune/core/log.h"
 #include "shardtune/data/shard.h"
 #include "shardtune/dist/mpi_runtime.h"
@@ -42,7 +43,12 @@ void PrepOptions::validate() const {
            "use --format text, or --overlong truncate|drop for prompt/response data");
   ST_CHECK(val_fraction >= 0.0 && val_fraction < 1.0, "--val-fraction must be in [0, 1) (got " + std::to_string(val_fraction) + ")");
   ST_CHECK(shard_tokens >= max_seq_len, "--shard-tokens must be at least --max-seq-len");
-  ST_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores)");
+  ST_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores)", "give 0 (all cores) or a thread count");
+  // --threads 100000 aborted ("terminate called", thread creation failed) and left a staging folder.
+  ST_CHECK(threads <= hw::max_threads(),
+           "--threads " + std::to_string(threads) + " is more than the " + std::to_string(hw::max_threads()) +
+               " threads, the limit on this machine",
+           "give 0 (all cores) or at most the cores of this machine");
 }
 
 namespace {
@@ -337,11 +343,25 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
     return 1;
   }
   if (rt.allreduce_sum(stats.samples) == 0) {
+    // Say why, with counts: "all dropped" alone leaves a user guessing (the usual cause is a template
+    // whose prompt alone fills --max-seq-len, e.g. alpaca's ~150 bytes with the byte tokenizer).
+    const int64_t lines = rt.allreduce_sum(stats.lines), empty = rt.allreduce_sum(stats.empty),
+                  overlong = rt.allreduce_sum(stats.dropped_overlong),
+                  no_target = rt.allreduce_sum(stats.dropped_no_target),
+                  invalid = rt.allreduce_sum(stats.skipped_invalid);
     if (rank == 0) {
       std::error_code ec;
       stdfs::remove_all(staging, ec);
-      std::fprintf(stderr, "shardtune-prep: error: no samples were produced (all lines blank, empty, dropped or skipped)\n"
-                           "  ---> HINT: check --format, --max-seq-len and --overlong; nothing was written\n");
+      const std::string L = std::to_string(opt.max_seq_len);
+      std::fprintf(stderr,
+                   "shardtune-prep: error: no samples were produced from %lld line(s): %lld blank or empty, %lld longer "
+                   "than --max-seq-len %s and dropped, %lld with no response token left within --max-seq-len %s, "
+                   "%lld skipped as invalid\n  ---> HINT: %s; nothing was written\n",
+                   (long long)lines, (long long)empty, (long long)overlong, L.c_str(), (long long)no_target, L.c_str(),
+                   (long long)invalid,
+                   no_target > 0 ? "the prompt (template included) fills --max-seq-len: raise --max-seq-len or use a "
+                                   "shorter --template (e.g. plain)"
+                                 : "check --format, --max-seq-len and --overlong");
     }
     return 1;
   }

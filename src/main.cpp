@@ -67,8 +67,25 @@ struct Metrics {
   std::unique_ptr<std::ofstream> out;
   explicit Metrics(const std::string& path, int rank) {
     if (path.empty() || rank != 0) return;
+    refuse_foreign_file(path);
     out = std::make_unique<std::ofstream>(path, std::ios::trunc);
-    ST_CHECK(out->good(), "cannot write --metrics file '" + path + "'");
+    ST_CHECK(out->good(), "cannot write --metrics file '" + path + "'",
+             "give a file path in a folder that exists and is writable");
+  }
+  // An earlier run's metrics file may be rewritten (reruns, benchmarks); a file that is not one (a
+  // user's own data, a typo naming another file) must never be truncated.
+  static void refuse_foreign_file(const std::string& path) {
+    std::ifstream in(path);
+    std::string first;
+    if (!in.good() || !std::getline(in, first) || first.empty()) return;  // absent or empty
+    bool ours = false;
+    try {
+      const auto j = nlohmann::json::parse(first);
+      ours = j.is_object() && j.contains("type") && j.contains("step");
+    } catch (const nlohmann::json::exception&) {
+    }
+    ST_CHECK(ours, "--metrics file '" + path + "' exists and is not a shardtune metrics file",
+             "choose another --metrics path; shardtune only rewrites its own metrics files");
   }
   void write(const nlohmann::json& j) {
     if (!out) return;
@@ -175,6 +192,17 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   const auto verify_errors = rt.allgather(vr.error), verify_hints = rt.allgather(vr.hint);
   for (size_t r = 0; r < verify_errors.size(); ++r) ST_CHECK(verify_errors[r].empty(), verify_errors[r], verify_hints[r]);
   if (!vr.cache_warning.empty()) log::warn(vr.cache_warning);
+  // Not errors (the run is valid), but a user who asked for them should hear that they do not happen.
+  const int64_t max_pos = model->config().max_position_embeddings;
+  if (rank == 0 && cfg.seq_len > max_pos)
+    log::warn("--seq-len " + std::to_string(cfg.seq_len) + " is longer than the model's max_position_embeddings " +
+              std::to_string(max_pos) + " (" + cfg.model + "): positions beyond it were never trained\n"
+              "  ---> HINT: give --seq-len " + std::to_string(max_pos) + " or less, unless the model is meant to be "
+              "extended (then raise max_position_embeddings in its config.json)");
+  if (rank == 0 && val_set->size() == 0 && (cfg.eval_every > 0 || cfg.eval_batches > 0))
+    log::warn("the validation split of '" + cfg.data + "' is empty: no evaluation will run (--eval-every " +
+              std::to_string(cfg.eval_every) + ", --eval-batches " + std::to_string(cfg.eval_batches) + ")\n"
+              "  ---> HINT: prepare the data with --val-fraction above 0 (e.g. 0.05), or give --eval-batches 0");
   if (cfg.verify_data != "off")
     log::info("data verified: " + std::to_string(rt.allreduce_sum(vr.verified)) + " shard(s) checked, " +
               std::to_string(rt.allreduce_sum(vr.cached)) + " known unchanged (cache " + vr.cache_dir + ")");

@@ -55,13 +55,32 @@ std::vector<int64_t> parse_prompt_ids(const std::string& text) {
 
 // Range checks before anything is loaded: a bad value must not surface later as a LibTorch error.
 void check_sampling_options(const sm::GenerateOptions& g, int threads) {
-  ST_CHECK(g.max_new_tokens >= 1, "--max-new-tokens must be at least 1 (got " + std::to_string(g.max_new_tokens) + ")");
+  ST_CHECK(g.max_new_tokens >= 1, "--max-new-tokens must be at least 1 (got " + std::to_string(g.max_new_tokens) + ")",
+           "give how many tokens to generate after the prompt, e.g. 64");
   ST_CHECK(std::isfinite(g.temperature) && g.temperature >= 0,
            "--temperature must be a finite number >= 0 (got " + std::to_string(g.temperature) + ")",
            "0 is greedy; 0.7-1.0 are usual for sampling");
   ST_CHECK(g.top_p > 0 && g.top_p <= 1, "--top-p must be in (0, 1] (got " + std::to_string(g.top_p) + ")",
            "1 samples from the whole distribution; 0.9 keeps the most likely tokens holding 90% of the mass");
   ST_CHECK(threads >= 0, "--threads must be >= 0 (got " + std::to_string(threads) + ")", "give 0 (the CPUs of the affinity mask) or a thread count");
+  ST_CHECK(threads <= shardtune::hw::max_threads(),
+           "--threads " + std::to_string(threads) + " is more than the " + std::to_string(shardtune::hw::max_threads()) +
+               " threads, the limit on this machine",
+           "give 0 (the CPUs of the affinity mask) or at most the CPUs it holds");
+  const auto mask = shardtune::hw::affinity();
+  if (threads > mask.count && mask.count > 0)
+    shardtune::log::warn("--threads " + std::to_string(threads) + " but the affinity mask holds only " +
+                         std::to_string(mask.count) + " CPUs (" + mask.list + "): slower than fewer threads\n"
+                         "  ---> HINT: give --threads 0 (the CPUs of the affinity mask)");
+}
+
+// The KV cache and the positions end at max_position_embeddings: say so (after generating, so that an
+// allocation failure stays the first line) instead of returning fewer tokens than asked without a word.
+void note_position_limit(size_t prompt_len, size_t generated, int64_t max_new, int64_t max_positions) {
+  if (int64_t(generated) < max_new && int64_t(prompt_len + generated) >= max_positions)
+    shardtune::log::warn("generated " + std::to_string(generated) + " of --max-new-tokens " + std::to_string(max_new) +
+                         ": the " + std::to_string(prompt_len) + "-token prompt and its continuation reached "
+                         "max_position_embeddings " + std::to_string(max_positions) + " (config.json)");
 }
 
 }  // namespace
@@ -110,6 +129,12 @@ static int run(int argc, char** argv) {
     shardtune::log::info("merged LoRA adapter " + adapter + " into " + std::to_string(n) + " weights");
   }
   model->eval();
+  // The trainer refuses NaN/Inf weights at load; so does generation (it printed ids computed from them).
+  for (const auto& [name, w] : model->hf_parameters())
+    ST_CHECK(!w.is_floating_point() || at::isfinite(w).all().item<bool>(),
+             model_path + ": weight '" + name + "' is not finite (" +
+                 std::to_string(w.numel() - at::isfinite(w).sum().item<int64_t>()) + " NaN/Inf values)",
+             "the model file is damaged or came from a diverged run; use another checkpoint");
 
 #ifdef ST_HAVE_TOKENIZER
   std::unique_ptr<shardtune::Tokenizer> tok;
@@ -125,10 +150,12 @@ static int run(int argc, char** argv) {
     if (!no_stop) g.stop_id = tok->eos_id ? std::optional<int64_t>(*tok->eos_id) : model->config().eos_token_id;
     sm::AutocastGuard ac(at::kCPU, sm::parse_precision(precision));
     std::ifstream in(prompts_file);
-    ST_CHECK(in.good(), "cannot open --prompts-file '" + prompts_file + "'");
+    ST_CHECK(in.good(), "cannot open --prompts-file '" + prompts_file + "'", "check the path (a JSONL file of {\"prompt\": \"...\"} lines)");
     std::string line;
+    int64_t prompts = 0;
     for (int64_t lineno = 1; std::getline(in, line); ++lineno) {
       if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+      ++prompts;
       shardtune::check_json_depth(line, prompts_file + ":" + std::to_string(lineno));
       nlohmann::json j;
       try {
@@ -143,10 +170,13 @@ static int run(int argc, char** argv) {
       if (tok->add_bos && tok->bos_id) p.push_back(*tok->bos_id);
       for (auto t : tok->encode(text)) p.push_back(t);
       const std::vector<int64_t> out = sm::generate(*model, p, g);
+      note_position_limit(p.size(), out.size(), g.max_new_tokens, model->config().max_position_embeddings);
       std::vector<shardtune::TokenId> cont(out.begin(), out.end());
       std::cout << nlohmann::json{{"prompt", text}, {"completion", tok->decode(cont, /*skip_special=*/true)}}.dump()
                 << "\n";
     }
+    ST_CHECK(prompts > 0, "--prompts-file '" + prompts_file + "' holds no prompts (empty or blank lines only)",
+             "write one {\"prompt\": \"...\"} JSON object per line");
     return 0;
   }
 #else
@@ -175,6 +205,7 @@ static int run(int argc, char** argv) {
   }
   sm::AutocastGuard ac(at::kCPU, sm::parse_precision(precision));
   const std::vector<int64_t> out = sm::generate(*model, ids, g);
+  note_position_limit(ids.size(), out.size(), g.max_new_tokens, model->config().max_position_embeddings);
   if (print_ids) {
     for (size_t i = 0; i < out.size(); ++i) std::printf("%s%lld", i ? " " : "", static_cast<long long>(out[i]));
     std::printf("\n");

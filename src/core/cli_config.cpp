@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cstdio>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -206,6 +207,9 @@ int parse(CLI::App& app, int argc, char** argv, const char* program, bool print)
   const std::optional<std::string> config = config_arg(argc, argv);
   TomlCheck check;
   if (config && !config->empty()) {
+    if (std::filesystem::is_directory(*config))
+      return report(print, program, "--config '" + *config + "'", "is a folder, not a TOML file",
+                    "give the path of a .toml file (e.g. configs/finetune-full.toml)");
     std::ifstream in(*config, std::ios::binary);
     if (!in.good())
       return report(print, program, "--config '" + *config + "'", "cannot read the file", "check the path");
@@ -244,7 +248,8 @@ int parse(CLI::App& app, int argc, char** argv, const char* program, bool print)
       }
     }
     if (!print) return e.get_exit_code() == 0 ? 0 : 2;
-    return app.exit(e);
+    // Every usage error exits 2, as documented and as the other ranks do (CLI11's own codes are 1xx).
+    return app.exit(e) == 0 ? 0 : 2;
   }
 }
 

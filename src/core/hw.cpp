@@ -154,6 +154,11 @@ std::string format_cpu_list(std::vector<int> ids) {
   return out;
 }
 
+int max_threads() {
+  const long online = sysconf(_SC_NPROCESSORS_ONLN);
+  return static_cast<int>(std::max<long>(64, 8 * std::max<long>(1, online)));
+}
+
 Affinity affinity() {
   // cpu_set_t holds 1024 CPUs; larger machines need a bigger dynamically sized set.
   for (int n = 1024; n <= (1 << 18); n *= 4) {

@@ -65,6 +65,14 @@ void check_relative_path(const std::string& file, const std::string& where) {
 Manifest read_manifest(const std::string& dir) {
   Manifest m;
   m.path = (stdfs::path(dir) / "manifest.json").string();
+  // Name the actual mistake: a path that does not exist, or a file given for the folder, is not
+  // "a folder without manifest.json".
+  ST_CHECK(stdfs::exists(dir), "data folder '" + dir + "' does not exist",
+           "pass the --output folder of shardtune-prep");
+  ST_CHECK(stdfs::is_directory(dir), "data folder '" + dir + "' is a file, not a folder",
+           stdfs::path(dir).filename() == "manifest.json" || stdfs::path(dir).extension() == ".h5"
+               ? "pass the folder that holds it: " + stdfs::absolute(dir).lexically_normal().parent_path().string()
+               : "pass the --output folder of shardtune-prep");
   ST_CHECK(stdfs::is_regular_file(m.path), "data folder '" + dir + "' has no manifest.json",
            "pass a folder written by shardtune-prep (an interrupted prep leaves none)");
   const std::string text = fs::read_file(m.path);

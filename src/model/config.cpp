@@ -48,7 +48,8 @@ std::optional<int64_t> opt_id(const json& j, const char* key) {
 }  // namespace
 
 ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
-  ST_CHECK(j.is_object(), source + ": config is not a JSON object");
+  ST_CHECK(j.is_object(), source + ": config is not a JSON object",
+           "a Hugging Face config.json is one object of keys, e.g. {\"model_type\": \"llama\", ...}");
   ModelConfig c;
   c.raw = j;
   try {  // every key read: a wrong JSON type is an Error naming the file, never a raw library message

@@ -43,7 +43,8 @@ std::vector<int64_t> generate(CausalLM& model, const std::vector<int64_t>& promp
   const int64_t budget = std::min<int64_t>(int64_t(prompt.size()) + opts.max_new_tokens, cfg.max_position_embeddings);
   ST_CHECK(int64_t(prompt.size()) < cfg.max_position_embeddings,
            "prompt of " + std::to_string(prompt.size()) + " tokens does not fit max_position_embeddings " +
-               std::to_string(cfg.max_position_embeddings));
+               std::to_string(cfg.max_position_embeddings),
+           "shorten the prompt: the model has no positions beyond max_position_embeddings (config.json)");
   at::NoGradGuard no_grad;
   std::mt19937_64 rng(opts.seed);
   KVCache cache = model.make_cache(1, budget);

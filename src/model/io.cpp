@@ -91,7 +91,9 @@ void check_weights(const ModelConfig& cfg, const std::vector<std::unique_ptr<st:
                   " from " + cfg_path + " (" + why + ")", hint);
     }
     ST_CHECK(t.dtype == st::DType::F32 || t.dtype == st::DType::BF16 || t.dtype == st::DType::F16,
-             file + ": tensor '" + t.name + "' has dtype " + st::dtype_name(t.dtype) + ", expected F32, BF16 or F16");
+             file + ": tensor '" + t.name + "' has dtype " + st::dtype_name(t.dtype) + ", expected F32, BF16 or F16",
+             "model weights must be floating point; re-export the model with transformers' save_pretrained "
+             "(quantized checkpoints are not read)");
   }
 }
 
@@ -339,6 +341,12 @@ void save_hf(const CausalLM& model, const stdfs::path& dir, const SaveOptions& o
     const st::DType d = st::parse_dtype(dt, "save dtype");
     keep.push_back(p.detach().to(at::kCPU, to_scalar_type(d)).contiguous());
     const at::Tensor& c = keep.back();
+    // A narrower dtype overflows to Inf silently (F16 holds at most 65504): never save a model that
+    // was finite in memory as a file that is not.
+    if (d != st::DType::F32 && !at::isfinite(c).all().item<bool>() && at::isfinite(p.detach()).all().item<bool>())
+      ST_FAIL("weight '" + name + "' does not fit " + dt + ": its largest magnitude " +
+                  std::to_string(p.detach().abs().max().item<double>()) + " becomes Inf",
+              "save with --save-dtype BF16 or F32 (F16's largest value is 65504)");
     refs.push_back({name, d, c.sizes().vec(), c.data_ptr(), uint64_t(c.nbytes())});
     dtype_count[dt]++;
   }

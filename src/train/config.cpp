@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "shardtune/core/error.h"
+#include "shardtune/core/hw.h"
 
 namespace shardtune::train {
 
@@ -77,10 +78,15 @@ void TrainConfig::validate() const {
            "use full, lora or qlora");
   ST_CHECK(method == "full", "--method " + method + " is not implemented yet", "use --method full");
   ST_CHECK(zero >= 0 && zero <= 2, "--zero must be 0, 1 or 2 (got " + std::to_string(zero) + ")");
-  ST_CHECK(steps > 0 || epochs > 0, "give --steps N or --epochs E");
-  ST_CHECK(steps >= 0 && epochs >= 0, "--steps and --epochs must not be negative");
-  ST_CHECK(global_batch > 0 && micro_batch > 0, "--global-batch and --micro-batch must be positive");
-  ST_CHECK(seq_len >= 2, "--seq-len must be at least 2");
+  // Negative first: "--steps -1" must not read as "give --steps N".
+  ST_CHECK(steps >= 0 && epochs >= 0, "--steps and --epochs must not be negative (got --steps " +
+           std::to_string(steps) + ", --epochs " + std::to_string(epochs) + ")", "give --steps N or --epochs E");
+  ST_CHECK(steps > 0 || epochs > 0, "give --steps N or --epochs E", "--steps counts optimizer steps; --epochs passes over the data");
+  ST_CHECK(global_batch > 0 && micro_batch > 0, "--global-batch and --micro-batch must be positive (got " +
+           std::to_string(global_batch) + " and " + std::to_string(micro_batch) + ")",
+           "global-batch = micro-batch x ranks x accumulation steps, e.g. --global-batch 32 --micro-batch 4");
+  ST_CHECK(seq_len >= 2, "--seq-len must be at least 2 (got " + std::to_string(seq_len) + ")",
+           "give the longest row in tokens, e.g. --seq-len 1024");
   ST_CHECK(lr > 0 && min_lr >= 0 && min_lr <= lr, "need 0 < --lr and 0 <= --min-lr <= --lr");
   ST_CHECK(warmup_steps >= 0, "--warmup-steps must not be negative");
   ST_CHECK(schedule == "cosine" || schedule == "linear" || schedule == "constant", "unknown --schedule '" + schedule + "'",
@@ -90,6 +96,10 @@ void TrainConfig::validate() const {
   ST_CHECK(eval_every >= 0 && eval_batches >= 0 && log_every >= 1, "--eval-every/--eval-batches >= 0, --log-every >= 1");
   ST_CHECK(threads >= 0, "--threads must not be negative (got " + std::to_string(threads) + ")",
            "give 0 (the CPUs of each rank's affinity mask) or a thread count");
+  ST_CHECK(threads <= hw::max_threads(),
+           "--threads " + std::to_string(threads) + " is more than the " + std::to_string(hw::max_threads()) +
+               " threads, the limit on this machine",
+           "give 0 (the CPUs of each rank's affinity mask) or at most the CPUs a rank has");
   ST_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16", "unknown --precision '" + precision + "'",
            "use auto, fp32 or bf16");
   ST_CHECK(device == "cpu" || device == "cuda", "unknown --device '" + device + "'", "use cpu or cuda");

@@ -181,6 +181,9 @@ def t_bad_manifest(tmp):
     data = c.fresh_data()
     open(f"{data}/manifest.json", "w").write('{"format": ' + "[" * 300000 + "]" * 300000 + "}")
     c.refused(data, "manifest.json", "nested deeper than 128")
+    # --data that is missing, or a file (the manifest itself): named as such, not "has no manifest.json".
+    c.refused(f"{tmp}/nowhere", f"data folder '{tmp}/nowhere' does not exist", "HINT")
+    c.refused(f"{data}/manifest.json", "is a file, not a folder", f"pass the folder that holds it: {data}")
 
 
 def t_verify_cache(tmp):
@@ -233,6 +236,7 @@ def t_model_config(tmp):
     refused(lambda j: j.update(num_hidden_layers=3000), "config.json", "num_hidden_layers is 3000 but the weights hold 2")
     refused(lambda j: j.update(hidden_size=64), "model.embed_tokens.weight", "config key hidden_size gives 64")
     refused(lambda j: j.update(rms_norm_eps=-1), "config.json", "rms_norm_eps is -1")
+    refused(None, "config.json: config is not a JSON object", "HINT", text="[1, 2]")
     refused(None, "config.json", "nested deeper than", text='{"model_type": "llama", "x": ' + "[" * 300000 + "]" * 300000 + "}")
 
 

@@ -114,6 +114,23 @@ expect_error "--temperature must be a finite number >= 0" --prompt-ids 1 --tempe
 expect_error "--top-p must be in (0, 1]" --prompt-ids 1 --top-p 0
 expect_error "--top-p must be in (0, 1]" --prompt-ids 1 --top-p 1.5
 expect_error "--threads must be >= 0" --prompt-ids 1 --threads -1
+# --threads 100000 spent minutes and GBs starting threads (found probing); now refused before loading.
+expect_error "--threads 100000 is more than the" --prompt-ids 1 --threads 100000
+# A continuation cut at max_position_embeddings says so on stderr (it was silent: 254 of 1000 tokens).
+maxpos=$("$py" -c "import json, sys; print(json.load(open(sys.argv[1]))['max_position_embeddings'])" "$model/config.json" 2>/dev/null)
+if [ -n "$hf" ] && [ -n "$maxpos" ]; then
+  "$gen" --model "$model" --prompt-ids "1" --max-new-tokens $((maxpos + 10)) --print-ids --no-stop > "$tmp/cut.out" 2> "$tmp/cut.err" ||
+    fail "generation up to max_position_embeddings failed: $(cat "$tmp/cut.err")"
+  [ "$(wc -w < "$tmp/cut.out")" -eq $((maxpos - 1)) ] || fail "expected $((maxpos - 1)) ids, got $(wc -w < "$tmp/cut.out")"
+  grep -q "generated $((maxpos - 1)) of --max-new-tokens $((maxpos + 10)).*max_position_embeddings $maxpos" "$tmp/cut.err" ||
+    fail "no note that max_position_embeddings cut the continuation: $(cat "$tmp/cut.err")"
+fi
+# An empty --prompts-file was exit 0 with no output at all.
+: > "$tmp/empty.jsonl"
+if [ -f "$stories" ]; then
+  err=$("$gen" --model "$stories" --prompts-file "$tmp/empty.jsonl" --tokenizer byte 2>&1) && fail "an empty --prompts-file was accepted: $err"
+  echo "$err" | grep -q "empty.jsonl' holds no prompts" && echo "$err" | grep -q HINT || fail "empty --prompts-file: $err"
+fi
 # A --prompts-file line nested 300,000 deep: refused by the depth pre-scan, naming file and line.
 "$py" -c "import sys; open(sys.argv[1], 'w').write('{\"prompt\": ' + '[' * 300000 + ']' * 300000 + '}\n')" "$tmp/deep.jsonl"
 [ -f "$stories" ] && "$gen" --model "$stories" --prompts-file "$tmp/deep.jsonl" --tokenizer byte --max-new-tokens 1 \

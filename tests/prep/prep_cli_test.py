@@ -273,6 +273,12 @@ def t_config_errors(tmp):
     bad = os.path.join(tmp, "bad_seed.toml")
     open(bad, "w").write('seed = "many"\n')
     run(base + ["--config", bad, "--seed", "3"])
+    # A folder given as --config (CLI11 said "was not readable (missing?)", exit 103) and an option given
+    # twice (exit 114): usage errors, exit 2 like every other.
+    p = run(base + ["--config", tmp], ok=False)
+    assert p.returncode == 2 and "is a folder, not a TOML file" in p.stderr and "HINT" in p.stderr, (p.returncode, p.stderr)
+    p = run(base + ["--seed", "1", "--seed", "2"], ok=False)
+    assert p.returncode == 2 and "--seed" in p.stderr, (p.returncode, p.stderr)
     # The trainer reads --config through the same check (it fails before loading anything).
     train = os.path.join(BIN, "src", "shardtune")
     if os.path.exists(train):
@@ -374,6 +380,17 @@ def t_bad_inputs(tmp):
     assert p.returncode != 0 and "is empty" in p.stderr and "in.jsonl" in p.stderr, p.stderr
     p, out, _ = prep(tmp, None, out="o_blank", raw=b"\n \n\n", ok=False)
     assert p.returncode != 0 and "no samples" in p.stderr, p.stderr
+    # Every sample loses its response to truncation (alpaca's prompt alone is ~150 bytes): the message
+    # counts why and names the usual cause, instead of "all lines blank, empty, dropped or skipped".
+    p, out, _ = prep(tmp, [{"instruction": "a", "output": "b"}] * 3, out="o_short", extra=["--max-seq-len", "64"],
+                     ok=False)
+    assert p.returncode != 0 and not os.path.exists(out), p.stderr
+    assert "no samples were produced from 3 line(s)" in p.stderr, p.stderr
+    assert "3 with no response token left within --max-seq-len 64" in p.stderr and "raise --max-seq-len" in p.stderr, p.stderr
+    # --threads 100000 aborted ("terminate called without an active exception") and left .out.partial-PID.
+    p, out, _ = prep(tmp, [{"text": "hello"}], out="o_thr", extra=["--threads", "100000"], ok=False)
+    assert p.returncode == 1 and "--threads 100000 is more than the" in p.stderr and "HINT" in p.stderr, p.stderr
+    assert not os.path.exists(out) and not [d for d in os.listdir(tmp) if "partial" in d], os.listdir(tmp)
     for spec, what in [(os.path.join(tmp, "nope.json"), "nope.json"), (os.path.join(tmp, "garbage.json"), "garbage.json")]:
         open(os.path.join(tmp, "garbage.json"), "w").write("{not json")
         inp = os.path.join(tmp, "in.jsonl")

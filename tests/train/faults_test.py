@@ -15,7 +15,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(HERE, ".."))
 from harness import run_case  # noqa: E402
-from train_test import MPI, TRAIN, make_data, make_model, read_safetensors, run, train_lines  # noqa: E402
+from train_test import GENERATE, MPI, PREP, TRAIN, make_data, make_model, read_safetensors, run, train_lines  # noqa: E402
 
 
 def base_args(tmp, out, steps=4, model=None, extra=()):
@@ -49,7 +49,8 @@ def fails(args, *want, env=None, timeout=180):
 
 
 def t_nonfinite_weights(tmp):
-    """NaN or Inf in the model file: refused at start, naming the tensor by its HF name."""
+    """NaN or Inf in the model file: refused at start, naming the tensor by its HF name, by the trainer and by
+    shardtune-generate; a weight that --save-dtype F16 would turn into Inf is refused at the save."""
     import torch  # noqa: F401
     sys.path.insert(0, os.path.join(os.environ["ST_SOURCE"], "tests", "model"))
     from reference import llama_cfg, random_weights, save_hf
@@ -64,6 +65,17 @@ def t_nonfinite_weights(tmp):
         out = f"{tmp}/out_{bad}"
         fails(base_args(tmp, out, model=model), name, "not finite", "NaN" if bad != bad else "1 Inf", "HINT")
         no_model(out)
+        # shardtune-generate too (it printed ids computed from them).
+        fails([GENERATE, "--model", model, "--prompt-ids", "1 2", "--max-new-tokens", "2"], name, "not finite", "HINT")
+    # A finite weight that overflows --save-dtype F16 (max 65504) was saved as Inf with exit 0.
+    W = random_weights(cfg, 11, 0.05)
+    W["model.embed_tokens.weight"][7, 0] = 1e6
+    save_hf(cfg, W, f"{tmp}/big")
+    out = f"{tmp}/out_f16"
+    fails(base_args(tmp, out, steps=1, model=f"{tmp}/big", extra=["--save-dtype", "F16", "--lr", "1e-6"]),
+          "model.embed_tokens.weight' does not fit F16", "--save-dtype BF16")
+    no_model(out)
+    run(base_args(tmp, f"{tmp}/out_bf16", steps=1, model=f"{tmp}/big", extra=["--save-dtype", "BF16", "--lr", "1e-6"]))
 
 
 def t_nonfinite_options(tmp):
@@ -165,6 +177,37 @@ def t_save_atomic(tmp):
     p = fails(base_args(tmp, left, steps=1), f"{left}.partial", "did not finish", f"rm -r '{left}.partial'")
     assert not os.path.exists(left) or not os.listdir(left)
     assert open(left + ".partial/model.safetensors").read() == "half"  # never touched
+
+
+def t_start_checks(tmp):
+    """Found by probing as a user: --threads 100000 hung (minutes, GBs spent starting threads); now refused by
+    name; --metrics truncated any existing file. Runs that are valid but not what the user asked for say so at start: --seq-len beyond the model's
+    max_position_embeddings (256 here), evaluation asked for on an empty validation split."""
+    setup(tmp)
+    out = f"{tmp}/thr"
+    fails(base_args(tmp, out, steps=1, extra=["--threads", "100000"]), "--threads 100000 is more than the", "HINT")
+    no_model(out)
+    fails(base_args(tmp, out, extra=["--steps", "-1"]), "--steps and --epochs must not be negative", "HINT")
+    fails(base_args(tmp, out, extra=["--micro-batch", "0"]), "must be positive (got 8 and 0)", "HINT")
+    p = run(base_args(tmp, f"{tmp}/long", steps=1, extra=["--seq-len", "1024"]))
+    assert "--seq-len 1024 is longer than the model's max_position_embeddings 256" in p.stderr, p.stderr[-2000:]
+    p = run(base_args(tmp, f"{tmp}/short", steps=1))
+    assert "max_position_embeddings" not in p.stderr and "validation split" not in p.stderr, p.stderr[-2000:]
+    run([PREP, "--input", f"{tmp}/task.jsonl", "--output", f"{tmp}/noval", "--tokenizer", "byte", "--template", "plain",
+         "--val-fraction", "0", "--max-seq-len", "128", "--quiet"])
+    p = run(base_args(tmp, f"{tmp}/ev", steps=1, extra=["--data", f"{tmp}/noval", "--eval-every", "1",
+                                                        "--eval-batches", "2"]))
+    assert "the validation split of" in p.stderr and "is empty: no evaluation will run" in p.stderr, p.stderr[-2000:]
+    # --metrics naming a file that is not a metrics file: refused, the file untouched (it was truncated);
+    # an earlier run's metrics file is rewritten as before.
+    mine = f"{tmp}/mine.jsonl"
+    open(mine, "w").write('{"my": "data"}\n')
+    fails(base_args(tmp, f"{tmp}/m1", steps=1, extra=["--metrics", mine]), "is not a shardtune metrics file", "HINT")
+    assert open(mine).read() == '{"my": "data"}\n'
+    no_model(f"{tmp}/m1")
+    run(base_args(tmp, f"{tmp}/m2", steps=2, extra=["--metrics", f"{tmp}/short.jsonl"]))
+    run(base_args(tmp, f"{tmp}/m3", steps=1, extra=["--metrics", f"{tmp}/short.jsonl"]))
+    assert len(train_lines(f"{tmp}/short.jsonl")) == 1  # rewritten, not appended
 
 
 def start_and_signal(cmd, metrics, sig):

@@ -47,6 +47,9 @@ struct Affinity {
   std::string list;  // compact, e.g. "0-1" or "0,2,4"
 };
 Affinity affinity();
+// The largest --threads a program accepts: max(64, 8 x the machine's online CPUs). More threads per CPU
+// are never faster, and tens of thousands take minutes and GBs only to start (--threads 100000 hung).
+int max_threads();
 // Sorted, de-duplicated ids as ranges: {0,1,2,5} -> "0-2,5"; {0,2,4} -> "0,2,4"; {} -> "".
 std::string format_cpu_list(std::vector<int> ids);
 std::string hostname();
