@@ -105,10 +105,16 @@ stdfs::path staging_dir(const std::string& out) {
 }
 
 // Rank 0 makes sure --out is new or empty, and no earlier save was left half-written, before any work.
-void prepare_out(const dist::MpiRuntime& rt, const std::string& out) {
+void prepare_out(const dist::MpiRuntime& rt, const std::string& out, const std::string& data) {
   std::string err, hint = "choose a new --out folder; shardtune never overwrites";
   if (rt.rank() == 0) {
     try {
+      // The model written into the data folder would sit among the shards (and a later prep of that
+      // folder would refuse it or count it): keep outputs apart from inputs.
+      const stdfs::path o = stdfs::weakly_canonical(stdfs::absolute(out)), d = stdfs::weakly_canonical(stdfs::absolute(data));
+      const auto rel = o.lexically_relative(d);
+      ST_CHECK(rel.empty() || *rel.begin() == "..", "--out '" + out + "' is inside --data '" + data + "'",
+               "write the model outside the data folder, e.g. next to it");
       const stdfs::path staging = staging_dir(out);
       std::error_code ec;
       if (stdfs::exists(staging, ec)) {
@@ -118,7 +124,13 @@ void prepare_out(const dist::MpiRuntime& rt, const std::string& out) {
       } else {
         fs::require_absent_or_empty(out, "--out folder");
         stdfs::create_directories(out);
+        // Two jobs given the same --out would both pass the check above and the later one would lose its
+        // work at the final save: the first to start holds --out until it ends.
+        fs::lock_dir_for_process(out, "--out folder");
       }
+    } catch (const Error& e) {
+      err = e.what();
+      if (!e.hint().empty()) hint = e.hint();
     } catch (const std::exception& e) {
       err = e.what();
     }
@@ -217,7 +229,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
            "prepare more data or lower --global-batch");
   const int64_t steps = cfg.steps > 0 ? cfg.steps
                                       : static_cast<int64_t>(std::ceil(cfg.epochs * train_set->size() / cfg.global_batch));
-  prepare_out(rt, cfg.out);
+  prepare_out(rt, cfg.out, cfg.data);
 
   train::LoaderPlan plan{cfg.global_batch, cfg.micro_batch, cfg.seq_len, world, rank, cfg.pack,
                          std::max<int64_t>(0, train_set->info().pad_id >= 0 ? train_set->info().pad_id : train_set->info().eos_id),

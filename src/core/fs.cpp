@@ -3,6 +3,7 @@
 
 #include <fcntl.h>
 #include <openssl/evp.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -117,6 +118,19 @@ void fsync_dir_contents(const stdfs::path& dir) {
   for (const auto& e : stdfs::directory_iterator(dir))
     if (e.is_regular_file()) fsync_path(e.path());
   fsync_path(dir);
+}
+
+void lock_dir_for_process(const stdfs::path& dir, const std::string& what) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  ST_CHECK(fd >= 0, "cannot open the " + what + " '" + dir.string() + "': " + std::strerror(errno));
+  if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
+    const int e = errno;
+    ::close(fd);
+    ST_CHECK(e != EWOULDBLOCK, "another running job is using the " + what + " '" + dir.string() + "'",
+             "give each run its own folder; wait for the other job to finish, or end it");
+    ST_FAIL("cannot lock the " + what + " '" + dir.string() + "': " + std::strerror(e));
+  }
+  // The descriptor stays open on purpose: the lock lasts as long as this process.
 }
 
 }  // namespace shardtune::fs

@@ -248,5 +248,32 @@ def t_sigterm(tmp):
         no_model(out)
 
 
+
+def t_out_guarded(tmp):
+    """--out inside --data is refused; a second job given the --out of a running one fails at start (the
+    first holds a lock on it) instead of losing its work at the final save; the first job is unharmed."""
+    setup(tmp)
+    fails(base_args(tmp, f"{tmp}/data/model-out"), "is inside --data", "HINT")
+    assert not os.path.exists(f"{tmp}/data/model-out")
+    out = f"{tmp}/out"
+    first = subprocess.Popen(base_args(tmp, out, steps=100000), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and first.poll() is None and not (
+                os.path.exists(out + ".jsonl") and '"train"' in open(out + ".jsonl").read()):
+            time.sleep(0.2)
+        assert first.poll() is None, first.communicate()
+        fails(base_args(tmp, out, extra=("--metrics", f"{tmp}/second.jsonl")), "another running job is using the --out folder",
+              "HINT")
+        assert first.poll() is None, "the first job ended"
+        assert not os.path.exists(f"{tmp}/second.jsonl")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=60)
+    # Once the first job has ended, its lock is gone: the (still empty) folder can be used again.
+    run(base_args(tmp, out, steps=1))
+    assert os.path.exists(f"{out}/model.safetensors")
+
+
 if __name__ == "__main__":
     sys.exit(run_case(globals(), "st-faults"))

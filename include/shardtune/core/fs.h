@@ -28,4 +28,9 @@ void publish_dir(const stdfs::path& staging, const stdfs::path& final_dir);
 void fsync_dir_contents(const stdfs::path& dir);
 void fsync_path(const stdfs::path& path);  // one file or folder
 
+// Takes an exclusive advisory lock (flock) on the folder `dir` for the rest of this process's life, so that
+// a second run given the same folder fails at start instead of after hours of training. Released by the
+// kernel when the process ends, however it ends. Throws Error naming `what` if another process holds it.
+void lock_dir_for_process(const stdfs::path& dir, const std::string& what);
+
 }  // namespace shardtune::fs
