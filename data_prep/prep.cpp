@@ -45,10 +45,7 @@ void PrepOptions::validate() const {
   ST_CHECK(shard_tokens >= max_seq_len, "--shard-tokens must be at least --max-seq-len");
   ST_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores)", "give 0 (all cores) or a thread count");
   // --threads 100000 aborted ("terminate called", thread creation failed) and left a staging folder.
-  ST_CHECK(threads <= hw::max_threads(),
-           "--threads " + std::to_string(threads) + " is more than the " + std::to_string(hw::max_threads()) +
-               " threads, the limit on this machine",
-           "give 0 (all cores) or at most the cores of this machine");
+  hw::check_threads_limit(threads, "give 0 (all cores) or at most the cores of this machine");
 }
 
 namespace {

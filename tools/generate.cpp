@@ -63,10 +63,7 @@ void check_sampling_options(const sm::GenerateOptions& g, int threads) {
   ST_CHECK(g.top_p > 0 && g.top_p <= 1, "--top-p must be in (0, 1] (got " + std::to_string(g.top_p) + ")",
            "1 samples from the whole distribution; 0.9 keeps the most likely tokens holding 90% of the mass");
   ST_CHECK(threads >= 0, "--threads must be >= 0 (got " + std::to_string(threads) + ")", "give 0 (the CPUs of the affinity mask) or a thread count");
-  ST_CHECK(threads <= shardtune::hw::max_threads(),
-           "--threads " + std::to_string(threads) + " is more than the " + std::to_string(shardtune::hw::max_threads()) +
-               " threads, the limit on this machine",
-           "give 0 (the CPUs of the affinity mask) or at most the CPUs it holds");
+  shardtune::hw::check_threads_limit(threads, "give 0 (the CPUs of the affinity mask) or at most the CPUs it holds");
   const auto mask = shardtune::hw::affinity();
   if (threads > mask.count && mask.count > 0)
     shardtune::log::warn("--threads " + std::to_string(threads) + " but the affinity mask holds only " +

@@ -15,6 +15,8 @@
 #include <map>
 #include <sstream>
 
+#include "shardtune/core/error.h"
+
 namespace shardtune::hw {
 namespace {
 
@@ -157,6 +159,14 @@ std::string format_cpu_list(std::vector<int> ids) {
 int max_threads() {
   const long online = sysconf(_SC_NPROCESSORS_ONLN);
   return static_cast<int>(std::max<long>(64, 8 * std::max<long>(1, online)));
+}
+
+void check_threads_limit(int threads, const std::string& hint) {
+  const int limit = max_threads();
+  ST_CHECK(threads <= limit,
+           "--threads " + std::to_string(threads) + " is more than the " + std::to_string(limit) +
+               " threads, the limit on this machine",
+           hint);
 }
 
 Affinity affinity() {

@@ -2,19 +2,15 @@
 #include "shardtune/data/dataset.h"
 
 #include <algorithm>
-#include <filesystem>
 #include <mutex>
 
 #include "h5.h"
 #include "layout.h"
 #include "shardtune/core/error.h"
-#include "shardtune/core/fs.h"
 #include "shardtune/data/manifest.h"
 #include "shardtune/data/shard.h"
 
 namespace shardtune::data {
-
-namespace stdfs = std::filesystem;
 
 std::mutex& hdf5_mutex() {
   static std::mutex m;

@@ -2,7 +2,6 @@
 // docs/FORMAT.md). HDF5 calls hold hdf5_mutex(); hashing and value checks run outside it in parallel.
 #include "shardtune/data/verify.h"
 
-#include <sched.h>
 #include <sys/stat.h>
 
 #include <algorithm>
@@ -18,6 +17,7 @@
 #include "layout.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
+#include "shardtune/core/hw.h"
 #include "shardtune/core/json_depth.h"
 #include "shardtune/data/shard.h"
 
@@ -103,13 +103,6 @@ std::string cache_store(const std::string& cache_dir, const json& record) {
   } catch (const std::exception& e) {
     return e.what();
   }
-}
-
-int cpus_available() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  if (sched_getaffinity(0, sizeof set, &set) == 0) return std::max(1, CPU_COUNT(&set));
-  return std::max(1u, std::thread::hardware_concurrency());
 }
 
 }  // namespace
@@ -236,7 +229,7 @@ VerifyResult verify_data(const std::string& dir, const std::vector<std::string>&
         }
       }
     };
-    const int n = std::max(1, std::min<int>(opts.threads > 0 ? opts.threads : cpus_available(),
+    const int n = std::max(1, std::min<int>(opts.threads > 0 ? opts.threads : std::max(1, hw::affinity().count),
                                             static_cast<int>(mine.size())));
     std::vector<std::thread> pool;
     for (int t = 1; t < n; ++t) pool.emplace_back(worker);

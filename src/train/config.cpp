@@ -96,10 +96,7 @@ void TrainConfig::validate() const {
   ST_CHECK(eval_every >= 0 && eval_batches >= 0 && log_every >= 1, "--eval-every/--eval-batches >= 0, --log-every >= 1");
   ST_CHECK(threads >= 0, "--threads must not be negative (got " + std::to_string(threads) + ")",
            "give 0 (the CPUs of each rank's affinity mask) or a thread count");
-  ST_CHECK(threads <= hw::max_threads(),
-           "--threads " + std::to_string(threads) + " is more than the " + std::to_string(hw::max_threads()) +
-               " threads, the limit on this machine",
-           "give 0 (the CPUs of each rank's affinity mask) or at most the CPUs a rank has");
+  hw::check_threads_limit(threads, "give 0 (the CPUs of each rank's affinity mask) or at most the CPUs a rank has");
   ST_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16", "unknown --precision '" + precision + "'",
            "use auto, fp32 or bf16");
   ST_CHECK(device == "cpu" || device == "cuda", "unknown --device '" + device + "'", "use cpu or cuda");

@@ -64,6 +64,15 @@ void GradSync::finish_backward() {
   if (communicate_now_) after_backward();
 }
 
+at::Tensor GradSync::make_flat_grad() {
+  at::Tensor flat = at::zeros({m_.layout.total}, m_.flat_params.options());
+  for (size_t i = 0; i < m_.params.size(); ++i) {
+    const auto& slot = m_.layout.params[i];
+    m_.params[i].mutable_grad() = flat.narrow(0, slot.offset, slot.numel).view(slot.shape);
+  }
+  return flat;
+}
+
 void GradSync::all_gather_buckets(at::Tensor& flat) {
   std::vector<std::unique_ptr<dist::Pending>> gathers;
   for (size_t b = 0; b < m_.layout.buckets.size(); ++b) {
@@ -77,13 +86,7 @@ void GradSync::all_gather_buckets(at::Tensor& flat) {
 
 // ---- DDP ----
 
-DdpSync::DdpSync(FlatModel m) : GradSync(m) {
-  flat_grad_ = at::zeros({m_.layout.total}, m_.flat_params.options());
-  for (size_t i = 0; i < m_.params.size(); ++i) {
-    const auto& slot = m_.layout.params[i];
-    m_.params[i].mutable_grad() = flat_grad_.narrow(0, slot.offset, slot.numel).view(slot.shape);
-  }
-}
+DdpSync::DdpSync(FlatModel m) : GradSync(m) { flat_grad_ = make_flat_grad(); }
 
 void DdpSync::begin_step() {
   at::NoGradGuard no_grad;
@@ -120,12 +123,8 @@ void DdpSync::after_backward() { all_gather_buckets(flat_grad_); }
 
 Zero1Sync::Zero1Sync(FlatModel m) : GradSync(m) {
   sharded_ = true;
-  flat_grad_ = at::zeros({m_.layout.total}, m_.flat_params.options());
+  flat_grad_ = make_flat_grad();
   owned_grad_ = at::zeros({m_.layout.shard_size()}, m_.flat_params.options());
-  for (size_t i = 0; i < m_.params.size(); ++i) {
-    const auto& slot = m_.layout.params[i];
-    m_.params[i].mutable_grad() = flat_grad_.narrow(0, slot.offset, slot.numel).view(slot.shape);
-  }
 }
 
 void Zero1Sync::begin_step() {

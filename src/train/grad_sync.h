@@ -77,6 +77,8 @@ class GradSync {
   virtual void after_backward() {}
   // Makes every bucket of `flat` whole from each rank's owned slice: in place, in bucket order.
   void all_gather_buckets(at::Tensor& flat);
+  // A zeroed full gradient [P]; every parameter's .grad becomes a view into it (DDP, ZeRO-1).
+  at::Tensor make_flat_grad();
 
   FlatModel m_;
   int rank_;

@@ -50,6 +50,9 @@ Affinity affinity();
 // The largest --threads a program accepts: max(64, 8 x the machine's online CPUs). More threads per CPU
 // are never faster, and tens of thousands take minutes and GBs only to start (--threads 100000 hung).
 int max_threads();
+// Throws Error "--threads N is more than the M threads, the limit on this machine" with `hint` when
+// `threads` exceeds max_threads() (the one wording for every program's --threads).
+void check_threads_limit(int threads, const std::string& hint);
 // Sorted, de-duplicated ids as ranges: {0,1,2,5} -> "0-2,5"; {0,2,4} -> "0,2,4"; {} -> "".
 std::string format_cpu_list(std::vector<int> ids);
 std::string hostname();

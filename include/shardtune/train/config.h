@@ -31,8 +31,8 @@ struct TrainConfig {
   double bucket_mb = 25.0;
   std::string save_dtype;  // "" = as loaded
   std::string on_nonfinite = "error";  // a non-finite loss or gradient norm: "error" stops, "skip" skips the update
-  int64_t max_consecutive_skips = 10;
-  std::string verify_data = "auto";  // shard content check before training: auto (cached) | full | off  // --on-nonfinite skip: stop after more skipped steps than this in a row
+  int64_t max_consecutive_skips = 10;  // --on-nonfinite skip: stop after more skipped steps than this in a row
+  std::string verify_data = "auto";    // shard content check before training: auto (cached) | full | off
 
   void bind(CLI::App& app);
   // Checks everything that does not need the world size or the data; throws Error naming the option.
