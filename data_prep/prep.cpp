@@ -43,9 +43,9 @@ void PrepOptions::validate() const {
            "use --format text, or --overlong truncate|drop for prompt/response data");
   ST_CHECK(val_fraction >= 0.0 && val_fraction < 1.0, "--val-fraction must be in [0, 1) (got " + std::to_string(val_fraction) + ")");
   ST_CHECK(shard_tokens >= max_seq_len, "--shard-tokens must be at least --max-seq-len");
-  ST_CHECK(threads >= 0, "--threads must be >= 0 (0 = all cores)", "give 0 (all cores) or a thread count");
+  ST_CHECK(threads >= 0, "--threads must be >= 0 (0 = the CPUs of the affinity mask)", "give 0 (the CPUs this rank may run on) or a thread count");
   // --threads 100000 aborted ("terminate called", thread creation failed) and left a staging folder.
-  hw::check_threads_limit(threads, "give 0 (all cores) or at most the cores of this machine");
+  hw::check_threads_limit(threads, "give 0 (the CPUs of the affinity mask) or at most the cores of this machine");
 }
 
 namespace {
@@ -262,7 +262,7 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
 int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
   opt.validate();
   const int rank = rt.rank(), world = rt.world();
-  const int threads = opt.threads > 0 ? opt.threads : std::max(1u, std::thread::hardware_concurrency());
+  const int threads = opt.threads > 0 ? opt.threads : std::max(1, hw::affinity().count);  // the CPUs this rank may run on
 
   // Rank 0 checks the output folder and creates a hidden staging folder beside it; others learn its name.
   const stdfs::path out_dir = stdfs::absolute(opt.output).lexically_normal();

@@ -25,7 +25,7 @@ struct PrepOptions {
   uint64_t seed = 1234;
   int64_t shard_tokens = 16 * 1024 * 1024;
   bool skip_invalid = false;
-  int threads = 0;  // 0 = all cores
+  int threads = 0;  // 0 = the CPUs of this rank's affinity mask
   bool quiet = false;
 
   void validate() const;  // throws Error naming the bad option

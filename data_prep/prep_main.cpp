@@ -27,7 +27,7 @@ int prep_main(int argc, char** argv) {
   app.add_option("--seed", o.seed, "seed of the train/val assignment")->capture_default_str();
   app.add_option("--shard-tokens", o.shard_tokens, "tokens per shard file (approximate upper bound)")->capture_default_str();
   app.add_flag("--skip-invalid", o.skip_invalid, "skip bad lines (counted and listed in manifest.json) instead of failing");
-  app.add_option("--threads", o.threads, "tokenizer threads per rank (0 = all cores)")->capture_default_str();
+  app.add_option("--threads", o.threads, "tokenizer threads per rank (0 = the CPUs of this rank's affinity mask)")->capture_default_str();
   app.add_flag("--quiet", o.quiet, "no progress output");
   if (int rc = cli::parse(app, argc, argv, "shardtune-prep"); rc >= 0) return rc;
   dist::MpiRuntime rt(&argc, &argv);
