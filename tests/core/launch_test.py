@@ -70,14 +70,13 @@ def cpu_list(ids):
 
 def probe_masks(np_, extra=()):
     """Affinity mask of every rank of `mpirun -np N [extra]`, measured by Python inside the launch."""
-    code = ("import os, socket; print('PROBE', os.environ.get('OMPI_COMM_WORLD_RANK', '0'), socket.gethostname(), "
-            "','.join(map(str, sorted(os.sched_getaffinity(0)))))")
+    code = ("import os, socket, sys; sys.stdout.write('PROBE %s %s %s\\n' % (os.environ.get('OMPI_COMM_WORLD_RANK', '0'), "
+            "socket.gethostname(), ','.join(map(str, sorted(os.sched_getaffinity(0)))))); sys.stdout.flush()")
     p = run([*MPI, str(np_), *extra, "/usr/bin/python3", "-c", code])
     ranks = {}
-    for line in p.stdout.splitlines():
-        if line.startswith("PROBE "):
-            _, r, host, cpus = line.split()
-            ranks[int(r)] = (host, [int(c) for c in cpus.split(",")])
+    # Parsed from the whole output, not line by line: mpirun may join two ranks' lines (seen once in CI).
+    for r, host, cpus in re.findall(r"PROBE (\d+) (\S+?) (\d+(?:,\d+)*)", p.stdout):
+        ranks[int(r)] = (host, [int(c) for c in cpus.split(",")])
     assert sorted(ranks) == list(range(np_)), p.stdout
     return [ranks[r] for r in range(np_)]
 
