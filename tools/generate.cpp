@@ -127,11 +127,8 @@ static int run(int argc, char** argv) {
   }
   model->eval();
   // The trainer refuses NaN/Inf weights at load; so does generation (it printed ids computed from them).
-  for (const auto& [name, w] : model->hf_parameters())
-    ST_CHECK(!w.is_floating_point() || at::isfinite(w).all().item<bool>(),
-             model_path + ": weight '" + name + "' is not finite (" +
-                 std::to_string(w.numel() - at::isfinite(w).sum().item<int64_t>()) + " NaN/Inf values)",
-             "the model file is damaged or came from a diverged run; use another checkpoint");
+  sm::check_weights_finite(*model, "in " + model_path,
+                           "the model file is damaged or came from a diverged run; use another checkpoint");
 
 #ifdef ST_HAVE_TOKENIZER
   std::unique_ptr<shardtune::Tokenizer> tok;

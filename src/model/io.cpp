@@ -321,6 +321,18 @@ std::shared_ptr<CausalLM> load_model(const std::string& path_str) {
   return load_llama2c(path);
 }
 
+void check_weights_finite(const CausalLM& model, const std::string& when, const std::string& hint) {
+  at::NoGradGuard no_grad;
+  for (const auto& [name, t] : model.hf_parameters()) {
+    if (!t.is_floating_point() || at::isfinite(t).all().item<bool>()) continue;
+    const int64_t nan = at::isnan(t).sum().item<int64_t>();
+    const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
+    ST_FAIL("weight '" + name + "' is not finite " + when + ": " + std::to_string(nan) + " NaN and " +
+                std::to_string(bad - nan) + " Inf of " + std::to_string(t.numel()) + " values",
+            hint);
+  }
+}
+
 void save_hf(const CausalLM& model, const stdfs::path& dir, const SaveOptions& opts) {
   stdfs::create_directories(dir);
   for (const auto& e : stdfs::directory_iterator(dir)) {

@@ -17,6 +17,7 @@
 #include "shardtune/core/error.h"
 #include "shardtune/data/dataset.h"
 #include "shardtune/dist/communicator.h"
+#include "shardtune/model/io.h"
 #include "shardtune/model/model.h"
 #include "shardtune/model/runtime.h"
 #include "shardtune/optim/adamw.h"
@@ -86,7 +87,7 @@ struct Trainer::Impl {
       const std::string s(v), mine = std::to_string(rank) + ":";
       if (s.rfind(mine, 0) == 0) nan_step = std::stoll(s.substr(mine.size()));
     }
-    check_finite(model->hf_parameters(), "at the start of training (as loaded from --model)",
+    model::check_weights_finite(*model, "at the start of training (as loaded from --model)",
                  "the model file holds NaN or Inf: it is damaged, or was saved from a run that diverged; "
                  "use an intact copy of the model");
     build_flat();
@@ -95,19 +96,6 @@ struct Trainer::Impl {
 
   ~Impl() {
     for (auto& [node, key] : hooks) node->del_post_hook(key);
-  }
-
-  static void check_finite(const std::vector<std::pair<std::string, at::Tensor>>& named, const std::string& when,
-                           const std::string& hint) {
-    at::NoGradGuard no_grad;
-    for (const auto& [name, t] : named) {
-      if (!t.is_floating_point() || at::isfinite(t).all().item<bool>()) continue;
-      const int64_t nan = at::isnan(t).sum().item<int64_t>();
-      const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();
-      ST_FAIL("weight '" + name + "' is not finite " + when + ": " + std::to_string(nan) + " NaN and " +
-                  std::to_string(bad - nan) + " Inf of " + std::to_string(t.numel()) + " values",
-              hint);
-    }
   }
 
   void build_flat() {
@@ -294,7 +282,7 @@ std::pair<double, int64_t> Trainer::evaluate(const std::vector<data::HostBatch>&
 }
 
 void Trainer::check_weights_finite(const std::string& when) const {
-  Impl::check_finite(impl_->model->hf_parameters(), when,
+  model::check_weights_finite(*impl_->model, when,
                      "the run diverged in its last step: lower --lr or keep --grad-clip on");
 }
 

@@ -28,6 +28,10 @@ struct SaveOptions {
   uint64_t max_shard_bytes = 0;  // 0: one model.safetensors; else shards + model.safetensors.index.json
   std::string dtype;             // "" = each tensor's dtype as loaded (F32 if new); or "F32" | "BF16" | "F16"
 };
+// Throws Error naming the first weight holding NaN or Inf (with how many of each), `when` saying where it
+// was found (e.g. "in model/ as loaded"). The trainer checks at start and before saving; generate at load.
+void check_weights_finite(const CausalLM& model, const std::string& when, const std::string& hint);
+
 // Writes config.json and the weights in HF layout; replaces earlier model*.safetensors in `dir`.
 void save_hf(const CausalLM& model, const std::filesystem::path& dir, const SaveOptions& opts = {});
 
