@@ -161,11 +161,7 @@ void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const d
                                           {"hash", info.tokenizer_hash}, {"bos_id", info.bos_id}, {"eos_id", info.eos_id}}}};
     fs::write_file_atomic(staging / "shardtune_tokenizer.json", meta.dump(2) + "\n");
     fs::fsync_dir_contents(staging);
-    fs::require_absent_or_empty(out, "--out folder");
-    std::error_code ec;
-    stdfs::rename(staging, out, ec);
-    ST_CHECK(!ec, "cannot rename '" + staging.string() + "' to '" + out.string() + "': " + ec.message(),
-             "--out must stay an empty folder (or absent) while the run trains");
+    fs::publish_dir(staging, out, "--out folder", "--out must stay an empty folder (or absent) while the run trains");
     fs::fsync_path(out.parent_path());
   } catch (...) {
     std::error_code ec;

@@ -94,15 +94,15 @@ void require_absent_or_empty(const stdfs::path& dir, const std::string& what) {
            "choose a new folder, or remove the old one yourself if you no longer need it");
 }
 
-void publish_dir(const stdfs::path& staging, const stdfs::path& final_dir) {
+void publish_dir(const stdfs::path& staging, const stdfs::path& final_dir, const std::string& what,
+                 const std::string& rename_hint) {
   std::error_code ec;
   if (stdfs::exists(final_dir, ec)) {
-    require_absent_or_empty(final_dir, "output folder");
+    require_absent_or_empty(final_dir, what);
     stdfs::remove(final_dir, ec);
   }
   stdfs::rename(staging, final_dir, ec);
-  ST_CHECK(!ec, "cannot rename '" + staging.string() + "' to '" + final_dir.string() + "': " + ec.message(),
-           "the staging folder must be on the same file system as the output folder");
+  ST_CHECK(!ec, "cannot rename '" + staging.string() + "' to '" + final_dir.string() + "': " + ec.message(), rename_hint);
 }
 
 void fsync_path(const stdfs::path& path) {

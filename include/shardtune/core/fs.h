@@ -21,8 +21,10 @@ void write_file_atomic(const stdfs::path& path, std::string_view data);
 // Refuses (Error with hint) if `dir` exists and is not empty, so nothing the user had is overwritten.
 void require_absent_or_empty(const stdfs::path& dir, const std::string& what);
 
-// Renames a completed staging folder onto `final_dir` (which must be absent or empty).
-void publish_dir(const stdfs::path& staging, const stdfs::path& final_dir);
+// Renames a completed staging folder onto `final_dir` (which must be absent or empty; `what` names it in
+// errors, `rename_hint` says what to do when the rename itself fails).
+void publish_dir(const stdfs::path& staging, const stdfs::path& final_dir, const std::string& what = "output folder",
+                 const std::string& rename_hint = "the staging folder must be on the same file system as the output folder");
 
 // fsync(2) every regular file in `dir` (not recursive), then `dir` itself: its contents are on disk.
 void fsync_dir_contents(const stdfs::path& dir);
