@@ -22,6 +22,7 @@
 #include "shardtune/data/verify.h"
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/mpi_runtime.h"
+#include "shardtune/model/adapter.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/model.h"
 #include "shardtune/model/runtime.h"
@@ -29,6 +30,7 @@
 #include "shardtune/train/flops.h"
 #include "shardtune/train/launch.h"
 #include "shardtune/train/loader.h"
+#include "shardtune/train/method.h"
 #include "shardtune/train/trainer.h"
 
 namespace {
@@ -153,9 +155,15 @@ void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const d
   ST_CHECK(made, "cannot save: the staging folder '" + staging.string() + "' already exists",
            "another run is saving to the same --out? remove the folder once no run uses it");
   try {
-    model::SaveOptions so;
-    so.dtype = cfg.save_dtype;
-    model::save_hf(m, staging, so);
+    if (m.has_lora()) {
+      // LoRA/QLoRA: the adapter alone, in PEFT layout (the base is --model, unchanged).
+      model::write_adapter_config(staging, m.lora_config());
+      model::write_adapter_weights(staging, m.lora_weights());
+    } else {
+      model::SaveOptions so;
+      so.dtype = cfg.save_dtype;
+      model::save_hf(m, staging, so);
+    }
     if (inject_failure) ST_FAIL("injected failure while saving the final model (SHARDTUNE_TEST_FAIL)");
     nlohmann::json meta = {{"tokenizer", {{"name", info.tokenizer_name}, {"source", info.tokenizer_source},
                                           {"hash", info.tokenizer_hash}, {"bos_id", info.bos_id}, {"eos_id", info.eos_id}}}};
@@ -191,6 +199,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
 
   // ---- model and data ----
   auto model = model::load_model(cfg.model);
+  const train::MethodSummary method = train::apply_method(*model, cfg, launch.precision.precision);
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
@@ -231,6 +240,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                          std::max<int64_t>(0, train_set->info().pad_id >= 0 ? train_set->info().pad_id : train_set->info().eos_id),
                          cfg.seed};
   train::Trainer trainer(cfg, model, comm);
+  if (!method.detail.empty()) log::info(method.detail);
+  log::info(method.line);
   const auto precision = launch.precision.precision;
   const char* precision_name = precision == model::Precision::BF16 ? "bf16" : "fp32";
   const double peak = measure_peak_gflops(precision);
@@ -328,7 +339,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   trainer.check_weights_finite("after the last step, before saving");
   if (rank == 0) {
     save_final(*model, cfg, train_set->info(), injected("save"));
-    log::info("saved the fine-tuned model (Hugging Face layout) to " + cfg.out);
+    log::info(model->has_lora() ? "saved the adapter (PEFT layout: adapter_config.json + adapter_model.safetensors) to " + cfg.out
+                                : "saved the fine-tuned model (Hugging Face layout) to " + cfg.out);
   }
   rt.barrier();
   return 0;

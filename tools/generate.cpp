@@ -1,5 +1,5 @@
 // shardtune-generate: sample a continuation from a model (HF folder or llama2.c .bin), optionally with a
-// PEFT LoRA adapter merged in, using a KV cache. Temperature 0 is greedy.
+// PEFT LoRA adapter applied on top (not merged), using a KV cache. Temperature 0 is greedy.
 #include <CLI/CLI.hpp>
 #include <fstream>
 #include <nlohmann/json.hpp>
@@ -15,6 +15,7 @@
 #include "shardtune/core/json_depth.h"
 #include "shardtune/core/log.h"
 #include "shardtune/model/generate.h"
+#include "shardtune/model/adapter.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/runtime.h"
 #ifdef ST_HAVE_TOKENIZER
@@ -89,7 +90,9 @@ static int run(int argc, char** argv) {
   bool print_ids = false, no_stop = false;
   CLI::App app{"Sample from a causal LM (Hugging Face folder or llama2.c .bin) with a KV cache."};
   app.add_option("--model", model_path, "HF model folder (config.json + safetensors) or llama2.c .bin")->required();
-  app.add_option("--adapter", adapter, "PEFT LoRA folder (adapter_config.json + adapter_model.safetensors) to merge");
+  app.add_option("--adapter", adapter,
+                 "PEFT LoRA folder (adapter_config.json + adapter_model.safetensors), applied on top of the model "
+                 "without merging");
   app.add_option("--prompt", prompt, "prompt text (needs --tokenizer)");
   app.add_option("--tokenizer", tokenizer_spec, "tokenizer SPEC: tokenizer.json, GPT-2 files or a folder, or 'byte'");
   app.add_option("--prompt-ids", prompt_ids, "prompt as token ids, e.g. \"1 2 3\" or \"1,2,3\"");
@@ -122,8 +125,11 @@ static int run(int argc, char** argv) {
 
   auto model = sm::load_model(model_path);
   if (!adapter.empty()) {
-    const int n = sm::merge_lora(*model, adapter);
-    shardtune::log::info("merged LoRA adapter " + adapter + " into " + std::to_string(n) + " weights");
+    const sm::AdapterConfig acfg = sm::read_adapter_config(adapter);
+    model->load_lora(acfg, sm::read_adapter_weights(adapter, acfg), adapter);
+    model->freeze_base(at::kFloat);
+    shardtune::log::info("applied LoRA adapter " + adapter + " (r " + std::to_string(acfg.r) + ", " +
+                         std::to_string(model->lora_weights().size()) + " modules), not merged");
   }
   model->eval();
   // The trainer refuses NaN/Inf weights at load; so does generation (it printed ids computed from them).

@@ -323,7 +323,10 @@ std::shared_ptr<CausalLM> load_model(const std::string& path_str) {
 
 void check_weights_finite(const CausalLM& model, const std::string& when, const std::string& hint) {
   at::NoGradGuard no_grad;
-  for (const auto& [name, t] : model.hf_parameters()) {
+  auto tensors = model.hf_parameters();
+  if (model.has_lora())
+    for (auto& nt : model.trainable_parameters()) tensors.push_back(nt);  // the adapters' A and B
+  for (const auto& [name, t] : tensors) {
     if (!t.is_floating_point() || at::isfinite(t).all().item<bool>()) continue;
     const int64_t nan = at::isnan(t).sum().item<int64_t>();
     const int64_t bad = t.numel() - at::isfinite(t).sum().item<int64_t>();

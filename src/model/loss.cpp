@@ -13,14 +13,16 @@ namespace {
 struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy> {
   // h [N,C], w [V,C], targets [N]; returns sum_n CE(h_n @ w^T, targets_n) as a fp32 scalar.
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& h, const at::Tensor& w,
-                            const at::Tensor& targets, int64_t chunk, int64_t compute_dtype, bool need_grad) {
+                            const at::Tensor& targets, int64_t chunk, int64_t compute_dtype, bool need_grad,
+                            bool need_grad_w) {
     const auto cd = static_cast<at::ScalarType>(compute_dtype);
     const int64_t N = h.size(0), V = w.size(0);
     const at::Tensor wc = w.to(cd);
     at::Tensor gh, gw;
     if (need_grad) {
       gh = at::empty(h.sizes(), h.options().dtype(at::kFloat));
-      gw = at::zeros(w.sizes(), w.options().dtype(at::kFloat));
+      // A frozen head (LoRA) gets no gradient: its [V,C] GEMM per chunk, the largest of the step, is skipped.
+      if (need_grad_w) gw = at::zeros(w.sizes(), w.options().dtype(at::kFloat));
     }
     at::Tensor total = at::zeros({}, h.options().dtype(at::kDouble));
     for (int64_t i = 0; i < N; i += chunk) {
@@ -36,7 +38,7 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
       logp.scatter_add_(1, tc, at::full({n, 1}, -1.0, logp.options()));
       const at::Tensor g = logp.to(cd);
       gh.narrow(0, i, n).copy_(at::mm(g, wc));
-      gw.add_(at::mm(g.t(), hc));
+      if (need_grad_w) gw.add_(at::mm(g.t(), hc));
     }
     (void)V;
     ctx->saved_data["gh"] = gh;
@@ -50,7 +52,8 @@ struct LinearCrossEntropy : public torch::autograd::Function<LinearCrossEntropy>
     const at::Tensor gh = ctx->saved_data["gh"].toTensor();
     const at::Tensor gw = ctx->saved_data["gw"].toTensor();
     ST_CHECK(gh.defined(), "linear_cross_entropy_sum: backward without gradients computed in forward");
-    return {gh * g, gw * g, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {gh * g, gw.defined() ? gw * g : at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(),
+            at::Tensor()};
   }
 };
 
@@ -62,9 +65,10 @@ at::Tensor linear_cross_entropy_sum(const at::Tensor& h, const at::Tensor& w, co
                targets.size(0) == h.size(0),
            "linear_cross_entropy_sum: shapes h [N,C], w [V,C], targets [N] expected");
   ST_CHECK(chunk_tokens > 0, "chunk_tokens must be positive");
-  const bool need_grad = c10::GradMode::is_enabled() && (h.requires_grad() || w.requires_grad());
+  const bool grad_mode = c10::GradMode::is_enabled();
+  const bool need_grad = grad_mode && (h.requires_grad() || w.requires_grad());
   return LinearCrossEntropy::apply(h, w, targets.to(at::kLong), chunk_tokens, static_cast<int64_t>(compute_dtype),
-                                   need_grad);
+                                   need_grad, need_grad && w.requires_grad());
 }
 
 }  // namespace shardtune::model

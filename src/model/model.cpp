@@ -94,21 +94,14 @@ CausalLM::CausalLM(ModelConfig config) : torch::nn::Module("CausalLM"), cfg_(std
       Layer& L = layers_[size_t(l)];
       const std::string p = layer_prefix(c, l);
       L.ln1_w = add(p + "input_layernorm.weight", {C});
-      L.q_w = add(p + "self_attn.q_proj.weight", {H * hd, C});
-      if (qkv_b) L.q_b = add(p + "self_attn.q_proj.bias", {H * hd});
-      L.k_w = add(p + "self_attn.k_proj.weight", {Hkv * hd, C});
-      if (qkv_b) L.k_b = add(p + "self_attn.k_proj.bias", {Hkv * hd});
-      L.v_w = add(p + "self_attn.v_proj.weight", {Hkv * hd, C});
-      if (qkv_b) L.v_b = add(p + "self_attn.v_proj.bias", {Hkv * hd});
-      L.o_w = add(p + "self_attn.o_proj.weight", {C, H * hd});
-      if (c.attention_bias) L.o_b = add(p + "self_attn.o_proj.bias", {C});
+      add_proj(L.q, p + "self_attn.q_proj", C, H * hd, qkv_b);
+      add_proj(L.k, p + "self_attn.k_proj", C, Hkv * hd, qkv_b);
+      add_proj(L.v, p + "self_attn.v_proj", C, Hkv * hd, qkv_b);
+      add_proj(L.o, p + "self_attn.o_proj", H * hd, C, c.attention_bias);
       L.ln2_w = add(p + "post_attention_layernorm.weight", {C});
-      L.gate_w = add(p + "mlp.gate_proj.weight", {I, C});
-      if (c.mlp_bias) L.gate_b = add(p + "mlp.gate_proj.bias", {I});
-      L.up_w = add(p + "mlp.up_proj.weight", {I, C});
-      if (c.mlp_bias) L.up_b = add(p + "mlp.up_proj.bias", {I});
-      L.down_w = add(p + "mlp.down_proj.weight", {C, I});
-      if (c.mlp_bias) L.down_b = add(p + "mlp.down_proj.bias", {C});
+      add_proj(L.gate, p + "mlp.gate_proj", C, I, c.mlp_bias);
+      add_proj(L.up, p + "mlp.up_proj", C, I, c.mlp_bias);
+      add_proj(L.down, p + "mlp.down_proj", I, C, c.mlp_bias);
     }
     norm_w_ = add("model.norm.weight", {C});
     lm_head_ = c.tie_word_embeddings ? embed_ : add("lm_head.weight", {V, C});
@@ -121,21 +114,26 @@ CausalLM::CausalLM(ModelConfig config) : torch::nn::Module("CausalLM"), cfg_(std
       const std::string p = layer_prefix(c, l);
       L.ln1_w = add(p + "ln_1.weight", {C});
       L.ln1_b = add(p + "ln_1.bias", {C});
-      L.c_attn_w = add(p + "attn.c_attn.weight", {C, 3 * C});
-      L.c_attn_b = add(p + "attn.c_attn.bias", {3 * C});
-      L.c_proj_w = add(p + "attn.c_proj.weight", {C, C});
-      L.c_proj_b = add(p + "attn.c_proj.bias", {C});
+      add_proj(L.c_attn, p + "attn.c_attn", C, 3 * C, true, true);
+      add_proj(L.c_proj, p + "attn.c_proj", C, C, true, true);
       L.ln2_w = add(p + "ln_2.weight", {C});
       L.ln2_b = add(p + "ln_2.bias", {C});
-      L.fc_w = add(p + "mlp.c_fc.weight", {C, I});
-      L.fc_b = add(p + "mlp.c_fc.bias", {I});
-      L.mlp_proj_w = add(p + "mlp.c_proj.weight", {I, C});
-      L.mlp_proj_b = add(p + "mlp.c_proj.bias", {C});
+      add_proj(L.fc, p + "mlp.c_fc", C, I, true, true);
+      add_proj(L.mlp_proj, p + "mlp.c_proj", I, C, true, true);
     }
     norm_w_ = add("transformer.ln_f.weight", {C});
     norm_b_ = add("transformer.ln_f.bias", {C});
     lm_head_ = embed_;
   }
+}
+
+void CausalLM::add_proj(Projection& p, const std::string& module, int64_t in, int64_t out, bool bias, bool conv1d) {
+  p.module = module;
+  p.in = in;
+  p.out = out;
+  p.conv1d = conv1d;
+  p.w = conv1d ? add(module + ".weight", {in, out}) : add(module + ".weight", {out, in});
+  if (bias) p.b = add(module + ".bias", {out});
 }
 
 at::Tensor CausalLM::add(const std::string& hf_name, std::vector<int64_t> shape) {
@@ -217,12 +215,8 @@ at::Tensor CausalLM::attention(const Layer& L, const at::Tensor& x, const at::Te
   at::Tensor q, k, v;
   if (cfg_.arch == Arch::Llama) {
     // One GEMM for q, k and v: wider matrices keep BLAS efficient (k/v are narrow under GQA). The weights
-    // stay separate HF parameters; cat/narrow route the gradients back to each.
-    const at::Tensor w = at::cat({L.q_w, L.k_w, L.v_w}, 0);
-    const at::Tensor b = L.q_b.defined() ? at::cat({L.q_b, L.k_b, L.v_b}, 0) : at::Tensor();
-    const at::Tensor qkv = at::linear(x, w, b);  // [B,T,(H+2Hkv)hd]
-    // split (not narrow): its backward concatenates the three gradients in one pass.
-    const auto parts = qkv.split_with_sizes({H * hd, Hkv * hd, Hkv * hd}, 2);
+    // stay separate HF parameters; cat/narrow (or the frozen base's fused buffer) route the gradients.
+    const auto parts = project({&L.q, &L.k, &L.v}, L.qkv_fused, x);
     q = parts[0].view({B, T, H, hd}).transpose(1, 2);
     k = parts[1].view({B, T, Hkv, hd}).transpose(1, 2);
     v = parts[2].view({B, T, Hkv, hd}).transpose(1, 2);
@@ -231,7 +225,7 @@ at::Tensor CausalLM::attention(const Layer& L, const at::Tensor& x, const at::Te
     q = q * c + rotate_half(q) * s;
     k = k * c + rotate_half(k) * s;
   } else {
-    const at::Tensor qkv = conv1d(x, L.c_attn_w, L.c_attn_b);  // [B,T,3C]
+    const at::Tensor qkv = project1(L.c_attn, x);  // [B,T,3C]
     const int64_t C = cfg_.hidden_size;
     q = qkv.narrow(2, 0, C).view({B, T, H, hd}).transpose(1, 2);
     k = qkv.narrow(2, C, C).view({B, T, H, hd}).transpose(1, 2);
@@ -274,8 +268,7 @@ at::Tensor CausalLM::attention(const Layer& L, const at::Tensor& x, const at::Te
   const at::Tensor p = at::softmax(scores, -1, at::kFloat).to(v.scalar_type());
   const at::Tensor y = at::matmul(p, v).transpose(1, 2).reshape({B, T, H * hd});
 #endif
-  if (cfg_.arch == Arch::Llama) return at::linear(y, L.o_w, L.o_b);
-  return conv1d(y, L.c_proj_w, L.c_proj_b);
+  return project1(cfg_.arch == Arch::Llama ? L.o : L.c_proj, y);
 }
 
 at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCache* cache) {
@@ -306,14 +299,14 @@ at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCac
   }
   const bool causal_only = !doc.defined() && off == 0;
 
-  at::Tensor x = at::embedding(embed_, ids);  // [B,T,C]
+  at::Tensor x = at::embedding(embed_, ids).to(at::kFloat);  // [B,T,C]; fp32 also for a bf16 frozen base
   at::Tensor cos, sin;
   if (cfg_.arch == Arch::GPT2) {
     ST_CHECK(pos.max().item<int64_t>() < cfg_.max_position_embeddings,
              "position " + std::to_string(pos.max().item<int64_t>()) + " is beyond n_positions " +
                  std::to_string(cfg_.max_position_embeddings),
              "GPT-2 has learned positions: use shorter sequences");
-    x = x + at::embedding(pos_embed_, pos);
+    x = x + at::embedding(pos_embed_, pos).to(at::kFloat);
   } else {
     std::tie(cos, sin) = rope_tables(pos);
   }
@@ -323,15 +316,12 @@ at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCac
     if (cfg_.arch == Arch::Llama) {
       x = x + attention(L, rms_norm(x, L.ln1_w, eps), cos, sin, blocked, causal_only, cache, l);
       // gate and up as one GEMM (see attention()).
-      const int64_t I = cfg_.intermediate_size;
-      const at::Tensor gu = at::linear(rms_norm(x, L.ln2_w, eps), at::cat({L.gate_w, L.up_w}, 0),
-                                       L.gate_b.defined() ? at::cat({L.gate_b, L.up_b}, 0) : at::Tensor());
-      const auto g_u = gu.split(I, 2);
-      x = x + at::linear(at::silu(g_u[0]) * g_u[1], L.down_w, L.down_b);
+      const auto g_u = project({&L.gate, &L.up}, L.gate_up_fused, rms_norm(x, L.ln2_w, eps));
+      x = x + project1(L.down, at::silu(g_u[0]) * g_u[1]);
     } else {
       x = x + attention(L, at::layer_norm(x, {cfg_.hidden_size}, L.ln1_w, L.ln1_b, eps), cos, sin, blocked, causal_only, cache, l);
       const at::Tensor h = at::layer_norm(x, {cfg_.hidden_size}, L.ln2_w, L.ln2_b, eps);
-      x = x + conv1d(at::gelu(conv1d(h, L.fc_w, L.fc_b), "tanh"), L.mlp_proj_w, L.mlp_proj_b);
+      x = x + project1(L.mlp_proj, at::gelu(project1(L.fc, h), "tanh"));
     }
   }
   if (cache) cache->length += T;
@@ -340,7 +330,8 @@ at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCac
 }
 
 at::Tensor CausalLM::logits(const at::Tensor& ids, const Packing& pack, KVCache* cache) {
-  return at::matmul(hidden(ids, pack, cache), lm_head_.t()).to(at::kFloat);
+  const at::Tensor h = hidden(ids, pack, cache);
+  return at::matmul(h, lm_head_.t().to(h.scalar_type())).to(at::kFloat);
 }
 
 LossResult CausalLM::loss(const at::Tensor& ids_in, const at::Tensor& loss_mask, const Packing& pack,

@@ -57,6 +57,22 @@ void TrainConfig::bind(CLI::App& app) {
                  "check every shard's sha256, token ids and masks before training: auto (skip shards the "
                  "verification cache knows unchanged), full, off")
       ->capture_default_str();
+  app.add_option("--lora-r", lora_r, "LoRA rank")->capture_default_str();
+  app.add_option("--lora-alpha", lora_alpha, "LoRA alpha (scale alpha/r, or alpha/sqrt(r) with --use-rslora)")->capture_default_str();
+  app.add_option("--lora-dropout", lora_dropout, "dropout on the adapters' input while training")->capture_default_str();
+  app.add_option("--lora-targets", lora_targets,
+                 "modules to adapt, comma-separated: llama q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj; "
+                 "gpt2 c_attn,c_proj,c_fc; or all-linear (default: q_proj,v_proj / c_attn, as PEFT)")
+      ->delimiter(',');
+  app.add_option("--lora-init", lora_init, "default (PEFT: Kaiming-uniform A, zero B) | gaussian (A ~ N(0, 1/r), zero B)")
+      ->capture_default_str();
+  app.add_flag("--use-rslora,!--no-use-rslora", use_rslora, "rank-stabilized LoRA: scale alpha/sqrt(r)");
+  app.add_option("--base-dtype", base_dtype, "frozen base weights: auto (bf16 when --precision computes in bf16) | fp32 | bf16")
+      ->capture_default_str();
+  app.add_option("--compute-dtype", compute_dtype, "QLoRA: dtype NF4 weights are dequantized into: auto (as --precision) | fp32 | bf16")
+      ->capture_default_str();
+  app.add_flag("--double-quant,!--no-double-quant", double_quant, "QLoRA: quantize the NF4 absmax constants to 8 bits");
+  app.add_option("--adapter", adapter, "continue LoRA/QLoRA training from this PEFT adapter folder (ours or PEFT's)");
 }
 
 void TrainConfig::validate() const {
@@ -76,7 +92,22 @@ void TrainConfig::validate() const {
            "unknown --verify-data '" + verify_data + "'", "use auto, full or off");
   ST_CHECK(method == "full" || method == "lora" || method == "qlora", "unknown --method '" + method + "'",
            "use full, lora or qlora");
-  ST_CHECK(method == "full", "--method " + method + " is not implemented yet", "use --method full");
+  ST_CHECK(adapter.empty() || method != "full",
+           "--adapter '" + adapter + "' with --method full: an adapter is trained with --method lora or qlora",
+           "give --method lora (or qlora) to continue training the adapter, or merge it first (shardtune-export merge) "
+           "and fine-tune the merged model with --method full");
+  ST_CHECK(lora_r > 0 && lora_r <= 65536, "--lora-r must be between 1 and 65536 (got " + std::to_string(lora_r) + ")",
+           "typical ranks are 8 to 64");
+  ST_CHECK(std::isfinite(lora_alpha) && lora_alpha > 0, "--lora-alpha must be a positive number", "e.g. twice --lora-r");
+  ST_CHECK(lora_dropout >= 0 && lora_dropout < 1, "--lora-dropout must be in [0, 1) (got " + std::to_string(lora_dropout) + ")");
+  ST_CHECK(lora_init == "default" || lora_init == "gaussian", "unknown --lora-init '" + lora_init + "'",
+           "use default or gaussian");
+  for (const auto& t : lora_targets)
+    ST_CHECK(!t.empty(), "--lora-targets has an empty name", "give names separated by single commas, e.g. q_proj,v_proj");
+  ST_CHECK(base_dtype == "auto" || base_dtype == "fp32" || base_dtype == "bf16", "unknown --base-dtype '" + base_dtype + "'",
+           "use auto, fp32 or bf16");
+  ST_CHECK(compute_dtype == "auto" || compute_dtype == "fp32" || compute_dtype == "bf16",
+           "unknown --compute-dtype '" + compute_dtype + "'", "use auto, fp32 or bf16");
   ST_CHECK(zero >= 0 && zero <= 2, "--zero must be 0, 1 or 2 (got " + std::to_string(zero) + ")");
   // Negative first: "--steps -1" must not read as "give --steps N".
   ST_CHECK(steps >= 0 && epochs >= 0, "--steps and --epochs must not be negative (got --steps " +
@@ -144,6 +175,22 @@ std::string TrainConfig::table() const {
   row("on-nonfinite", on_nonfinite);
   row("max-consecutive-skips", max_consecutive_skips);
   row("verify-data", verify_data);
+  if (method != "full") {
+    std::string targets;
+    for (const auto& t : lora_targets) targets += (targets.empty() ? "" : ",") + t;
+    row("lora-r", lora_r);
+    row("lora-alpha", lora_alpha);
+    row("lora-dropout", lora_dropout);
+    row("lora-targets", targets.empty() ? "(architecture default)" : targets);
+    row("lora-init", lora_init);
+    row("use-rslora", use_rslora ? "true" : "false");
+    row("base-dtype", base_dtype);
+    row("adapter", adapter.empty() ? "(new)" : adapter);
+    if (method == "qlora") {
+      row("compute-dtype", compute_dtype);
+      row("double-quant", double_quant ? "true" : "false");
+    }
+  }
   return o.str();
 }
 

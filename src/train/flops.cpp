@@ -10,8 +10,12 @@ double flops_per_token(const model::CausalLM& model, int64_t trained_params, int
     if ((!mc.tie_word_embeddings && (name == "model.embed_tokens.weight" || name == "transformer.wte.weight")) ||
         name == "transformer.wpe.weight")
       lookup_params += static_cast<double>(t.numel());
-  return 6.0 * (static_cast<double>(trained_params) - lookup_params) +
-         12.0 * mc.num_layers * mc.hidden_size * static_cast<double>(row_len);
+  const double attention = 12.0 * mc.num_layers * mc.hidden_size * static_cast<double>(row_len);
+  if (!model.has_lora()) return 6.0 * (static_cast<double>(trained_params) - lookup_params) + attention;
+  // LoRA: the frozen base's matmuls run forward (2) and backward for the input gradient only (2); the
+  // adapters as any trained weight (6).
+  return 4.0 * (static_cast<double>(model.base_param_count()) - lookup_params) + 6.0 * static_cast<double>(trained_params) +
+         attention;
 }
 
 }  // namespace shardtune::train

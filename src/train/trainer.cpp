@@ -99,7 +99,9 @@ struct Trainer::Impl {
   }
 
   void build_flat() {
-    auto named = model->hf_parameters();
+    // Only what the model says is trainable (all weights; with LoRA the adapters) gets a slot, a gradient
+    // and optimizer state; the frozen base has requires_grad off, so backward computes no gradient for it.
+    auto named = model->trainable_parameters();
     std::vector<optim::ParamSpec> specs;
     for (auto& [name, t] : named) specs.push_back({name, t.sizes().vec(), t.dim() >= 2});
     const auto bucket_elems = static_cast<int64_t>(cfg.bucket_mb * 1024 * 1024 / 4);
@@ -109,13 +111,16 @@ struct Trainer::Impl {
     params.resize(layout.params.size());
     for (size_t i = 0; i < layout.params.size(); ++i) {
       const auto& slot = layout.params[i];
-      at::Tensor t = model->param(slot.name);
+      at::Tensor t = named[i].second;
+      ST_CHECK(named[i].first == slot.name, "internal: flat layout order differs from the trainable parameters");
       at::Tensor view = flat_params.narrow(0, slot.offset, slot.numel).view(slot.shape);
       view.copy_(t.to(at::kFloat));
       t.set_data(view);
       t.set_requires_grad(true);
       params[i] = t;
     }
+    // Fresh adapters come from a seeded generator on every rank; rank 0's are the ones every rank trains.
+    if (model->has_lora() && world > 1) comm.broadcast(flat_params, 0);
     sync = make_grad_sync(stage, FlatModel{layout, params, flat_params, comm});
     adam = std::make_unique<optim::FlatAdamW>(sync->optimizer_ranges(), sync->optimizer_elems(), layout.params,
                                               optim::AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});
@@ -269,6 +274,11 @@ StepStats Trainer::train_step(int64_t step, int64_t total_steps, const std::vect
 
 std::pair<double, int64_t> Trainer::evaluate(const std::vector<data::HostBatch>& batches) {
   at::NoGradGuard no_grad;
+  impl_->model->eval();  // no LoRA dropout
+  struct TrainAgain {
+    model::CausalLM& m;
+    ~TrainAgain() { m.train(); }
+  } train_again{*impl_->model};
   double sum = 0;
   int64_t count = 0;
   for (const auto& hb : batches) {

@@ -11,6 +11,7 @@
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/hw.h"
+#include "shardtune/model/adapter.h"
 #include "shardtune/model/generate.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/runtime.h"
@@ -99,6 +100,76 @@ void check_roundtrip(const sm::CausalLM& m, const stdfs::path& src_dir, const st
         "sharded output has model.safetensors.index.json and config.json");
 }
 
+// LoRA against reference.py's independent LoRA forward (make_lora_case): a PEFT-layout adapter written by
+// the reference loads and gives its logits and the gradients of every A and B; fresh adapters (B = 0)
+// leave the logits exactly the base model's; merging gives the base+adapter logits.
+void check_lora(const stdfs::path& dir, const at::Tensor& ids, const at::Tensor& mask) {
+  if (!stdfs::exists(dir / "ref_lora.safetensors")) return;
+  auto ref = sm::read_safetensors(dir / "ref_lora.safetensors");
+  const stdfs::path hf = dir / "hf", adapter = dir / "adapter";
+  auto base = sm::load_model(hf.string());
+  at::Tensor base_logits, base_bf16;
+  {
+    at::NoGradGuard ng;
+    base_logits = base->logits(ids);
+    sm::AutocastGuard ac(at::kCPU, sm::Precision::BF16);
+    base_bf16 = base->logits(ids);
+  }
+  {
+    auto m = sm::load_model(hf.string());
+    sm::AdapterConfig c;
+    c.r = 4;
+    c.alpha = 8;
+    c.target_modules = {"all-linear"};
+    m->add_lora(c, 7);
+    at::NoGradGuard ng;
+    check(at::equal(m->logits(ids), base_logits), "LoRA with B = 0: logits bit-identical to the base model's");
+    m->freeze_base(at::kFloat);  // the fused q/k/v and gate/up buffers of the frozen base
+    check(at::equal(m->logits(ids), base_logits), "LoRA with B = 0, frozen re-laid base: logits bit-identical");
+    sm::AutocastGuard ac(at::kCPU, sm::Precision::BF16);
+    check(at::equal(m->logits(ids), base_bf16), "LoRA with B = 0 under bf16 autocast: bit-identical");
+  }
+  auto m = sm::load_model(hf.string());
+  const sm::AdapterConfig cfg = sm::read_adapter_config(adapter);
+  m->load_lora(cfg, sm::read_adapter_weights(adapter, cfg), adapter.string());
+  m->freeze_base(at::kFloat);
+  const auto trainable = m->trainable_parameters();
+  for (const auto& [name, t] : trainable) t.set_requires_grad(true);
+  {
+    at::NoGradGuard ng;
+    check_rel(m->logits(ids), ref["logits"], 1e-5, "PEFT adapter from reference.py: logits");
+  }
+  const auto lr = m->loss(ids, mask, {}, 7);
+  const at::Tensor loss = lr.sum / double(lr.count);
+  check_rel(loss.detach().reshape({1}), ref["loss"], 1e-5, "LoRA masked mean loss");
+  loss.backward();
+  double worst = 0;
+  std::string worst_name;
+  size_t n = 0;
+  for (const auto& [name, t] : trainable) {
+    auto it = ref.find("grad/" + name);
+    if (it == ref.end() || !t.grad().defined()) {
+      std::printf("  missing gradient for %s\n", name.c_str());
+      continue;
+    }
+    ++n;
+    const double r = rel(t.grad(), it->second);
+    if (r > worst) worst = r, worst_name = name;
+  }
+  char buf[200];
+  std::snprintf(buf, sizeof buf, "LoRA grads of %zu A/B tensors, worst rel %.3g (%s)", n, worst, worst_name.c_str());
+  check(n == trainable.size() && n == 2 * sm::read_adapter_weights(adapter, cfg).size() && worst <= 1e-5, buf);
+  bool frozen = true;
+  for (const auto& [name, p] : m->hf_parameters()) frozen = frozen && !p.grad().defined() && !p.requires_grad();
+  check(frozen, "frozen base: no parameter of the base has a gradient");
+  auto merged = sm::load_model(hf.string());
+  sm::merge_lora(*merged, adapter);
+  at::NoGradGuard ng;
+  const at::Tensor ml = merged->logits(ids);
+  check_rel(ml, m->logits(ids), 1e-5, "merged weights vs base + adapter: logits");
+  check_rel(ml, ref["merged_logits"], 1e-5, "merged weights vs the reference's independent merge");
+}
+
 int run_hf_case(const stdfs::path& dir) {
   auto ref = sm::read_safetensors(dir / "ref.safetensors");
   auto m = sm::load_model((dir / "hf").string());
@@ -147,6 +218,7 @@ int run_hf_case(const stdfs::path& dir) {
   }
   check_generation(*m, ref);
   check_roundtrip(*m, dir / "hf", dir / "resaved", ids);
+  check_lora(dir, ids, mask);
   return 0;
 }
 

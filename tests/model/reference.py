@@ -115,7 +115,15 @@ def attend(q, k, v, positions, doc_ids):
     return torch.softmax(s.float(), dim=-1).to(v.dtype) @ v
 
 
-def llama_forward(cfg, W, ids, positions=None, doc_ids=None):
+def with_lora(x, y, name, lora):
+    """PEFT's LoRA forward: y + lora_B(lora_A(x)) * scaling, for module `name` when `lora` has it."""
+    if lora and name in lora:
+        A, B, scale = lora[name]
+        y = y + (x @ A.t()) @ B.t() * scale
+    return y
+
+
+def llama_forward(cfg, W, ids, positions=None, doc_ids=None, lora=None):
     B, T = ids.shape
     C, H = cfg["hidden_size"], cfg["num_attention_heads"]
     Hkv = cfg.get("num_key_value_heads", H)
@@ -128,7 +136,7 @@ def llama_forward(cfg, W, ids, positions=None, doc_ids=None):
     cos, sin = ang.cos(), ang.sin()
 
     def lin(x, name):  # nn.Linear: under autocast the bias is added inside the bf16 op, as HF
-        return torch.nn.functional.linear(x, W[name + ".weight"], W.get(name + ".bias"))
+        return with_lora(x, torch.nn.functional.linear(x, W[name + ".weight"], W.get(name + ".bias")), name, lora)
 
     x = W["model.embed_tokens.weight"][ids]
     for l in range(cfg["num_hidden_layers"]):
@@ -155,7 +163,7 @@ def gelu_new(x):
     return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
 
 
-def gpt2_forward(cfg, W, ids, positions=None, doc_ids=None):
+def gpt2_forward(cfg, W, ids, positions=None, doc_ids=None, lora=None):
     B, T = ids.shape
     C, H = cfg["n_embd"], cfg["n_head"]
     hd, eps = C // H, cfg["layer_norm_epsilon"]
@@ -163,8 +171,8 @@ def gpt2_forward(cfg, W, ids, positions=None, doc_ids=None):
         positions = torch.arange(T)[None].expand(B, T)
     ln = lambda x, n: torch.nn.functional.layer_norm(x, (C,), W[n + ".weight"], W[n + ".bias"], eps)
     # HF Conv1D is addmm(bias, x, w): one op, so under autocast the bias is added before the bf16 rounding.
-    conv = lambda x, n: torch.addmm(W[n + ".bias"], x.reshape(-1, x.shape[-1]), W[n + ".weight"]).view(
-        *x.shape[:-1], -1)
+    conv = lambda x, n: with_lora(x, torch.addmm(W[n + ".bias"], x.reshape(-1, x.shape[-1]), W[n + ".weight"]).view(
+        *x.shape[:-1], -1), n, lora)
     x = W["transformer.wte.weight"][ids] + W["transformer.wpe.weight"][positions]
     for l in range(cfg["n_layer"]):
         p = f"transformer.h.{l}."
@@ -177,9 +185,9 @@ def gpt2_forward(cfg, W, ids, positions=None, doc_ids=None):
     return x @ W["transformer.wte.weight"].t()
 
 
-def forward(cfg, W, ids, positions=None, doc_ids=None):
+def forward(cfg, W, ids, positions=None, doc_ids=None, lora=None):
     fn = gpt2_forward if cfg["model_type"] == "gpt2" else llama_forward
-    return fn(cfg, W, ids, positions, doc_ids)
+    return fn(cfg, W, ids, positions, doc_ids, lora)
 
 
 def masked_mean_loss(logits, ids, mask):
@@ -344,6 +352,67 @@ def make_case(name, out_root, weight_seed=1234, data_seed=7):
     ref["gen_prompt"] = torch.tensor(prompt)
     ref["gen"] = torch.tensor(greedy(cfg, W, prompt, 32))
     write_safetensors(os.path.join(out, "ref.safetensors"), ref)
+    make_lora_case(cfg, W, ids, mask, out, rslora=(name == "llama_bias_headdim"))
+
+
+# ---------------------------------------------------------------- LoRA adapters (PEFT layout)
+def linear_modules(cfg):
+    """Every projection's module path (PEFT's all-linear on a causal LM: all Linear/Conv1D but the head)."""
+    return [n[:-len(".weight")] for n, s in param_shapes(cfg).items()
+            if len(s) == 2 and n.endswith(".weight") and ("layers." in n or ".h." in n)]
+
+
+def write_peft_adapter(out, cfg, lora, r, alpha, rslora, targets):
+    """An adapter folder as PEFT's save_pretrained writes it: adapter_config.json and adapter_model.safetensors
+    with keys base_model.model.<module>.lora_A.weight [r, in] / lora_B.weight [out, r]."""
+    os.makedirs(out, exist_ok=True)
+    conf = {"peft_type": "LORA", "task_type": "CAUSAL_LM", "r": r, "lora_alpha": alpha, "lora_dropout": 0.0,
+            "target_modules": targets, "bias": "none", "fan_in_fan_out": cfg["model_type"] == "gpt2",
+            "use_rslora": rslora, "base_model_name_or_path": "reference", "init_lora_weights": True,
+            "inference_mode": True, "modules_to_save": None, "revision": None}
+    with open(os.path.join(out, "adapter_config.json"), "w") as f:
+        json.dump(conf, f, indent=2)
+    t = {}
+    for m, (A, B, _) in lora.items():
+        t[f"base_model.model.{m}.lora_A.weight"] = A
+        t[f"base_model.model.{m}.lora_B.weight"] = B
+    write_safetensors(os.path.join(out, "adapter_model.safetensors"), t, {"format": "pt"})
+
+
+def merge_reference(cfg, W, lora):
+    """W + scale * B @ A per module (transposed for GPT-2's Conv1D, whose weight is [in, out])."""
+    M = dict(W)
+    for m, (A, B, s) in lora.items():
+        d = (B @ A) * s
+        M[m + ".weight"] = W[m + ".weight"] + (d.t() if cfg["model_type"] == "gpt2" else d)
+    return M
+
+
+def make_lora_case(cfg, W, ids, mask, out, rslora):
+    """A random non-zero adapter on every projection, written in PEFT layout, and the reference's logits,
+    masked-loss gradients w.r.t. every A and B, and logits of the independently merged weights."""
+    r, alpha = 4, 8.0
+    scale = alpha / math.sqrt(r) if rslora else alpha / r
+    g = torch.Generator().manual_seed(4321)
+    shapes = param_shapes(cfg)
+    lora = {}
+    for m in linear_modules(cfg):
+        rows, cols = shapes[m + ".weight"]
+        fan_in, fan_out = (rows, cols) if cfg["model_type"] == "gpt2" else (cols, rows)
+        lora[m] = (0.2 * torch.randn(r, fan_in, generator=g), 0.2 * torch.randn(fan_out, r, generator=g), scale)
+    short = sorted({m.rsplit(".", 1)[1] for m in lora})
+    write_peft_adapter(os.path.join(out, "adapter"), cfg, lora, r, alpha, rslora, short)
+    params = {m: (A.clone().requires_grad_(True), B.clone().requires_grad_(True), s) for m, (A, B, s) in lora.items()}
+    logits = forward(cfg, W, ids, lora=params)
+    loss = masked_mean_loss(logits, ids, mask)
+    loss.backward()
+    ref = {"logits": logits.detach(), "loss": loss.detach().reshape(1)}
+    for m, (A, B, _) in params.items():
+        ref[f"grad/{m}.lora_A.weight"] = A.grad
+        ref[f"grad/{m}.lora_B.weight"] = B.grad
+    with torch.no_grad():
+        ref["merged_logits"] = forward(cfg, merge_reference(cfg, W, lora), ids)
+    write_safetensors(os.path.join(out, "ref_lora.safetensors"), ref)
 
 
 # ---------------------------------------------------------------- llama2.c legacy .bin

@@ -16,9 +16,33 @@
 #include <utility>
 #include <vector>
 
+#include "shardtune/model/adapter.h"
 #include "shardtune/model/config.h"
 
 namespace shardtune::model {
+
+namespace nf4 {
+struct Quantized;
+}
+
+// One projection of the model (a Linear, or GPT-2's Conv1D whose weight is stored [in, out]): its base
+// weight (dense; or NF4 when quantized, then `w` is an empty tensor), optional bias, optional LoRA pair.
+struct Projection {
+  std::string module;  // HF module path, e.g. "model.layers.0.self_attn.q_proj"
+  at::Tensor w, b;     // registered HF parameters "<module>.weight" / ".bias" (b may be undefined)
+  bool conv1d = false;
+  int64_t in = 0, out = 0;  // logical features (y = x W^T: w is [out, in], or [in, out] for conv1d)
+  std::shared_ptr<const nf4::Quantized> q;  // NF4 base weight (--method qlora) or null
+  at::Tensor lora_a, lora_b;                // [r, in], [out, r] fp32, or undefined
+};
+
+// What quantize_base did: the weights it replaced and the heap they occupy afterwards, measured
+// (mallinfo2 growth while each was quantized, before its dense copy was freed).
+struct QuantStats {
+  int64_t tensors = 0, params = 0;
+  int64_t measured_bytes = 0;  // heap growth, summed over tensors
+  int64_t storage_bytes = 0;   // what the NF4 tensors hold (nf4::Quantized::storage_bytes)
+};
 
 // Keys/values of previous tokens for incremental decoding; preallocated to `capacity` tokens.
 struct KVCache {
@@ -69,18 +93,55 @@ class CausalLM : public torch::nn::Module {
 
   KVCache make_cache(int64_t batch, int64_t capacity) const;
 
+  // ---- LoRA / QLoRA (model/lora.cpp) ----
+  // Every projection, in checkpoint order (the modules LoRA may target).
+  std::vector<const Projection*> projections() const;
+  // Module paths `targets` selects ("all-linear", or short names such as q_proj / c_attn matching the
+  // last component of a module path, as PEFT does). Error naming a target that matches no module, with
+  // the names this architecture has.
+  std::vector<std::string> lora_modules(const std::vector<std::string>& targets) const;
+  // Fresh adapters on the selected modules: A as cfg.init says ("true": PEFT's Kaiming-uniform a=sqrt(5),
+  // i.e. U(-1/sqrt(in), 1/sqrt(in)); "gaussian": N(0, 1/r)), B = 0, from a CPU generator seeded `seed`.
+  void add_lora(const AdapterConfig& cfg, uint64_t seed);
+  // Adapters from a PEFT folder's contents. Checked before anything changes: every module exists and is
+  // a projection, A is [r, in] and B [out, r] for it; Error naming the module and both shapes.
+  void load_lora(const AdapterConfig& cfg, const AdapterWeights& w, const std::string& source);
+  bool has_lora() const { return !lora_.target_modules.empty(); }
+  const AdapterConfig& lora_config() const { return lora_; }
+  AdapterWeights lora_weights() const;  // current adapters (aliases, not copies)
+  // The frozen base: no parameter of the base requires grad; its matrices (projections, embeddings,
+  // head) become `dtype` (kFloat or kBFloat16; norms and biases stay fp32); q/k/v and gate/up weights
+  // that stay dense are re-laid into one buffer each so the fused GEMM needs no per-step copy.
+  void freeze_base(at::ScalarType dtype);
+  // NF4 for the weights of every LoRA target (QLoRA): call after add_lora/load_lora, before freeze_base.
+  // Error naming a weight whose size is not a multiple of the NF4 block (64).
+  QuantStats quantize_base(bool double_quant);
+  // QLoRA: the dtype NF4 weights are dequantized into and multiplied in (kUndefined: as autocast says).
+  void set_quantized_compute_dtype(at::ScalarType t) { nf4_compute_ = t; }
+  // What the trainer optimizes: the adapters' A and B (named "<module>.lora_A.weight") with LoRA, else
+  // every HF parameter.
+  std::vector<std::pair<std::string, at::Tensor>> trainable_parameters() const;
+  // Parameters the base holds (logical sizes: quantized weights count their elements).
+  int64_t base_param_count() const;
+
   // Dtype each tensor had in the file it was loaded from ("F32", "BF16", "F16"), used by save by default.
   std::map<std::string, std::string> source_dtypes;
 
  private:
   struct Layer {
     at::Tensor ln1_w, ln1_b, ln2_w, ln2_b;
-    at::Tensor q_w, q_b, k_w, k_b, v_w, v_b, o_w, o_b;  // Llama
-    at::Tensor c_attn_w, c_attn_b, c_proj_w, c_proj_b;  // GPT-2 attention (Conv1D: weight [in, out])
-    at::Tensor gate_w, gate_b, up_w, up_b, down_w, down_b;  // Llama MLP
-    at::Tensor fc_w, fc_b, mlp_proj_w, mlp_proj_b;      // GPT-2 MLP (Conv1D)
+    Projection q, k, v, o, gate, up, down;  // Llama
+    Projection c_attn, c_proj, fc, mlp_proj;  // GPT-2 (Conv1D)
+    at::Tensor qkv_fused, gate_up_fused;    // frozen dense base: [q;k;v] and [gate;up] (q_w etc. view them)
   };
   at::Tensor add(const std::string& hf_name, std::vector<int64_t> shape);
+  void add_proj(Projection& p, const std::string& module, int64_t in, int64_t out, bool bias, bool conv1d = false);
+  // Outputs of projections that read the same x: one GEMM over their base weights (`fused` when the
+  // frozen base was re-laid, else concatenated), split per projection, each plus its LoRA delta.
+  std::vector<at::Tensor> project(const std::vector<const Projection*>& ps, const at::Tensor& fused, const at::Tensor& x);
+  at::Tensor project1(const Projection& p, const at::Tensor& x) { return project({&p}, {}, x)[0]; }
+  std::vector<Projection*> mutable_projections();
+  at::Tensor lora_delta_out(const Projection& p, const at::Tensor& xa) const;
   at::Tensor attention(const Layer& L, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                        const at::Tensor& blocked, bool causal_only, KVCache* cache, int64_t layer);
   std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions) const;  // cos, sin [B,1,T,hd]
@@ -92,6 +153,11 @@ class CausalLM : public torch::nn::Module {
   at::Tensor embed_, pos_embed_, norm_w_, norm_b_, lm_head_;
   std::vector<Layer> layers_;
   at::Tensor inv_freq_;  // [hd/2] fp32 (Llama)
+  AdapterConfig lora_;   // target_modules empty: no LoRA
+  double lora_scale_ = 0;
+  uint64_t dropout_seed_ = 0;
+  at::Generator dropout_gen_;
+  at::ScalarType nf4_compute_ = at::ScalarType::Undefined;
 };
 
 // Positions that restart at 0 for each document: doc_ids [B,T] -> [B,T] int64.

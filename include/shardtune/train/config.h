@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace CLI {
 class App;
@@ -33,6 +34,16 @@ struct TrainConfig {
   std::string on_nonfinite = "error";  // a non-finite loss or gradient norm: "error" stops, "skip" skips the update
   int64_t max_consecutive_skips = 10;  // --on-nonfinite skip: stop after more skipped steps than this in a row
   std::string verify_data = "auto";    // shard content check before training: auto (cached) | full | off
+  // LoRA / QLoRA (--method lora|qlora); defaults as PEFT's where PEFT has one (targets: its per-model map).
+  int64_t lora_r = 16;
+  double lora_alpha = 32, lora_dropout = 0.0;
+  std::vector<std::string> lora_targets;  // empty = the architecture's default (llama: q_proj,v_proj; gpt2: c_attn)
+  std::string lora_init = "default";      // default (Kaiming-uniform A, zero B) | gaussian
+  bool use_rslora = false;
+  std::string base_dtype = "auto";        // frozen base: auto (bf16 when computing in bf16) | fp32 | bf16
+  std::string compute_dtype = "auto";     // QLoRA dequantization target: auto (as --precision) | fp32 | bf16
+  bool double_quant = true;               // QLoRA: 8-bit absmax constants
+  std::string adapter;                    // continue from this PEFT adapter folder
 
   void bind(CLI::App& app);
   // Checks everything that does not need the world size or the data; throws Error naming the option.
