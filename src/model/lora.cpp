@@ -96,6 +96,11 @@ void CausalLM::add_lora(const AdapterConfig& cfg, uint64_t seed) {
     p->lora_b = at::zeros({p->out, cfg.r}, A.options().device(p->w.device()));
   }
   lora_ = cfg;
+  // As PEFT saves it: the short names of the modules adapted ("all-linear" expanded; PEFT reads that
+  // shorthand only as a plain string, never inside a list).
+  std::set<std::string> shorts;
+  for (const auto& m : modules) shorts.insert(short_name(m));
+  lora_.target_modules.assign(shorts.begin(), shorts.end());
   lora_scale_ = cfg.scale();
   dropout_gen_ = at::detail::createCPUGenerator(seed ^ 0x9e3779b97f4a7c15ULL);
 }
