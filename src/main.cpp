@@ -308,13 +308,19 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     const double fpt = flops_per_token(batches.empty() ? 0 : batches[0].T);
     const double mfu = fpt * tps / (peak * 1e9 * world);
     const mem::MemoryStats ms = mem::measure_memory();  // rank 0's, after the step (tools/bench/train.sh)
-    metrics.write({{"type", "train"}, {"step", step + 1}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
+    nlohmann::json row = {{"type", "train"}, {"step", step + 1}, {"loss", s.loss}, {"lr", s.lr}, {"grad_norm", s.grad_norm},
                    {"tokens", s.tokens}, {"loss_tokens", s.loss_tokens}, {"tokens_per_s", tps}, {"mfu", mfu},
                    {"step_s", s.seconds}, {"comm_wait_s", s.comm_wait_s}, {"forward_s", s.forward_s},
                    {"backward_s", s.backward_s}, {"drain_s", s.drain_s}, {"optim_s", s.optim_s}, {"gather_s", s.gather_s},
                    {"data_wait_s", data_wait_s}, {"consumed_samples", consumed_samples}, {"skipped", s.skipped},
                    {"flops_per_token", fpt}, {"peak_gflops", peak},
-                   {"rss_peak_bytes", ms.rss_peak_bytes}, {"heap_bytes", ms.heap_bytes}, {"heap_held_bytes", ms.heap_held_bytes}});
+                   {"rss_peak_bytes", ms.rss_peak_bytes}, {"heap_bytes", ms.heap_bytes}, {"heap_held_bytes", ms.heap_held_bytes}};
+    if (step == 0) {
+      // Rank 0's persistent optimizer and gradient buffers, once (tools/bench/lora.sh: LoRA vs full).
+      row["optimizer_state_bytes"] = trainer.optimizer_state_bytes();
+      row["grad_buffer_bytes"] = trainer.grad_buffer_bytes();
+    }
+    metrics.write(row);
     if (s.skipped)
       log::info("step " + std::to_string(step + 1) + "/" + std::to_string(steps) + " skipped: non-finite " + s.nonfinite +
                 " (--on-nonfinite skip; " + std::to_string(trainer.skipped_steps()) + " skipped so far)");

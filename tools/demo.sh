@@ -7,10 +7,14 @@
 #   3. fine-tune the base model on 2 MPI ranks (DDP, CPU);
 #   4. evaluate before/after: exact match of greedy generations on 200 held-out words (shardtune-generate
 #      --prompts-file: one process per model generates every prompt);
-#   5. write the loss curves (train + validation, both runs) to demo-out/loss.png.
+#   5. LoRA: train an adapter for the same task on the same ranks (--method lora, the base frozen), merge it
+#      into a full model (shardtune-export merge), and evaluate both ways: the base with the adapter applied
+#      unmerged (shardtune-generate --adapter) and the merged model must give the same exact-match score;
+#   6. write the loss curves (train + validation, every run) to demo-out/loss.png.
 # Knobs (environment): DEMO_DIR (output folder, default demo-out/), DEMO_TASK (upper|reverse),
 # DEMO_PRETRAIN_STEPS (0: no pre-training), DEMO_STEPS (fine-tune), DEMO_EVAL_N (held-out prompts),
-# DEMO_NP (ranks: 1, 2 or 4; default 2), DEMO_SKIP_BUILD=1 (use the binaries already in BUILD_DIR).
+# DEMO_NP (ranks: 1, 2 or 4; default 2), DEMO_SKIP_BUILD=1 (use the binaries already in BUILD_DIR),
+# DEMO_LORA=0 (skip the LoRA part), DEMO_LORA_STEPS, DEMO_LORA_R, DEMO_LORA_LR.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 if [ "${DEMO_SKIP_BUILD:-0}" = 1 ]; then
@@ -26,6 +30,10 @@ PRETRAIN_STEPS="${DEMO_PRETRAIN_STEPS:-120}"
 STEPS="${DEMO_STEPS:-800}"
 EVAL_N="${DEMO_EVAL_N:-200}"
 NP="${DEMO_NP:-2}"
+LORA="${DEMO_LORA:-1}"
+LORA_STEPS="${DEMO_LORA_STEPS:-@LORA_STEPS@}"
+LORA_R="${DEMO_LORA_R:-16}"
+LORA_LR="${DEMO_LORA_LR:-@LORA_LR@}"
 PY=/usr/bin/python3   # Debian's python3 with python3-torch/numpy/h5py/matplotlib (tools/setup.sh installs them)
 MPIRUN=(mpirun -np "$NP")
 [ "$(id -u)" -eq 0 ] && MPIRUN+=(--allow-run-as-root)
@@ -33,10 +41,12 @@ MPIRUN+=(--oversubscribe)
 PREP="$BUILD_DIR/data_prep/shardtune-prep"
 TRAIN="$BUILD_DIR/src/shardtune"
 GEN="$BUILD_DIR/tools/shardtune-generate"
+EXPORT="$BUILD_DIR/tools/shardtune-export"
 
 # Outputs of a previous run are replaced (shardtune itself never overwrites: each run gets new folders).
 mkdir -p "$OUT"
-rm -rf "$OUT"/{base-init,base,tuned,corpus-shards,shards} "$OUT"/*.jsonl "$OUT"/{eval.json,summary.txt,loss.png}
+rm -rf "$OUT"/{base-init,base,tuned,lora,merged,corpus-shards,shards} "$OUT"/*.jsonl \
+  "$OUT"/{eval.json,eval-lora.json,summary.txt,summary-lora.txt,loss.png}
 T0=$SECONDS
 stage() { echo; echo "== demo [$((SECONDS - T0)) s]: $*"; }
 
@@ -82,12 +92,52 @@ echo
 $PY "$ROOT/tools/demo/evaluate.py" --generate "$GEN" --heldout "$OUT/heldout.jsonl" --n "$EVAL_N" \
   --model base="$OUT/base" --model tuned="$OUT/tuned" --examples 5 --json "$OUT/eval.json" --summary "$OUT/summary.txt"
 SUMMARY="$(cat "$OUT/summary.txt")"
+PLOTS+=("fine-tuning: $TITLE ($STEPS steps)=$OUT/finetune.jsonl")
+
+LORA_SUMMARY=""
+if [ "$LORA" != 0 ]; then
+  stage "LoRA on $NP ranks: $LORA_STEPS steps x 32 samples, r $LORA_R on every linear module, the base frozen -> adapter $OUT/lora"
+  "${MPIRUN[@]}" "$TRAIN" --method lora --lora-r "$LORA_R" --lora-alpha $((2 * LORA_R)) --lora-targets all-linear \
+    --model "$OUT/base" --data "$OUT/shards" --out "$OUT/lora" \
+    --steps "$LORA_STEPS" --global-batch 32 --micro-batch $((32 / NP)) --seq-len 64 --lr "$LORA_LR" --warmup-steps 30 \
+    --schedule cosine --eval-every 50 --eval-batches 4 --log-every 50 --threads 1 --metrics "$OUT/lora.jsonl"
+  ls "$OUT/lora"
+  PLOTS+=("LoRA: $TITLE ($LORA_STEPS steps, r $LORA_R)=$OUT/lora.jsonl")
+  EVAL=(--model base="$OUT/base" --model base+adapter="$OUT/base" --adapter base+adapter="$OUT/lora")
+  if [ -x "$EXPORT" ]; then
+    stage "merge the adapter into the base: shardtune-export merge -> $OUT/merged (a full HF model)"
+    "$EXPORT" merge --model "$OUT/base" --adapter "$OUT/lora" --out "$OUT/merged"
+    EVAL+=(--model merged="$OUT/merged")
+  else
+    stage "merge skipped: $EXPORT is not built (cmake --build $BUILD_DIR --target shardtune-export)"
+  fi
+  stage "LoRA before/after (greedy) on the same $EVAL_N held-out words: base, base + adapter (unmerged), merged"
+  $PY "$ROOT/tools/demo/evaluate.py" --generate "$GEN" --heldout "$OUT/heldout.jsonl" --n "$EVAL_N" "${EVAL[@]}" \
+    --examples 5 --json "$OUT/eval-lora.json" --summary "$OUT/summary-lora.txt"
+  # The adapter applied on top and merged into the weights are the same model: same score (and, greedy, the
+  # same text for every prompt up to float rounding of the merge).
+  $PY - "$OUT/eval-lora.json" <<'PYEOF'
+import json, sys
+m = json.load(open(sys.argv[1]))["models"]
+if "merged" in m:
+    a, b = m["base+adapter"], m["merged"]
+    same = sum(x == y for x, y in zip(a["outputs"], b["outputs"]))
+    print(f"adapter unmerged vs merged: {a['correct']} vs {b['correct']} exact matches; identical outputs on "
+          f"{same}/{len(a['outputs'])} prompts")
+    if a["correct"] != b["correct"]:
+        sys.exit("demo: the merged model's exact-match score differs from the unmerged adapter's")
+PYEOF
+  LORA_SUMMARY="LoRA: $(cat "$OUT/summary-lora.txt")"
+fi
 
 stage "loss curves -> $OUT/loss.png"
-$PY "$ROOT/tools/demo/plot_loss.py" "$OUT/loss.png" --title "shardtune demo: loss curves (2 MPI ranks, CPU)" \
-  --note "$SUMMARY" "${PLOTS[@]}" \
-  "fine-tuning: $TITLE ($STEPS steps)=$OUT/finetune.jsonl"
+$PY "$ROOT/tools/demo/plot_loss.py" "$OUT/loss.png" --title "shardtune demo: loss curves ($NP MPI ranks, CPU)" \
+  --note "$SUMMARY${LORA_SUMMARY:+
+$LORA_SUMMARY}" "${PLOTS[@]}"
 
 stage "done in $((SECONDS - T0)) s (after the build)"
 echo "$SUMMARY"
+[ -n "$LORA_SUMMARY" ] && echo "$LORA_SUMMARY"
 echo "outputs in $OUT: base/ and tuned/ (HF models), pretrain.jsonl + finetune.jsonl (metrics), eval.json, loss.png"
+[ "$LORA" != 0 ] && echo "  LoRA: lora/ (PEFT adapter), lora.jsonl (metrics), eval-lora.json$([ -d "$OUT/merged" ] && echo ", merged/ (HF model)")"
+true

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Every benchmark behind docs/PERFORMANCE.md and the README's target table, in one run, printing the
 # markdown blocks to paste (tools/bench/paste.py does it): the machine (CPU model, cores, AVX2/AVX-512/AMX),
-# prep (prep.sh), one training step (step.sh), the trainer (train.sh: scaling, comm, memory, mfu) and the
-# summary of targets met / not met. Every figure is a median with its range, never a best run.
+# prep (prep.sh), one training step (step.sh), the trainer (train.sh: scaling, comm, memory, mfu), LoRA /
+# QLoRA vs full fine-tuning (lora.sh) and the summary of targets met / not met. Every figure is a median
+# with its range, never a best run.
 #
 #   tools/bench/all.sh [BUILD_DIR] > report.txt          then: tools/bench/paste.py report.txt
 #
@@ -11,6 +12,8 @@
 #   PREP_REPS (3)     prep.sh runs of each side (PREP=0 skips prep)
 #   STEP_THREADS (2) STEP_STEPS (5) STEP_ROUNDS (3)   step.sh: timed steps per run, alternating rounds
 #   ROUNDS (3) STEPS (8) WARMUP (2) MFU_ROUNDS (2) MEM_STEPS (3) and the other train.sh knobs
+#   LORA (1; 0 skips lora.sh) and lora.sh's knobs (LORA_NP, LORA_ZERO, LORA_PRECISION, LORA_WIDE; ROUNDS,
+#   STEPS, WARMUP as above)
 #   BENCH_WORK=DIR    keep every run's files under DIR (default: a temp dir, removed at the end)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -53,7 +56,7 @@ if [ -x "$BUILD/tools/shardtune-hw" ]; then
   echo "| native bf16 | $(hwv 'native bf16') |"
 fi
 echo "| load average at start | $(cut -d' ' -f1-3 /proc/loadavg) |"
-echo "| settings | PREP_REPS=$PREP_REPS; step.sh threads $STEP_THREADS, $STEP_STEPS steps, $STEP_ROUNDS rounds; train.sh ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MFU_ROUNDS=$MFU_ROUNDS MEM_STEPS=$MEM_STEPS |"
+echo "| settings | PREP_REPS=$PREP_REPS; step.sh threads $STEP_THREADS, $STEP_STEPS steps, $STEP_ROUNDS rounds; train.sh ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MFU_ROUNDS=$MFU_ROUNDS MEM_STEPS=$MEM_STEPS; lora.sh $([ "${LORA:-1}" = 0 ] && echo skipped || echo "NP=${LORA_NP:-2} ZERO=${LORA_ZERO:-0} PRECISION=${LORA_PRECISION:-fp32} WIDE=${LORA_WIDE:-1}") |"
 echo "<!-- bench:machine end -->"
 echo "$DATE|$cpu|$commit" > "$WORK/run_id"
 
@@ -72,8 +75,12 @@ t_step=$(date +%s)
 echo; echo "== trainer"
 TRAIN_BENCH_WORK="$WORK/train" "$HERE/train.sh" "$BUILD" all
 t_train=$(date +%s)
+echo; echo "== LoRA / QLoRA vs full fine-tuning"
+if [ "${LORA:-1}" = 0 ]; then echo "skipped (LORA=0)"
+else LORA_BENCH_WORK="$WORK/lora" "$HERE/lora.sh" "$BUILD"; fi
+t_lora=$(date +%s)
 
 echo
 /usr/bin/python3 "$HERE/summary.py" "$BENCH_SUMMARY" "$WORK/run_id"
 echo
-echo "time: prep $((t_prep - t_start)) s (incl. build check), step $((t_step - t_prep)) s, trainer $((t_train - t_step)) s, total $((t_train - t_start)) s"
+echo "time: prep $((t_prep - t_start)) s (incl. build check), step $((t_step - t_prep)) s, trainer $((t_train - t_step)) s, LoRA $((t_lora - t_train)) s, total $((t_lora - t_start)) s"

@@ -3,7 +3,8 @@
 one process per model (`--prompts-file`, one model load) generates all prompts.
 
 Usage: evaluate.py --generate BIN --heldout FILE.jsonl --model NAME=DIR [--model NAME=DIR ...]
-                   [--n 100] [--examples 5] [--json OUT.json] [--summary FILE]"""
+                   [--adapter NAME=ADAPTER_DIR ...] [--n 100] [--examples 5] [--json OUT.json] [--summary FILE]
+(--adapter: model NAME is generated with that PEFT LoRA adapter applied, unmerged: shardtune-generate --adapter)"""
 import argparse
 import json
 import os
@@ -18,7 +19,7 @@ def prompt_text(rec):
     return f"{rec['instruction']}\n{rec['input']}\n" if rec.get("input") else f"{rec['instruction']}\n"
 
 
-def generate_all(binary, model, recs):
+def generate_all(binary, model, recs, adapter=None):
     """Greedy completions (text up to EOS) of every prompt, in order."""
     with tempfile.NamedTemporaryFile("w", suffix=".jsonl", delete=False) as f:
         for r in recs:
@@ -27,7 +28,7 @@ def generate_all(binary, model, recs):
     try:
         max_new = max(len(r["output"].encode()) for r in recs) + 3
         cmd = [binary, "--model", model, "--tokenizer", "byte", "--prompts-file", path, "--max-new-tokens", str(max_new),
-               "--temperature", "0", "--threads", "1"]
+               "--temperature", "0", "--threads", "1"] + (["--adapter", adapter] if adapter else [])
         r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             sys.exit(f"evaluate: {' '.join(cmd)} failed ({r.returncode}):\n{r.stderr}")
@@ -53,6 +54,7 @@ def main():
     ap.add_argument("--generate", required=True)
     ap.add_argument("--heldout", required=True)
     ap.add_argument("--model", action="append", required=True, help="NAME=DIR")
+    ap.add_argument("--adapter", action="append", default=[], help="NAME=ADAPTER_DIR (a --model NAME)")
     ap.add_argument("--n", type=int, default=100)
     ap.add_argument("--examples", type=int, default=5)
     ap.add_argument("--json")
@@ -60,14 +62,20 @@ def main():
     a = ap.parse_args()
     recs = [json.loads(l) for l in open(a.heldout) if l.strip()][:a.n]
     models = [m.split("=", 1) for m in a.model]
+    adapters = dict(x.split("=", 1) for x in a.adapter)
+    unknown = set(adapters) - {n for n, _ in models}
+    if unknown:
+        sys.exit(f"evaluate: --adapter for {', '.join(sorted(unknown))}, which no --model names")
     ex = recs[:a.examples]
     results = {}
     for name, path in models:
         t0 = time.time()
-        outs = generate_all(a.generate, path, recs)
+        outs = generate_all(a.generate, path, recs, adapters.get(name))
         hits = [o == r["output"] for o, r in zip(outs, recs)]
         results[name] = {"model": path, "accuracy": sum(hits) / len(recs), "correct": sum(hits), "outputs": outs,
                          "exact": hits}
+        if name in adapters:
+            results[name]["adapter"] = adapters[name]
         print(f"evaluate: {name:<6} {sum(hits):3d}/{len(recs)} exact matches ({pct(sum(hits), len(recs))})"
               f"  [shardtune-generate, greedy, {time.time() - t0:.0f} s]")
     print()
