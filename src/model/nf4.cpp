@@ -67,7 +67,7 @@ inline uint8_t nf4_code(float s, const std::array<float, 15>& mid) {
 
 inline float clamp1(float v) { return std::min(1.0f, std::max(-1.0f, v)); }
 
-// A block scale that 1/scale cannot use: zero, subnormal (flushed to zero at runtime) or not finite.
+// A block scale that 1/scale cannot use: zero, subnormal (flushed to zero at runtime) or NaN.
 inline bool unusable_scale(float a) { return !(a >= FLT_MIN); }
 
 // First-level quantization of one block of kBlock elements from `src` (float or bf16).
