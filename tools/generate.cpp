@@ -128,8 +128,9 @@ static int run(int argc, char** argv) {
     const sm::AdapterConfig acfg = sm::read_adapter_config(adapter);
     model->load_lora(acfg, sm::read_adapter_weights(adapter, acfg), adapter);
     model->freeze_base(at::kFloat);
-    shardtune::log::info("applied LoRA adapter " + adapter + " (r " + std::to_string(acfg.r) + ", " +
-                         std::to_string(model->lora_weights().size()) + " modules), not merged");
+    // stderr: stdout carries only ids, text or JSONL
+    std::fprintf(stderr, "applied LoRA adapter %s (r %lld, %zu modules), not merged\n", adapter.c_str(),
+                 static_cast<long long>(acfg.r), model->lora_weights().size());
   }
   model->eval();
   // The trainer refuses NaN/Inf weights at load; so does generation (it printed ids computed from them).

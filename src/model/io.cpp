@@ -1,4 +1,4 @@
-// HF folder and llama2.c import/export over the torch-free safetensors layer; LoRA adapter merge.
+// HF folder and llama2.c import/export over the torch-free safetensors layer; LoRA adapter merge (via model/adapter.h).
 #include "shardtune/model/io.h"
 
 #include <c10/core/GradMode.h>
@@ -13,6 +13,7 @@
 #include "shardtune/core/fs.h"
 #include "shardtune/core/json_depth.h"
 #include "shardtune/core/log.h"
+#include "shardtune/model/adapter.h"
 
 namespace shardtune::model {
 
@@ -375,58 +376,20 @@ void save_hf(const CausalLM& model, const stdfs::path& dir, const SaveOptions& o
 }
 
 int merge_lora(CausalLM& model, const stdfs::path& adapter_dir) {
-  const stdfs::path cfg_path = adapter_dir / "adapter_config.json";
-  const stdfs::path w_path = adapter_dir / "adapter_model.safetensors";
-  ST_CHECK(stdfs::exists(cfg_path) && stdfs::exists(w_path),
-           adapter_dir.string() + ": expected adapter_config.json and adapter_model.safetensors (PEFT layout)",
-           "save the adapter with PEFT's save_pretrained(safe_serialization=True) or shardtune's trainer");
-  nlohmann::json cfg;
-  try {
-    const std::string text = fs::read_file(cfg_path);
-    check_json_depth(text, cfg_path.string());
-    cfg = nlohmann::json::parse(text);
-  } catch (const nlohmann::json::exception& e) {
-    ST_FAIL(cfg_path.string() + ": not valid JSON (" + e.what() + ")");
-  }
-  const std::string ptype = cfg.value("peft_type", "LORA");
-  ST_CHECK(ptype == "LORA", cfg_path.string() + ": peft_type '" + ptype + "' is not supported", "only LoRA adapters");
-  ST_CHECK(cfg.contains("r") && cfg["r"].is_number(), cfg_path.string() + ": missing \"r\"");
-  const double r = cfg["r"].get<double>();
-  const double alpha = cfg.value("lora_alpha", r);
-  const bool rslora = cfg.value("use_rslora", false);
-  const double scale = rslora ? alpha / std::sqrt(r) : alpha / r;
-  st::File f(w_path);
-  const std::string prefix = "base_model.model.";
-  const std::string a_suffix = ".lora_A.weight";
-  int merged = 0;
+  // One implementation of the adapter format and the delta (model/adapter.h); shardtune-export's
+  // streaming merge uses the same three calls.
+  const AdapterConfig cfg = read_adapter_config(adapter_dir);
+  const AdapterWeights w = read_adapter_weights(adapter_dir, cfg);
+  std::map<std::string, std::vector<int64_t>> shapes;
+  for (const auto& [name, p] : model.hf_parameters()) shapes[name] = p.sizes().vec();
+  const auto targets = match_adapter_to_base(cfg, w, shapes, model.config().arch == Arch::GPT2, adapter_dir,
+                                             "the model (" + model.config().model_type + ")");
   at::NoGradGuard no_grad;
-  for (const auto& t : f.tensors()) {
-    if (!ends_with(t.name, a_suffix)) continue;
-    std::string base = t.name.substr(0, t.name.size() - a_suffix.size());
-    const std::string b_name = base + ".lora_B.weight";
-    const st::TensorInfo& tb = f.at(b_name);
-    if (base.rfind(prefix, 0) == 0) base = base.substr(prefix.size());
-    std::string target = base + ".weight";
-    if (!model.has_param(target) && model.config().arch == Arch::GPT2 && target.rfind("transformer.", 0) != 0)
-      target = "transformer." + target;
-    ST_CHECK(model.has_param(target), w_path.string() + ": tensor '" + t.name + "' targets '" + target +
-                                          "', which the model does not have",
-             "the adapter was trained for a different architecture");
-    at::Tensor W = model.param(target);
-    const at::Tensor A = to_tensor(f, t).to(at::kFloat), B = to_tensor(f, tb).to(at::kFloat);
-    ST_CHECK(A.dim() == 2 && B.dim() == 2 && B.size(1) == A.size(0),
-             w_path.string() + ": '" + t.name + "' " + shape_str(A.sizes()) + " and '" + b_name + "' " +
-                 shape_str(B.sizes()) + " do not form B @ A");
-    const at::Tensor delta = at::mm(B, A) * scale;  // [out, in]
-    if (W.sizes() == delta.sizes()) W.add_(delta);
-    else if (W.dim() == 2 && W.size(0) == delta.size(1) && W.size(1) == delta.size(0)) W.add_(delta.t());  // Conv1D
-    else
-      ST_FAIL(w_path.string() + ": LoRA delta for '" + target + "' is " + shape_str(delta.sizes()) +
-              " but the weight is " + shape_str(W.sizes()), "the adapter was trained for a different model size");
-    ++merged;
+  for (const auto& [module, weight] : targets) {
+    at::Tensor W = model.param(weight);
+    W.add_(lora_delta(w.at(module), cfg.scale(), cfg.fan_in_fan_out).to(W.scalar_type()));
   }
-  ST_CHECK(merged > 0, w_path.string() + ": no '*.lora_A.weight' tensors found", "is this a LoRA adapter?");
-  return merged;
+  return int(targets.size());
 }
 
 }  // namespace shardtune::model

@@ -110,17 +110,19 @@ void CausalLM::load_lora(const AdapterConfig& cfg, const AdapterWeights& w, cons
   ST_CHECK(!w.empty(), source + ": the adapter holds no LoRA weights", "is this a LoRA adapter folder?");
   std::map<std::string, Projection*> by_module;
   for (Projection* p : mutable_projections()) by_module[p->module] = p;
-  // Everything is checked before the model changes.
-  for (const auto& [module, pair] : w) {
-    auto it = by_module.find(module);
-    if (it == by_module.end()) {
-      const std::string known = projections().front()->module;
-      ST_FAIL(source + ": the adapter has weights for module '" + module + "', which this " + cfg_.model_type +
-                  " model (" + std::to_string(cfg_.num_layers) + " layers) does not have",
-              "the adapter was trained on another architecture or a deeper model; this model's modules are named "
-              "like '" + known + "'");
-    }
-    const Projection& p = *it->second;
+  // Everything is checked before the model changes: unknown modules first, then shapes in model order.
+  for (const auto& [module, pair] : w)
+    ST_CHECK(by_module.count(module),
+             source + ": the adapter has weights for module '" + module + "', which this " + cfg_.model_type +
+                 " model (" + std::to_string(cfg_.num_layers) + " layers) does not have",
+             "the adapter was trained on another architecture or a deeper model; this model's modules are named "
+             "like '" + projections().front()->module + "'");
+  for (const Projection* pp : projections()) {
+    auto it = w.find(pp->module);
+    if (it == w.end()) continue;
+    const std::string& module = pp->module;
+    const LoraPair& pair = it->second;
+    const Projection& p = *pp;
     ST_CHECK(pair.A.dim() == 2 && pair.B.dim() == 2 && pair.A.size(0) == cfg.r && pair.B.size(1) == cfg.r &&
                  pair.A.size(1) == p.in && pair.B.size(0) == p.out,
              source + ": the adapter's '" + module + "' has lora_A " + shape_text(pair.A.sizes()) + " and lora_B " +

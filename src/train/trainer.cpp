@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <functional>
 #include <limits>
+#include <map>
 
 #include "grad_sync.h"
 #include "shardtune/core/error.h"
@@ -101,9 +102,13 @@ struct Trainer::Impl {
   void build_flat() {
     // Only what the model says is trainable (all weights; with LoRA the adapters) gets a slot, a gradient
     // and optimizer state; the frozen base has requires_grad off, so backward computes no gradient for it.
-    auto named = model->trainable_parameters();
+    const auto named = model->trainable_parameters();
     std::vector<optim::ParamSpec> specs;
-    for (auto& [name, t] : named) specs.push_back({name, t.sizes().vec(), t.dim() >= 2});
+    std::map<std::string, at::Tensor> by_name;
+    for (auto& [name, t] : named) {
+      specs.push_back({name, t.sizes().vec(), t.dim() >= 2});
+      by_name[name] = t;
+    }
     const auto bucket_elems = static_cast<int64_t>(cfg.bucket_mb * 1024 * 1024 / 4);
     layout = optim::plan_layout(specs, world, std::max<int64_t>(bucket_elems, 1));
     at::NoGradGuard no_grad;
@@ -111,8 +116,7 @@ struct Trainer::Impl {
     params.resize(layout.params.size());
     for (size_t i = 0; i < layout.params.size(); ++i) {
       const auto& slot = layout.params[i];
-      at::Tensor t = named[i].second;
-      ST_CHECK(named[i].first == slot.name, "internal: flat layout order differs from the trainable parameters");
+      at::Tensor t = by_name.at(slot.name);
       at::Tensor view = flat_params.narrow(0, slot.offset, slot.numel).view(slot.shape);
       view.copy_(t.to(at::kFloat));
       t.set_data(view);

@@ -294,3 +294,23 @@ TEST(Nf4, LinearShapeErrorsNameTheShapes) {
   e = error_of([&] { nf4::linear(at::randn({2, 128}), {}, at::Tensor(), at::kFloat); });
   EXPECT_FALSE(e.empty());
 }
+
+// Two NF4 projections chained (the dense buffer is shared per thread: the second forward overwrites the
+// first's W, and each backward must recompute its own), with weights of different sizes.
+TEST(Nf4, ChainedLinearsRecomputeTheirOwnWeight) {
+  const auto a = std::make_shared<const nf4::Quantized>(nf4::quantize(spread_weight(192, 64, 21), true, "a"));
+  const auto b = std::make_shared<const nf4::Quantized>(nf4::quantize(spread_weight(32, 192, 22), true, "b"));
+  const at::Tensor da = nf4::dequantize(*a), db = nf4::dequantize(*b);
+  at::manual_seed(23);
+  const at::Tensor x0 = at::randn({3, 4, 64}), gy = at::randn({3, 4, 32});
+
+  at::Tensor x = x0.clone().requires_grad_(true);
+  at::Tensor y = nf4::linear(at::tanh(nf4::linear(x, {a}, at::Tensor(), at::kFloat)), {b}, at::Tensor(), at::kFloat);
+  (y * gy).sum().backward();
+
+  at::Tensor xr = x0.clone().requires_grad_(true);
+  at::Tensor yr = at::matmul(at::tanh(at::matmul(xr, da.t())), db.t());
+  (yr * gy).sum().backward();
+  EXPECT_LE((y - yr).abs().max().item<float>(), 1e-5f * yr.abs().max().item<float>());
+  EXPECT_LE((x.grad() - xr.grad()).abs().max().item<float>(), 1e-5f * xr.grad().abs().max().item<float>());
+}

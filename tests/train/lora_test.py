@@ -205,7 +205,7 @@ def t_lora_errors(tmp):
     other = make_model(f"{tmp}/wide", hidden_size=96, intermediate_size=128)
     fails(["--method", "lora", "--adapter", good], "model.layers.0.self_attn.q_proj", "[8, 64]", "96", model=other)
     # QLoRA: a weight whose size is no multiple of the NF4 block.
-    odd = make_model(f"{tmp}/odd", hidden_size=36, intermediate_size=100, num_attention_heads=4, num_key_value_heads=2)
+    odd = make_model(f"{tmp}/odd", hidden_size=36, intermediate_size=100, num_attention_heads=2, num_key_value_heads=2)
     fails(["--method", "qlora", "--lora-targets", "q_proj"], "q_proj.weight", "not a multiple of the NF4 block of 64",
           model=odd)
 

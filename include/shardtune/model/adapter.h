@@ -53,4 +53,14 @@ void write_adapter_weights(const std::filesystem::path& dir, const AdapterWeight
 // scale * B @ A, oriented like the base weight: [out, in], or [in, out] when fan_in_fan_out.
 at::Tensor lora_delta(const LoraPair& p, double scale, bool fan_in_fan_out);
 
+// Matches every adapter module to the base weight it merges into, before any work: "<module>.weight"
+// among `base_weights` (HF name -> shape; a GPT-2 name with or without "transformer."), whose shape must
+// be the delta's ([out, in], or [in, out] for Conv1D). cfg.fan_in_fan_out must equal `conv1d_arch`
+// (GPT-2). Error naming the module, both shapes and `base_what` (e.g. the base folder). Returns
+// module path -> base weight name.
+std::map<std::string, std::string> match_adapter_to_base(const AdapterConfig& cfg, const AdapterWeights& w,
+                                                         const std::map<std::string, std::vector<int64_t>>& base_weights,
+                                                         bool conv1d_arch, const std::filesystem::path& adapter_dir,
+                                                         const std::string& base_what);
+
 }  // namespace shardtune::model
