@@ -18,12 +18,13 @@
 #   - QLoRA base bytes per quantized parameter (target <= 0.53): the trainer's measured line (heap growth
 #     while quantizing), rank 0;
 #   - where a step's time goes (forward_s, backward_s, optim_s, ... from the trainer's metrics).
-# LORA_WIDE=1 (default) adds a memory-only pair (full vs lora, 1 rank, LORA_WIDE_STEPS steps) on a wider random
-# Llama (hidden 2048, intermediate 5632, 2 layers, 16 heads / 4 KV heads, vocab 8192): the memory ratio is
-# the trainable-parameter ratio, which at hidden 384 is far above what a real base gives; reported only.
+# LORA_WIDE=1 (default) adds one full vs lora pair (1 rank, micro-batch 1, LORA_WIDE_STEPS steps) on a wider
+# random Llama (hidden 2048, intermediate 5632, 2 layers, 16 heads / 4 KV heads, vocab 8192), reported only:
+# the memory ratio is the trainable-parameter ratio, which at hidden 384 is far above what a real base gives,
+# and LoRA's own skinny GEMMs weigh less against the base's at that width.
 #
 # Environment: NICE (unset) BIND (none) LORA_NP (2) LORA_ZERO (0) LORA_PRECISION (fp32) ROUNDS (3) STEPS (8)
-#   WARMUP (2) MICRO (8) SEQ (256) THREADS (1) LORA_R (16) LORA_WIDE (1) LORA_WIDE_STEPS (2) LORA_WIDE_SEQ (128)
+#   WARMUP (2) MICRO (8) SEQ (256) THREADS (1) LORA_R (16) LORA_WIDE (1) LORA_WIDE_STEPS (4) LORA_WIDE_SEQ (256)
 #   LORA_BENCH_WORK=DIR keeps the models, data and every run's metrics/log there (default: a temp dir).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,7 +34,7 @@ if [ $# -gt 0 ] && [ -d "$1" ]; then BUILD="$(cd "$1" && pwd)"; shift; fi
 SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
 NP=${LORA_NP:-2} ZERO=${LORA_ZERO:-0} PRECISION=${LORA_PRECISION:-fp32} ROUNDS=${ROUNDS:-3} STEPS=${STEPS:-8} WARMUP=${WARMUP:-2}
 MICRO=${MICRO:-8} SEQ=${SEQ:-256} THREADS=${THREADS:-1} LORA_R=${LORA_R:-16}
-WIDE=${LORA_WIDE:-1} WIDE_STEPS=${LORA_WIDE_STEPS:-2} WIDE_SEQ=${LORA_WIDE_SEQ:-128}
+WIDE=${LORA_WIDE:-1} WIDE_STEPS=${LORA_WIDE_STEPS:-4} WIDE_SEQ=${LORA_WIDE_SEQ:-256}
 PY=/usr/bin/python3
 TRAINER="$BUILD/src/shardtune"
 PREP="$BUILD/data_prep/shardtune-prep"
@@ -115,7 +116,7 @@ for ((k = 1; k <= ROUNDS; k++)); do
   done
 done
 if [ "$WIDE" = 1 ]; then
-  echo; echo "== runs: memory only, wide model, 1 rank, micro-batch 1 x $WIDE_SEQ tokens, $WIDE_STEPS steps"
+  echo; echo "== runs: wide model (supplement), 1 rank, micro-batch 1 x $WIDE_SEQ tokens, $WIDE_STEPS steps"
   for m in full lora; do
     # shellcheck disable=SC2046
     run "wide-$m" "$WORK/wide" 1 1 "$WIDE_SEQ" "$WIDE_STEPS" $(method_opts "$m")

@@ -188,16 +188,21 @@ else:
         rows, _ = mem_rows([("full", wf), ("lora", wl)])
         wr = og(wl[0]) / og(wf[0])
         print()
-        print(f"The same measurement on a wider random Llama (memory only, 1 rank, ZeRO-{a.zero}: hidden "
+        print(f"The same measurement on a wider random Llama (1 rank, ZeRO-{a.zero}, micro-batch 1: hidden "
               f"{wide.get('hidden', '?')}, intermediate {wide.get('intermediate', '?')}, {wide.get('layers', '?')} layers, "
               f"vocab {wide.get('vocab', '?')}, {wide.get('params', 0) / 1e6:.1f}M parameters; not the benchmark model, "
-              "reported only):")
+              "one run each, reported only):")
         print()
+        for row, r in zip(rows, (wf[0], wl[0])):
+            row.append(f"{r['tps']:.0f}")
+        rows[1][-1] += f" (**{wl[0]['tps'] / wf[0]['tps']:.2f}x** full; FLOP ratio {wf[0]['fpt'] / wl[0]['fpt']:.2f}x)"
         print(table(["wide model", "trainable params (%)", "optimizer state MB", "gradient buffer MB",
-                     "optimizer + gradient MB", "vs full", "heap after step MB (rank 0)", "peak RSS MB (max rank)"], rows))
+                     "optimizer + gradient MB", "vs full", "heap after step MB (rank 0)", "peak RSS MB (max rank)",
+                     "tok/s"], rows))
         summary(f"optimizer + gradient memory per rank, LoRA vs full (r = {a.r}, all-linear), wider model "
                 f"(hidden {wide.get('hidden', '?')}; supplement)", "`tools/bench/lora.sh`", f"< {100 * MEM_TARGET:.0f}% of full",
-                f"{100 * wr:.2f}% (reported only: not the benchmark model)", None)
+                f"{100 * wr:.2f}% (reported only: not the benchmark model; LoRA / full throughput there "
+                f"{wl[0]['tps'] / wf[0]['tps']:.2f}x)", None)
     print()
 
     # ---- QLoRA base ----
@@ -228,6 +233,16 @@ for m in METHODS:
     if R[m]:
         rows.append([m] + [mr([r.get(k) for r in R[m]], "{:.3f}") for k in PHASES])
 print(table(["method"] + [k[:-2] for k in PHASES], rows))
+if n_rounds:
+    print()
+    print("Differences of those medians (seconds per step; negative = saved), per round then the median over rounds "
+          "(min–max):")
+    print()
+    rows = []
+    for label, x, y in (("LoRA − full", "lora", "full"), ("QLoRA − LoRA", "qlora", "lora")):
+        rows.append([label] + [mr([p.get(k) - q.get(k) for p, q in zip(R[x], R[y])], "{:+.3f}")
+                               for k in ("forward_s", "backward_s", "optim_s", "comm_wait_s", "step_s")])
+    print(table(["", "forward", "backward", "optim", "comm_wait", "step"], rows))
 end("lora-phases")
 print(f"commands (exact, from runs/*/cmd; WORK={a.work}):")
 for n in METHODS + ("wide-full", "wide-lora"):
