@@ -8,6 +8,7 @@ to the output dtype once (PEFT on a bf16 base would round the delta to bf16 befo
 Debian has no `safetensors` module, so this file reads and writes the format itself.
 
 usage: merge_reference.py make KIND BASE_DIR ADAPTER_DIR   (KIND: llama | gpt2 | sharded | llama_bf16)
+       merge_reference.py llama2c-adapter MODEL.bin ADAPTER_DIR
        merge_reference.py merge BASE_DIR ADAPTER_DIR OUT.safetensors [DTYPE]
 """
 import json
@@ -193,6 +194,52 @@ def make(kind, base, adapter):
         raise SystemExit(f"unknown kind {kind}")
 
 
+def read_llama2c(path):
+    """llama2.c legacy .bin -> (HF config subset, HF-named fp32 tensors). Q/K rows go from Meta's interleaved
+    RoPE layout to HF's rotate_half one with transformers' convert_llama_weights_to_hf `permute`."""
+    buf = open(path, "rb").read()
+    dim, hidden, L, H, Hkv, vocab, seq = struct.unpack("<7i", buf[:28])
+    shared, V = vocab > 0, abs(vocab)
+    flat = torch.frombuffer(bytearray(buf[28:]), dtype=torch.float32)
+    off = 0
+
+    def take(*shape):
+        nonlocal off
+        n = math.prod(shape)
+        t = flat[off:off + n].reshape(shape).clone()
+        off += n
+        return t
+
+    def permute(w, heads):
+        d1, d2 = w.shape
+        return w.view(heads, d1 // heads // 2, 2, d2).transpose(1, 2).reshape(d1, d2)
+
+    kv = Hkv * (dim // H)
+    W = {"model.embed_tokens.weight": take(V, dim)}
+    rms_att, wq, wk, wv, wo = take(L, dim), take(L, dim, dim), take(L, kv, dim), take(L, kv, dim), take(L, dim, dim)
+    rms_ffn, w1, w2, w3 = take(L, dim), take(L, hidden, dim), take(L, dim, hidden), take(L, hidden, dim)
+    for l in range(L):
+        p = f"model.layers.{l}."
+        W.update({p + "input_layernorm.weight": rms_att[l], p + "self_attn.q_proj.weight": permute(wq[l], H),
+                  p + "self_attn.k_proj.weight": permute(wk[l], Hkv), p + "self_attn.v_proj.weight": wv[l],
+                  p + "self_attn.o_proj.weight": wo[l], p + "post_attention_layernorm.weight": rms_ffn[l],
+                  p + "mlp.gate_proj.weight": w1[l], p + "mlp.down_proj.weight": w2[l], p + "mlp.up_proj.weight": w3[l]})
+    W["model.norm.weight"] = take(dim)
+    take(seq, dim // H)  # freq_cis (real and imaginary halves)
+    if not shared:
+        W["lm_head.weight"] = take(V, dim)
+    return {"num_hidden_layers": L, "num_attention_heads": H}, W
+
+
+def make_llama2c_adapter(model_bin, adapter):
+    _, W = read_llama2c(model_bin)
+    mods = {}
+    for n, w in W.items():
+        if n.endswith(("q_proj.weight", "v_proj.weight")):
+            mods[n[:-len(".weight")]] = (w.shape[1], w.shape[0])
+    write_adapter(adapter, mods, r=4, alpha=8, fan_in_fan_out=False, seed=9, targets=["q_proj", "v_proj"])
+
+
 # ---------------------------------------------------------------- the reference merge
 def merge(base, adapter, dtype=None):
     """tensor name -> (file, merged tensor): fp32 sum, then the base's (or the given) dtype."""
@@ -201,7 +248,8 @@ def merge(base, adapter, dtype=None):
     scale = alpha / math.sqrt(r) if cfg.get("use_rslora") else alpha / r
     fifo = cfg.get("fan_in_fan_out", False)
     A = read_safetensors(os.path.join(adapter, "adapter_model.safetensors"))
-    model = read_model(base)
+    model = read_model(base) if os.path.isdir(base) else \
+        {n: ("model.safetensors", t) for n, t in read_llama2c(base)[1].items()}
     out = {n: (fn, t) for n, (fn, t) in model.items()}
     merged = set()
     for k, a in A.items():
@@ -228,6 +276,8 @@ if __name__ == "__main__":
     torch.set_num_threads(2)
     if len(sys.argv) == 5 and sys.argv[1] == "make":
         make(sys.argv[2], sys.argv[3], sys.argv[4])
+    elif len(sys.argv) == 4 and sys.argv[1] == "llama2c-adapter":
+        make_llama2c_adapter(sys.argv[2], sys.argv[3])
     elif len(sys.argv) in (5, 6) and sys.argv[1] == "merge":
         res, _ = merge(sys.argv[2], sys.argv[3], sys.argv[5] if len(sys.argv) == 6 else None)
         write_safetensors(sys.argv[4], {n: t for n, (_, t) in res.items()})

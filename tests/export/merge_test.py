@@ -1,6 +1,7 @@
 #!/usr/bin/python3
 """shardtune-export merge run as a real process, against the independent merge of merge_reference.py:
-Llama and GPT-2 (Conv1D, fan_in_fan_out) in fp32, a sharded base, --dtype BF16 and a bf16 base, the
+Llama and GPT-2 (Conv1D, fan_in_fan_out) in fp32, a sharded base, --dtype BF16 and a bf16 base, a llama2.c
+.bin base (../shared/models/stories260K.bin), the
 errors that must leave no --out behind, and peak memory of a streamed ~320 MB base.
 Usage: merge_test.py CASE   (exit 77 = skipped)"""
 import json
@@ -13,7 +14,7 @@ import torch
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, ".."))
 sys.path.insert(0, HERE)
-from harness import run, run_case  # noqa: E402
+from harness import Skip, run, run_case  # noqa: E402
 import merge_reference as ref  # noqa: E402
 
 EXPORT = os.path.join(os.environ["ST_BIN"], "tools", "shardtune-export")
@@ -52,7 +53,8 @@ def compare(base, adapter, out, dtype=None, tol=1e-6):
             assert torch.equal(g, t), f"{n}: not merged, yet not copied exactly"
     assert merged, "the adapter merged into nothing"
     # The merge changed what it should: each merged weight differs from the base.
-    base_w = ref.read_model(base)
+    base_w = ref.read_model(base) if os.path.isdir(base) else \
+        {n: (None, t) for n, t in ref.read_llama2c(base)[1].items()}
     for n in merged:
         assert not torch.equal(base_w[n][1], got[n][1]), f"{n}: unchanged by the merge"
     return worst, merged
@@ -121,6 +123,21 @@ def t_bf16(tmp):
     assert {e["dtype"] for e in ref.read_header(os.path.join(out16, "model.safetensors"))[0].values()} == {"BF16"}
     assert json.load(open(os.path.join(out16, "config.json")))["torch_dtype"] == "bfloat16"
     print(f"bf16: --dtype BF16 max rel error {worst:.2e}; a bf16 base stays bf16")
+
+
+def t_llama2c(tmp):
+    model_bin = os.path.join(os.environ.get("ST_SHARED", ""), "models", "stories260K.bin")
+    if not os.path.exists(model_bin):
+        raise Skip(f"{model_bin} not found (the shared folder is absent)")
+    adapter = os.path.join(tmp, "adapter")
+    run(["/usr/bin/python3", os.path.join(HERE, "merge_reference.py"), "llama2c-adapter", model_bin, adapter])
+    out = os.path.join(tmp, "merged")
+    merge(model_bin, adapter, out)
+    worst, merged = compare(model_bin, adapter, out)
+    assert len(merged) == 10, merged  # q_proj and v_proj of 5 layers; q in HF's RoPE layout
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["num_hidden_layers"] == 5 and cfg["model_type"] == "llama", cfg
+    print(f"llama2c: {len(merged)} weights merged into stories260K, max rel error {worst:.2e}")
 
 
 def expect_error(tmp, base, adapter, out, *needles, extra=()):
