@@ -6,6 +6,7 @@ errors that must leave no --out behind, and peak memory of a streamed ~320 MB ba
 Usage: merge_test.py CASE   (exit 77 = skipped)"""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -197,6 +198,14 @@ def t_errors(tmp):
     p = merge(base, adapter, out2, ok=False)
     assert p.returncode != 0 and "out2.partial" in p.stderr and not os.path.exists(out2), p.stderr
     os.rmdir(out2 + ".partial")
+    # A weight that F16 cannot hold fails mid-stream: the staging folder goes, --out never appears.
+    big = os.path.join(tmp, "big_values")
+    shutil.copytree(base, big)
+    T = ref.read_safetensors(os.path.join(big, "model.safetensors"))
+    T["model.norm.weight"][0] = 1e6
+    ref.write_safetensors(os.path.join(big, "model.safetensors"), T, {"format": "pt"})
+    expect_error(tmp, big, adapter, out2, "'model.norm.weight' does not fit F16", extra=("--dtype", "F16"))
+    assert not os.path.exists(out2)
     # A bad --dtype, a usage error and a missing adapter folder.
     expect_error(tmp, base, adapter, out2, "--dtype 'int8'", extra=("--dtype", "int8"))
     expect_error(tmp, base, os.path.join(tmp, "nope"), out2, "no such folder")
