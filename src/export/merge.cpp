@@ -8,6 +8,7 @@
 
 #include <algorithm>
 #include <cctype>
+#include <cstdio>
 #include <map>
 #include <memory>
 #include <nlohmann/json.hpp>
@@ -113,8 +114,9 @@ Plan plan_hf(const stdfs::path& base, const MergeOptions& o) {
   return p;
 }
 
-// One tensor of the base, in the output dtype, with the adapter's delta added when it has one. The base
-// bytes are released from memory as soon as they are copied.
+// One pass over the base's files and tensors in file order: each tensor in the output dtype, with the
+// adapter's delta added when it has one; the base's mapped bytes are released as soon as they are used,
+// so resident memory holds about one tensor (two for a merged one: the weight and its delta).
 MergeResult write_hf(const Plan& p, const MergeOptions& o, const stdfs::path& staging) {
   MergeResult r;
   const double scale = p.acfg.scale();
@@ -221,8 +223,10 @@ MergeResult merge_adapter(const MergeOptions& opts) {
   int64_t merged_whole = 0;
   if (stdfs::is_directory(base)) {
     p = plan_hf(base, o);
+    char scale[32];
+    std::snprintf(scale, sizeof scale, "%g", p.acfg.scale());
     log::info("merging the LoRA adapter " + o.adapter.string() + " (r " + std::to_string(p.acfg.r) + ", scale " +
-              std::to_string(p.acfg.scale()) + ", " + std::to_string(p.adapter.size()) + " modules) into " +
+              scale + ", " + std::to_string(p.adapter.size()) + " modules) into " +
               base.string() + " (" + std::to_string(p.total_tensors) + " tensors in " + std::to_string(p.files.size()) +
               " file(s)) -> " + out.string() + (o.dtype.empty() ? "" : " as " + o.dtype));
   } else {
