@@ -141,7 +141,7 @@ class CausalLM : public torch::nn::Module {
   std::vector<at::Tensor> project(const std::vector<const Projection*>& ps, const at::Tensor& fused, const at::Tensor& x);
   at::Tensor project1(const Projection& p, const at::Tensor& x) { return project({&p}, {}, x)[0]; }
   std::vector<Projection*> mutable_projections();
-  at::Tensor lora_delta_out(const Projection& p, const at::Tensor& xa) const;
+
   at::Tensor attention(const Layer& L, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                        const at::Tensor& blocked, bool causal_only, KVCache* cache, int64_t layer);
   std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions) const;  // cos, sin [B,1,T,hd]
