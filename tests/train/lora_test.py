@@ -210,6 +210,70 @@ def t_lora_errors(tmp):
           model=odd)
 
 
+def reference_lora_eval_loss(cfg, W, lora, data, n, seq_len):
+    """reference.py's masked mean loss with a LoRA adapter over the first n val samples (what the trainer's
+    evaluation reads), each truncated to seq_len."""
+    import h5py
+    import torch
+    from reference import forward
+    manifest = json.load(open(f"{data}/manifest.json"))
+    total, count = 0.0, 0
+    for shard in (s for s in manifest["shards"] if s["split"] == "val"):
+        with h5py.File(f"{data}/{shard['file']}", "r") as h:
+            tokens, offsets, lmask = h["tokens"][:], h["offsets"][:], h["loss_mask"][:]
+        for a, b in zip(offsets[:-1], offsets[1:]):
+            if n == 0:
+                break
+            n -= 1
+            b = min(b, a + seq_len)
+            ids, m = torch.tensor(tokens[a:b], dtype=torch.long), torch.tensor(lmask[a:b], dtype=torch.float64)
+            with torch.no_grad():
+                logits = forward(cfg, W, ids[None], lora=lora)[0, :-1]
+                ce = torch.nn.functional.cross_entropy(logits, ids[1:], reduction="none")
+            total += float((ce.double() * m[1:]).sum())
+            count += int(m[1:].sum())
+    return total / count
+
+
+def t_lora_peft_adapter(tmp):
+    """Training continues from a PEFT-layout adapter written by an independent script (reference.py), with
+    its r, alpha and rsLoRA scale: the first evaluation equals the reference's loss with that adapter. Also a
+    TOML config with the LoRA keys (a list for lora-targets), and a frozen base held in bf16."""
+    import torch
+    from reference import write_peft_adapter
+    c = Case(tmp)
+    cfg = small_cfg()
+    W = load_weights(c.model)
+    g = torch.Generator().manual_seed(9)
+    lora = {}
+    for l in range(cfg["num_hidden_layers"]):
+        for m, (i, o) in (("self_attn.q_proj", (64, 64)), ("self_attn.v_proj", (64, 32))):
+            lora[f"model.layers.{l}.{m}"] = (0.1 * torch.randn(4, i, generator=g), 0.1 * torch.randn(o, 4, generator=g),
+                                             12.0 / math.sqrt(4))
+    write_peft_adapter(f"{tmp}/peft", cfg, lora, 4, 12.0, True, ["q_proj", "v_proj"])
+    want = reference_lora_eval_loss(cfg, W, lora, c.data, 32, 128)
+    c.train(1, 8, steps=1, extra=["--method", "lora", "--adapter", f"{tmp}/peft"])
+    got = eval_losses(c.metrics)[0]
+    assert abs(got - want) <= 1e-5 * abs(want), (got, want)
+    assert "r 4, alpha 12 (scale 6, rsLoRA)" in c.proc.stdout, c.proc.stdout[-1500:]
+    # TOML: flat keys named like the options; a list for --lora-targets.
+    toml = f"{tmp}/lora.toml"
+    open(toml, "w").write('method = "lora"\nlora-r = 4\nlora-alpha = 8\nlora-targets = ["q_proj", "down_proj"]\n'
+                          'use-rslora = true\nbase-dtype = "bf16"\n')
+    ref, _ = c.train(1, 8, steps=3, extra=["--method", "lora", "--lora-r", "4", "--lora-alpha", "8",
+                                           "--lora-targets", "q_proj,down_proj", "--use-rslora"])
+    got, out = c.train(1, 8, steps=3, extra=["--config", toml])
+    for want in ("lora-targets    = q_proj,down_proj", "base-dtype      = bf16", "use-rslora      = true"):
+        assert want in c.proc.stdout, (want, c.proc.stdout[:3000])
+    assert "base bf16" in c.proc.stdout, c.proc.stdout[-1500:]
+    conf = json.load(open(f"{out}/adapter_config.json"))
+    assert conf["use_rslora"] is True and sorted(conf["target_modules"]) == ["down_proj", "q_proj"], conf
+    # A bf16-held base changes the numbers only by bf16 rounding of the frozen weights.
+    close(got, ref, 2e-2, "bf16 base vs fp32 base")
+    got2, _ = c.train(2, 4, steps=3, extra=["--config", toml])
+    close(got2, got, what="bf16 base: 2 ranks vs 1")
+
+
 def t_qlora_ranks(tmp):
     """QLoRA: NF4 base, the same loss curve on 1 and 2 ranks (ZeRO-0 and ZeRO-2), lower than where it began."""
     c = Case(tmp)
