@@ -19,51 +19,10 @@ import sys
 
 import torch
 
-# ---------------------------------------------------------------- safetensors (own reader/writer)
-NAME_OF = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
-           torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
-DTYPE_OF = {v: k for k, v in NAME_OF.items()}
-
-
-def write_safetensors(path, tensors, metadata=None):
-    header, blobs, off = {}, [], 0
-    if metadata:
-        header["__metadata__"] = metadata
-    for name, t in tensors.items():
-        t = t.detach().contiguous()
-        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
-        header[name] = {"dtype": NAME_OF[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
-        blobs.append(raw)
-        off += len(raw)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
-
-
-def read_header(path):
-    with open(path, "rb") as f:
-        n = struct.unpack("<Q", f.read(8))[0]
-        header = json.loads(f.read(n))
-    meta = header.pop("__metadata__", {})
-    return header, meta, 8 + n
-
-
-def read_safetensors(path):
-    header, _, start = read_header(path)
-    with open(path, "rb") as f:
-        buf = f.read()
-    out = {}
-    for name, e in header.items():
-        b, end = e["data_offsets"]
-        dt = DTYPE_OF[e["dtype"]]
-        raw = bytearray(buf[start + b:start + end])
-        t = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
-        out[name] = t.view(dt).reshape(e["shape"]).clone()
-    return out
+# ---------------------------------------------------------------- safetensors: tests/model/reference.py's
+# own reader/writer (that file is the other independent torch reference; it imports nothing of shardtune)
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "model"))
+from reference import read_header, read_safetensors, write_safetensors  # noqa: E402, F401 (merge_test uses read_header)
 
 
 def read_model(base):

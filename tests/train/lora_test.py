@@ -13,7 +13,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_test import (FP32, GENERATE, MPI, SHARED, SRC, TRAIN, BIN, Case, close, eval_losses, make_data,  # noqa: E402
-                        read_safetensors, small_cfg, train_lines)
+                        read_safetensors, reference_eval_loss, small_cfg, train_lines)
 from harness import Skip, run, run_case  # noqa: E402
 
 EXPORT = os.path.join(BIN, "tools", "shardtune-export")
@@ -210,31 +210,6 @@ def t_lora_errors(tmp):
           model=odd)
 
 
-def reference_lora_eval_loss(cfg, W, lora, data, n, seq_len):
-    """reference.py's masked mean loss with a LoRA adapter over the first n val samples (what the trainer's
-    evaluation reads), each truncated to seq_len."""
-    import h5py
-    import torch
-    from reference import forward
-    manifest = json.load(open(f"{data}/manifest.json"))
-    total, count = 0.0, 0
-    for shard in (s for s in manifest["shards"] if s["split"] == "val"):
-        with h5py.File(f"{data}/{shard['file']}", "r") as h:
-            tokens, offsets, lmask = h["tokens"][:], h["offsets"][:], h["loss_mask"][:]
-        for a, b in zip(offsets[:-1], offsets[1:]):
-            if n == 0:
-                break
-            n -= 1
-            b = min(b, a + seq_len)
-            ids, m = torch.tensor(tokens[a:b], dtype=torch.long), torch.tensor(lmask[a:b], dtype=torch.float64)
-            with torch.no_grad():
-                logits = forward(cfg, W, ids[None], lora=lora)[0, :-1]
-                ce = torch.nn.functional.cross_entropy(logits, ids[1:], reduction="none")
-            total += float((ce.double() * m[1:]).sum())
-            count += int(m[1:].sum())
-    return total / count
-
-
 def t_lora_peft_adapter(tmp):
     """Training continues from a PEFT-layout adapter written by an independent script (reference.py), with
     its r, alpha and rsLoRA scale: the first evaluation equals the reference's loss with that adapter. Also a
@@ -251,7 +226,7 @@ def t_lora_peft_adapter(tmp):
             lora[f"model.layers.{l}.{m}"] = (0.1 * torch.randn(4, i, generator=g), 0.1 * torch.randn(o, 4, generator=g),
                                              12.0 / math.sqrt(4))
     write_peft_adapter(f"{tmp}/peft", cfg, lora, 4, 12.0, True, ["q_proj", "v_proj"])
-    want = reference_lora_eval_loss(cfg, W, lora, c.data, 32, 128)
+    want, _ = reference_eval_loss(cfg, W, c.data, 32, 128, lora=lora)
     c.train(1, 8, steps=1, extra=["--method", "lora", "--adapter", f"{tmp}/peft"])
     got = eval_losses(c.metrics)[0]
     assert abs(got - want) <= 1e-5 * abs(want), (got, want)
