@@ -9,3 +9,7 @@ endif()
 # One training step (forward + backward + AdamW) benchmark; see tools/bench/step.sh.
 add_executable(shardtune-step-bench ${CMAKE_CURRENT_LIST_DIR}/bench/step_bench.cpp)
 target_link_libraries(shardtune-step-bench PRIVATE shardtune_model shardtune_core CLI11::CLI11)
+
+# shardtune-export: `merge` (a LoRA adapter into its HF base, streamed); later issues add `gguf` / `hf`.
+add_executable(shardtune-export ${CMAKE_CURRENT_LIST_DIR}/export.cpp)
+target_link_libraries(shardtune-export PRIVATE shardtune_export shardtune_core CLI11::CLI11)

@@ -100,6 +100,11 @@ void check_weights(const ModelConfig& cfg, const std::vector<std::unique_ptr<st:
 
 }  // namespace
 
+void check_hf_weights(const ModelConfig& cfg, const std::vector<std::unique_ptr<st::File>>& files,
+                      const std::string& cfg_path) {
+  check_weights(cfg, files, cfg_path);
+}
+
 at::ScalarType to_scalar_type(st::DType d) {
   switch (d) {
     case st::DType::F64: return at::kDouble;

@@ -164,6 +164,19 @@ std::vector<std::pair<std::string, at::Tensor>> CausalLM::trainable_parameters()
   return out;
 }
 
+std::vector<uint8_t> CausalLM::dropout_rng_state() const {
+  if (!dropout_gen_.defined()) return {};
+  const at::Tensor t = dropout_gen_.get_state().contiguous();
+  return {t.data_ptr<uint8_t>(), t.data_ptr<uint8_t>() + t.numel()};
+}
+
+void CausalLM::set_dropout_rng_state(const std::vector<uint8_t>& s) {
+  if (s.empty() || !dropout_gen_.defined()) return;
+  at::Tensor t = at::empty({int64_t(s.size())}, at::kByte);
+  std::copy(s.begin(), s.end(), t.data_ptr<uint8_t>());
+  dropout_gen_.set_state(t);
+}
+
 int64_t CausalLM::base_param_count() const {
   int64_t n = 0;
   for (const auto& [name, t] : params_) n += t.numel();
@@ -228,10 +241,6 @@ void CausalLM::freeze_base(at::ScalarType dtype) {
     }
 }
 
-at::Tensor CausalLM::lora_delta_out(const Projection& p, const at::Tensor& xa) const {
-  return at::linear(xa, p.lora_b) * lora_scale_;
-}
-
 std::vector<at::Tensor> CausalLM::project(const std::vector<const Projection*>& ps, const at::Tensor& fused,
                                           const at::Tensor& x) {
   const at::ScalarType cd = autocast_dtype(x.device().type());
@@ -240,28 +249,23 @@ std::vector<at::Tensor> CausalLM::project(const std::vector<const Projection*>& 
     return (!t.defined() || cd != at::kFloat || t.scalar_type() == x.scalar_type()) ? t : t.to(x.scalar_type());
   };
   std::vector<int64_t> outs;
+  int64_t sum_out = 0;
   bool any_q = false, all_q = true;
   for (const Projection* p : ps) {
     outs.push_back(p->out);
+    sum_out += p->out;
     any_q = any_q || bool(p->q);
     all_q = all_q && bool(p->q);
   }
-  auto cat_bias = [&]() -> at::Tensor {
-    if (!ps[0]->b.defined()) return {};
-    if (ps.size() == 1) return ps[0]->b;
+  at::Tensor bias;
+  if (ps[0]->b.defined()) {
     std::vector<at::Tensor> bs;
     for (const Projection* p : ps) bs.push_back(p->b);
-    return at::cat(bs, 0);
-  };
-  std::vector<at::Tensor> ys;
-  auto split = [&](const at::Tensor& y) {
-    if (ps.size() == 1) ys = {y};
-    else {
-      // split (not narrow): its backward concatenates the gradients in one pass.
-      auto parts = y.split_with_sizes(outs, -1);
-      ys.assign(parts.begin(), parts.end());
-    }
-  };
+    bias = ps.size() == 1 ? ps[0]->b : at::cat(bs, 0);
+  }
+  // Every projection works on 2-D rows [N, in] -> [N, out] (as at::linear does for contiguous input).
+  const at::Tensor x2 = x.reshape({-1, x.size(-1)});
+  at::Tensor y2;  // [N, sum_out]
   if (!any_q) {
     at::Tensor w = fused;
     if (!w.defined()) {
@@ -272,47 +276,75 @@ std::vector<at::Tensor> CausalLM::project(const std::vector<const Projection*>& 
         w = at::cat(ws, 0);
       }
     }
-    if (ps[0]->conv1d) {
-      ST_CHECK(ps.size() == 1, "internal: Conv1D projections are not fused");
-      auto sizes = x.sizes().vec();
-      sizes.back() = ps[0]->out;
-      split(at::addmm(as_input(cat_bias()), x.reshape({-1, x.size(-1)}), as_input(w)).view(sizes));
-    } else {
-      split(at::linear(x, as_input(w), as_input(cat_bias())));
-    }
+    ST_CHECK(!ps[0]->conv1d || ps.size() == 1, "internal: Conv1D projections are not fused");
+    const at::Tensor wt = ps[0]->conv1d ? as_input(w) : as_input(w).t();  // [in, out]
+    y2 = bias.defined() ? at::addmm(as_input(bias), x2, wt) : at::mm(x2, wt);
   } else if (all_q) {
     std::vector<std::shared_ptr<const nf4::Quantized>> qs;
     for (const Projection* p : ps) qs.push_back(p->q);
-    const at::Tensor b = cat_bias();
     const at::ScalarType qd = nf4_compute_ != at::ScalarType::Undefined ? nf4_compute_ : cd;
-    split(nf4::linear(x, qs, b.defined() ? b.to(qd) : b, qd));
+    y2 = nf4::linear(x2, qs, bias.defined() ? bias.to(qd) : bias, qd);
   } else {
-    for (const Projection* p : ps) ys.push_back(project({p}, {}, x)[0]);
+    std::vector<at::Tensor> parts;
+    for (const Projection* p : ps) parts.push_back(project({p}, {}, x2)[0]);
+    y2 = at::cat(parts, 1);
   }
 
+  // LoRA: y += scale * (x A^T) B^T, the delta written straight into the base output by one GEMM (no
+  // separate delta, scale and add passes over [N, out]: those memory-bound passes, not the thin GEMMs'
+  // arithmetic, are what adapters cost on a CPU). For a fused group, x @ [A_1; A_2; ...]^T is one GEMM
+  // and B is laid against the fused output: module i's rows hold B_i in its r columns, zeros elsewhere.
   std::vector<size_t> with;
   for (size_t i = 0; i < ps.size(); ++i)
     if (ps[i]->lora_a.defined()) with.push_back(i);
-  if (with.empty()) return ys;
-  const bool dropout = lora_.dropout > 0 && is_training() && c10::GradMode::is_enabled();
-  if (!dropout && with.size() > 1) {
-    // x @ [A_1; A_2; ...]^T in one GEMM, then each B on its r columns.
-    std::vector<at::Tensor> as;
-    for (size_t i : with) as.push_back(ps[i]->lora_a);
-    const auto xa = at::linear(x, at::cat(as, 0)).split(lora_.r, -1);
-    for (size_t j = 0; j < with.size(); ++j) ys[with[j]] = ys[with[j]] + lora_delta_out(*ps[with[j]], xa[j]);
-    return ys;
-  }
-  for (size_t i : with) {
-    at::Tensor xd = x;
-    if (dropout) {
+  if (!with.empty()) {
+    const int64_t r = lora_.r, k = int64_t(with.size());
+    const bool dropout = lora_.dropout > 0 && is_training() && c10::GradMode::is_enabled();
+    at::Tensor xa;  // [N, k r]
+    if (!dropout) {
+      std::vector<at::Tensor> as;
+      for (size_t i : with) as.push_back(ps[i]->lora_a);
+      xa = at::mm(x2, (k == 1 ? as[0] : at::cat(as, 0)).t());
+    } else {
       // PEFT: lora_B(lora_A(dropout(x))), one mask per module.
       const double keep = 1.0 - lora_.dropout;
-      xd = x * (at::empty(x.sizes(), x.options()).bernoulli_(keep, dropout_gen_) / keep);
+      std::vector<at::Tensor> xas;
+      for (size_t i : with) {
+        const at::Tensor mask = at::empty(x2.sizes(), x2.options()).bernoulli_(keep, dropout_gen_) / keep;
+        xas.push_back(at::mm(x2 * mask, ps[i]->lora_a.t()));
+      }
+      xa = k == 1 ? xas[0] : at::cat(xas, 1);
     }
-    ys[i] = ys[i] + lora_delta_out(*ps[i], at::linear(xd, ps[i]->lora_a));
+    at::Tensor bf;  // [sum_out, k r]
+    if (ps.size() == 1) bf = ps[0]->lora_b;
+    else {
+      std::vector<at::Tensor> rows;
+      int64_t slot = 0;
+      const auto opts = ps[with[0]]->lora_b.options();
+      for (const Projection* p : ps) {
+        if (!p->lora_a.defined()) {
+          rows.push_back(at::zeros({p->out, k * r}, opts));
+          continue;
+        }
+        std::vector<at::Tensor> cols;
+        if (slot > 0) cols.push_back(at::zeros({p->out, slot * r}, opts));
+        cols.push_back(p->lora_b);
+        if (slot + 1 < k) cols.push_back(at::zeros({p->out, (k - slot - 1) * r}, opts));
+        rows.push_back(cols.size() == 1 ? cols[0] : at::cat(cols, 1));
+        ++slot;
+      }
+      bf = at::cat(rows, 0);
+    }
+    const auto dt = y2.scalar_type();
+    y2.addmm_(xa.to(dt), bf.t().to(dt), 1.0, lora_scale_);
   }
-  return ys;
+  auto sizes = x.sizes().vec();
+  sizes.back() = sum_out;
+  const at::Tensor y = y2.view(sizes);
+  if (ps.size() == 1) return {y};
+  // split (not narrow): its backward concatenates the gradients in one pass.
+  auto parts = y.split_with_sizes(outs, -1);
+  return {parts.begin(), parts.end()};
 }
 
 }  // namespace shardtune::model

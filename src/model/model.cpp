@@ -37,12 +37,6 @@ at::Tensor rotate_half(const at::Tensor& x) {
   return at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
 }
 
-// HF Conv1D: weight [in, out], y = x @ w + b.
-at::Tensor conv1d(const at::Tensor& x, const at::Tensor& w, const at::Tensor& b) {
-  auto sizes = x.sizes().vec();
-  sizes.back() = w.size(1);
-  return at::addmm(b, x.reshape({-1, x.size(-1)}), w).view(sizes);
-}
 
 at::Tensor llama_inv_freq(const ModelConfig& c) {
   // Same float32 arithmetic as HF's _compute_default_rope_parameters / _compute_llama3_parameters.

@@ -176,6 +176,16 @@ File::~File() {
   if (map_ && map_ != MAP_FAILED) ::munmap(map_, map_size_);
 }
 
+void File::release(const TensorInfo& t) const {
+  if (t.nbytes() == 0) return;
+  static const uintptr_t page = uintptr_t(::sysconf(_SC_PAGESIZE));
+  const uintptr_t b = uintptr_t(data_ + t.begin) & ~(page - 1), e = uintptr_t(data_ + t.end);
+  // Read-only private mapping: dropped pages are re-read from the file if touched again. The pages at
+  // either end may hold a neighbour's bytes; that neighbour is then re-read too, never lost. Advisory:
+  // a failure costs memory, not correctness.
+  ::madvise(reinterpret_cast<void*>(b), e - b, MADV_DONTNEED);
+}
+
 const TensorInfo* File::find(const std::string& name) const {
   auto it = index_.find(name);
   return it == index_.end() ? nullptr : &tensors_[it->second];
@@ -209,29 +219,82 @@ std::string header_for(const std::vector<TensorRef>& tensors, const std::map<std
 }
 }  // namespace
 
+StreamWriter::StreamWriter(const std::filesystem::path& path, std::vector<TensorRef> layout,
+                           const std::map<std::string, std::string>& metadata)
+    : path_(path), tmp_(path.string() + ".tmp" + std::to_string(::getpid())), layout_(std::move(layout)) {
+  const std::string header = header_for(layout_, metadata);
+  fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  ST_CHECK(fd_ >= 0, tmp_.string() + ": cannot create (" + std::strerror(errno) + ")", "check that the folder is writable");
+  unsigned char len[8];
+  const uint64_t n = header.size();
+  for (int i = 0; i < 8; ++i) len[i] = (unsigned char)((n >> (8 * i)) & 0xff);
+  try {
+    write_all(len, 8);
+    write_all(header.data(), header.size());
+  } catch (...) {
+    ::close(fd_);
+    fd_ = -1;
+    std::error_code ec;
+    std::filesystem::remove(tmp_, ec);
+    throw;
+  }
+}
+
+StreamWriter::~StreamWriter() {
+  if (fd_ >= 0) {
+    ::close(fd_);
+    std::error_code ec;
+    std::filesystem::remove(tmp_, ec);
+  }
+}
+
+void StreamWriter::write_all(const void* data, uint64_t nbytes) {
+  const auto* p = static_cast<const char*>(data);
+  while (nbytes > 0) {
+    const ssize_t w = ::write(fd_, p, size_t(std::min<uint64_t>(nbytes, 1u << 30)));
+    if (w < 0 && errno == EINTR) continue;
+    ST_CHECK(w > 0, path_.string() + ": write failed (" + std::strerror(errno) + ")", "check free disk space");
+    p += w;
+    nbytes -= uint64_t(w);
+  }
+}
+
+void StreamWriter::write(const void* data, uint64_t nbytes) {
+  ST_CHECK(fd_ >= 0 && next_ < layout_.size(), path_.string() + ": more tensors written than its header lists");
+  const TensorRef& t = layout_[next_];
+  ST_CHECK(nbytes == t.nbytes, path_.string() + ": tensor '" + t.name + "' given " + std::to_string(nbytes) +
+                                   " bytes, its header says " + std::to_string(t.nbytes));
+  if (nbytes) write_all(data, nbytes);
+  ++next_;
+}
+
+void StreamWriter::finish(bool sync) {
+  ST_CHECK(fd_ >= 0, path_.string() + ": finished twice");
+  ST_CHECK(next_ == layout_.size(), path_.string() + ": " + std::to_string(next_) + " of " +
+                                        std::to_string(layout_.size()) + " tensors written before finish");
+  if (sync) ST_CHECK(::fsync(fd_) == 0, path_.string() + ": fsync failed (" + std::strerror(errno) + ")",
+                     "check the disk (full? failing?)");
+  const int rc = ::close(fd_);
+  fd_ = -1;
+  std::error_code ec;
+  if (rc != 0) {
+    std::filesystem::remove(tmp_, ec);
+    ST_FAIL(path_.string() + ": write failed (" + std::strerror(errno) + ")", "check free disk space");
+  }
+  std::filesystem::rename(tmp_, path_, ec);
+  if (ec) {
+    std::filesystem::remove(tmp_, ec);
+    ST_FAIL("cannot rename '" + tmp_.string() + "' to '" + path_.string() + "': " + ec.message());
+  }
+}
+
 void write_file(const std::filesystem::path& path, const std::vector<TensorRef>& tensors,
                 const std::map<std::string, std::string>& metadata) {
   // Streams to a temporary sibling and renames, so a multi-GB model is never copied into one buffer
   // and readers never see a partial file.
-  const std::string header = header_for(tensors, metadata);
-  const std::filesystem::path tmp = path.string() + ".tmp" + std::to_string(::getpid());
-  std::FILE* f = std::fopen(tmp.c_str(), "wb");
-  ST_CHECK(f, tmp.string() + ": cannot create (" + std::strerror(errno) + ")", "check that the folder is writable");
-  bool ok = true;
-  unsigned char len[8];
-  const uint64_t n = header.size();
-  for (int i = 0; i < 8; ++i) len[i] = (unsigned char)((n >> (8 * i)) & 0xff);
-  ok = ok && std::fwrite(len, 1, 8, f) == 8;
-  ok = ok && std::fwrite(header.data(), 1, header.size(), f) == header.size();
-  for (const TensorRef& t : tensors)
-    if (ok && t.nbytes) ok = std::fwrite(t.data, 1, t.nbytes, f) == t.nbytes;
-  ok = (std::fflush(f) == 0) && ok;
-  ok = (std::fclose(f) == 0) && ok;
-  if (!ok) {
-    std::filesystem::remove(tmp);
-    ST_FAIL(path.string() + ": write failed (" + std::strerror(errno) + ")", "check free disk space");
-  }
-  std::filesystem::rename(tmp, path);
+  StreamWriter w(path, tensors, metadata);
+  for (const TensorRef& t : tensors) w.write(t.data, t.nbytes);
+  w.finish();
 }
 
 std::vector<std::filesystem::path> write_sharded(const std::filesystem::path& dir, const std::string& stem,

@@ -22,8 +22,9 @@ import torch
 torch.set_num_threads(int(os.environ.get("ST_REF_THREADS", "2")))
 
 # ---------------------------------------------------------------- safetensors (own reader/writer)
-DT = {"F32": (np.float32, torch.float32), "I64": (np.int64, torch.int64), "BF16": (None, torch.bfloat16),
-      "F16": (np.float16, torch.float16)}
+NAME_OF = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.float64: "F64",
+           torch.int64: "I64", torch.int32: "I32", torch.uint8: "U8", torch.bool: "BOOL"}
+DTYPE_OF = {v: k for k, v in NAME_OF.items()}
 
 
 def write_safetensors(path, tensors, metadata=None):
@@ -32,9 +33,8 @@ def write_safetensors(path, tensors, metadata=None):
         header["__metadata__"] = metadata
     for name, t in tensors.items():
         t = t.detach().contiguous()
-        dt = {torch.float32: "F32", torch.int64: "I64", torch.bfloat16: "BF16", torch.float16: "F16"}[t.dtype]
-        raw = (t.view(torch.int16) if t.dtype == torch.bfloat16 else t).numpy().tobytes()
-        header[name] = {"dtype": dt, "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
+        raw = t.view(torch.uint8).numpy().tobytes() if t.numel() else b""
+        header[name] = {"dtype": NAME_OF[t.dtype], "shape": list(t.shape), "data_offsets": [off, off + len(raw)]}
         blobs.append(raw)
         off += len(raw)
     h = json.dumps(header).encode()
@@ -46,22 +46,25 @@ def write_safetensors(path, tensors, metadata=None):
             f.write(b)
 
 
+def read_header(path):
+    with open(path, "rb") as f:
+        n = struct.unpack("<Q", f.read(8))[0]
+        header = json.loads(f.read(n))
+    meta = header.pop("__metadata__", {})
+    return header, meta, 8 + n
+
+
 def read_safetensors(path):
+    header, _, start = read_header(path)
     with open(path, "rb") as f:
         buf = f.read()
-    n = struct.unpack("<Q", buf[:8])[0]
-    header = json.loads(buf[8:8 + n])
     out = {}
     for name, e in header.items():
-        if name == "__metadata__":
-            continue
-        b, e_ = e["data_offsets"]
-        raw = buf[8 + n + b:8 + n + e_]
-        if e["dtype"] == "BF16":
-            t = torch.from_numpy(np.frombuffer(raw, dtype=np.int16).copy()).view(torch.bfloat16)
-        else:
-            t = torch.from_numpy(np.frombuffer(raw, dtype=DT[e["dtype"]][0]).copy())
-        out[name] = t.reshape(e["shape"])
+        b, end = e["data_offsets"]
+        dt = DTYPE_OF[e["dtype"]]
+        raw = bytearray(buf[start + b:start + end])
+        t = torch.frombuffer(raw, dtype=torch.uint8) if raw else torch.empty(0, dtype=torch.uint8)
+        out[name] = t.view(dt).reshape(e["shape"]).clone()
     return out
 
 

@@ -170,3 +170,38 @@ TEST(model_safetensors, ModelFilesExplainsWhatIsMissing) {
     EXPECT_NE(std::string(e.what()).find("model-00001-of-00002.safetensors"), std::string::npos);
   }
 }
+
+TEST(model_safetensors, StreamWriterWritesTensorByTensorAndChecksOrder) {
+  const auto d = tmp_dir("stream");
+  const std::vector<float> a = {1, 2, 3, 4, 5, 6};
+  const std::vector<uint16_t> b = {7, 8};
+  const std::vector<st::TensorRef> layout = {{"a", st::DType::F32, {2, 3}, nullptr, 24}, {"b", st::DType::BF16, {2}, nullptr, 4}};
+  {
+    st::StreamWriter w(d / "s.safetensors", layout, {{"format", "pt"}});
+    ASSERT_EQ(w.next()->name, "a");
+    EXPECT_FALSE(stdfs::exists(d / "s.safetensors"));  // only complete files appear
+    w.write(a.data(), 24);
+    // The wrong size for the next tensor, and finishing early, are refused.
+    EXPECT_THROW(w.write(b.data(), 2), shardtune::Error);
+    EXPECT_THROW(w.finish(), shardtune::Error);
+    w.write(b.data(), 4);
+    EXPECT_EQ(w.next(), nullptr);
+    EXPECT_THROW(w.write(b.data(), 4), shardtune::Error);
+    w.finish(/*sync=*/true);
+  }
+  st::File f(d / "s.safetensors");
+  ASSERT_EQ(f.tensors().size(), 2u);
+  EXPECT_EQ(f.metadata().at("format"), "pt");
+  EXPECT_EQ(std::memcmp(f.data(f.at("a")), a.data(), 24), 0);
+  EXPECT_EQ(std::memcmp(f.data(f.at("b")), b.data(), 4), 0);
+  f.release(f.at("a"));  // the mapping stays valid: released pages are re-read from the file
+  EXPECT_EQ(std::memcmp(f.data(f.at("a")), a.data(), 24), 0);
+  // A writer dropped unfinished leaves nothing behind.
+  {
+    st::StreamWriter w(d / "t.safetensors", layout);
+    w.write(a.data(), 24);
+  }
+  size_t left = 0;
+  for (const auto& e : stdfs::directory_iterator(d)) left += e.path().filename() != "s.safetensors";
+  EXPECT_EQ(left, 0u);
+}

@@ -13,7 +13,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_test import (FP32, GENERATE, MPI, SHARED, SRC, TRAIN, BIN, Case, close, eval_losses, make_data,  # noqa: E402
-                        read_safetensors, small_cfg, train_lines)
+                        read_safetensors, reference_eval_loss, small_cfg, train_lines)
 from harness import Skip, run, run_case  # noqa: E402
 
 EXPORT = os.path.join(BIN, "tools", "shardtune-export")
@@ -208,6 +208,45 @@ def t_lora_errors(tmp):
     odd = make_model(f"{tmp}/odd", hidden_size=36, intermediate_size=100, num_attention_heads=2, num_key_value_heads=2)
     fails(["--method", "qlora", "--lora-targets", "q_proj"], "q_proj.weight", "not a multiple of the NF4 block of 64",
           model=odd)
+
+
+def t_lora_peft_adapter(tmp):
+    """Training continues from a PEFT-layout adapter written by an independent script (reference.py), with
+    its r, alpha and rsLoRA scale: the first evaluation equals the reference's loss with that adapter. Also a
+    TOML config with the LoRA keys (a list for lora-targets), and a frozen base held in bf16."""
+    import torch
+    from reference import write_peft_adapter
+    c = Case(tmp)
+    cfg = small_cfg()
+    W = load_weights(c.model)
+    g = torch.Generator().manual_seed(9)
+    lora = {}
+    for l in range(cfg["num_hidden_layers"]):
+        for m, (i, o) in (("self_attn.q_proj", (64, 64)), ("self_attn.v_proj", (64, 32))):
+            lora[f"model.layers.{l}.{m}"] = (0.1 * torch.randn(4, i, generator=g), 0.1 * torch.randn(o, 4, generator=g),
+                                             12.0 / math.sqrt(4))
+    write_peft_adapter(f"{tmp}/peft", cfg, lora, 4, 12.0, True, ["q_proj", "v_proj"])
+    want, _ = reference_eval_loss(cfg, W, c.data, 32, 128, lora=lora)
+    c.train(1, 8, steps=1, extra=["--method", "lora", "--adapter", f"{tmp}/peft"])
+    got = eval_losses(c.metrics)[0]
+    assert abs(got - want) <= 1e-5 * abs(want), (got, want)
+    assert "r 4, alpha 12 (scale 6, rsLoRA)" in c.proc.stdout, c.proc.stdout[-1500:]
+    # TOML: flat keys named like the options; a list for --lora-targets.
+    toml = f"{tmp}/lora.toml"
+    open(toml, "w").write('method = "lora"\nlora-r = 4\nlora-alpha = 8\nlora-targets = ["q_proj", "down_proj"]\n'
+                          'use-rslora = true\nbase-dtype = "bf16"\n')
+    ref, _ = c.train(1, 8, steps=3, extra=["--method", "lora", "--lora-r", "4", "--lora-alpha", "8",
+                                           "--lora-targets", "q_proj,down_proj", "--use-rslora"])
+    got, out = c.train(1, 8, steps=3, extra=["--config", toml])
+    for want in ("lora-targets    = q_proj,down_proj", "base-dtype      = bf16", "use-rslora      = true"):
+        assert want in c.proc.stdout, (want, c.proc.stdout[:3000])
+    assert "base bf16" in c.proc.stdout, c.proc.stdout[-1500:]
+    conf = json.load(open(f"{out}/adapter_config.json"))
+    assert conf["use_rslora"] is True and sorted(conf["target_modules"]) == ["down_proj", "q_proj"], conf
+    # A bf16-held base changes the numbers only by bf16 rounding of the frozen weights.
+    close(got, ref, 2e-2, "bf16 base vs fp32 base")
+    got2, _ = c.train(2, 4, steps=3, extra=["--config", toml])
+    close(got2, got, what="bf16 base: 2 ranks vs 1")
 
 
 def t_qlora_ranks(tmp):

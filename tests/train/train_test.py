@@ -473,9 +473,10 @@ def t_stories260k_finetune(tmp):
     assert p.returncode != 0 and "bad.jsonl:2" in p.stderr, p.stderr
 
 
-def reference_eval_loss(cfg, W, data, n, seq_len):
+def reference_eval_loss(cfg, W, data, n, seq_len, lora=None):
     """tests/model/reference.py's masked mean loss over the first n samples of the val split (the samples the
-    trainer's evaluation reads), each truncated to seq_len: summed target CE / target count."""
+    trainer's evaluation reads), each truncated to seq_len: summed target CE / target count; with `lora`
+    ({module: (A, B, scale)}) through reference.py's LoRA forward."""
     import h5py
     import torch
     from reference import forward
@@ -491,7 +492,8 @@ def reference_eval_loss(cfg, W, data, n, seq_len):
             b = min(b, a + seq_len)
             ids, m = torch.tensor(tokens[a:b], dtype=torch.long), torch.tensor(lmask[a:b], dtype=torch.float64)
             with torch.no_grad():
-                ce = torch.nn.functional.cross_entropy(forward(cfg, W, ids[None])[0, :-1], ids[1:], reduction="none")
+                ce = torch.nn.functional.cross_entropy(forward(cfg, W, ids[None], lora=lora)[0, :-1], ids[1:],
+                                                       reduction="none")
             total += float((ce.double() * m[1:]).sum())
             count += int(m[1:].sum())
     return total / count, count

@@ -23,6 +23,10 @@ namespace shardtune::model {
 std::shared_ptr<CausalLM> load_model(const std::string& path);
 std::shared_ptr<CausalLM> load_hf(const std::filesystem::path& dir);
 std::shared_ptr<CausalLM> load_llama2c(const std::filesystem::path& file);
+// load_hf's check of config.json (parsed from `cfg_path`) against the safetensors headers of `files`
+// (tensor names, shapes, float dtypes, layer count), for tools that stream the weights instead of loading them.
+void check_hf_weights(const ModelConfig& cfg, const std::vector<std::unique_ptr<st::File>>& files,
+                      const std::string& cfg_path);
 
 struct SaveOptions {
   uint64_t max_shard_bytes = 0;  // 0: one model.safetensors; else shards + model.safetensors.index.json

@@ -121,6 +121,9 @@ class CausalLM : public torch::nn::Module {
   // What the trainer optimizes: the adapters' A and B (named "<module>.lora_A.weight") with LoRA, else
   // every HF parameter.
   std::vector<std::pair<std::string, at::Tensor>> trainable_parameters() const;
+  // The LoRA dropout generator's state (checkpoints: a resumed run draws the same masks).
+  std::vector<uint8_t> dropout_rng_state() const;
+  void set_dropout_rng_state(const std::vector<uint8_t>& s);
   // Parameters the base holds (logical sizes: quantized weights count their elements).
   int64_t base_param_count() const;
 
@@ -141,7 +144,7 @@ class CausalLM : public torch::nn::Module {
   std::vector<at::Tensor> project(const std::vector<const Projection*>& ps, const at::Tensor& fused, const at::Tensor& x);
   at::Tensor project1(const Projection& p, const at::Tensor& x) { return project({&p}, {}, x)[0]; }
   std::vector<Projection*> mutable_projections();
-  at::Tensor lora_delta_out(const Projection& p, const at::Tensor& xa) const;
+
   at::Tensor attention(const Layer& L, const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin,
                        const at::Tensor& blocked, bool causal_only, KVCache* cache, int64_t layer);
   std::pair<at::Tensor, at::Tensor> rope_tables(const at::Tensor& positions) const;  // cos, sin [B,1,T,hd]

@@ -48,6 +48,10 @@ class File {
   const TensorInfo* find(const std::string& name) const;  // nullptr if absent
   const TensorInfo& at(const std::string& name) const;     // Error naming file and tensor if absent
   const uint8_t* data(const TensorInfo& t) const { return data_ + t.begin; }
+  // Drops the mapped pages of `t` from this process's memory (madvise MADV_DONTNEED; the mapping stays valid
+  // and re-reads the file if touched again). Mapped file pages count in RSS: a pass over a large model
+  // releases each tensor after use so that its resident memory stays at about one tensor.
+  void release(const TensorInfo& t) const;
 
  private:
   std::filesystem::path path_;
@@ -66,6 +70,31 @@ struct TensorRef {
   std::vector<int64_t> shape;
   const void* data = nullptr;
   uint64_t nbytes = 0;
+};
+
+// Writes one safetensors file whose header (names, dtypes, shapes) is known before its data, one tensor at a
+// time, so that writing a file larger than memory holds at most one tensor: the constructor writes the
+// header into a temporary sibling, write() appends the next tensor of `layout` (its data pointer is not
+// used there), finish() checks that every tensor came, optionally fsyncs, and renames onto `path`. A
+// writer destroyed before finish() removes its temporary file.
+class StreamWriter {
+ public:
+  StreamWriter(const std::filesystem::path& path, std::vector<TensorRef> layout,
+               const std::map<std::string, std::string>& metadata = {});
+  ~StreamWriter();
+  StreamWriter(const StreamWriter&) = delete;
+  StreamWriter& operator=(const StreamWriter&) = delete;
+
+  const TensorRef* next() const { return next_ < layout_.size() ? &layout_[next_] : nullptr; }
+  void write(const void* data, uint64_t nbytes);  // the bytes of next(); nbytes must be its size
+  void finish(bool sync = false);
+
+ private:
+  void write_all(const void* data, uint64_t nbytes);
+  std::filesystem::path path_, tmp_;
+  std::vector<TensorRef> layout_;
+  size_t next_ = 0;
+  int fd_ = -1;
 };
 
 // Writes one file atomically (temporary sibling + rename), tensors in the order given, 8-byte aligned header.
