@@ -12,8 +12,7 @@
 #   PREP_REPS (3)     prep.sh runs of each side (PREP=0 skips prep)
 #   STEP_THREADS (2) STEP_STEPS (5) STEP_ROUNDS (3)   step.sh: timed steps per run, alternating rounds
 #   ROUNDS (3) STEPS (8) WARMUP (2) MFU_ROUNDS (2) MEM_STEPS (3) and the other train.sh knobs
-#   LORA (1; 0 skips lora.sh) and lora.sh's knobs (LORA_NP, LORA_ZERO, LORA_PRECISION, LORA_WIDE; ROUNDS,
-#   STEPS, WARMUP as above)
+#   LORA (1; 0 skips lora.sh) and lora.sh's knobs (LORA_PRECISIONS, LORA_ROUNDS, LORA_STEPS, LORA_NP, ...)
 #   BENCH_WORK=DIR    keep every run's files under DIR (default: a temp dir, removed at the end)
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -56,7 +55,7 @@ if [ -x "$BUILD/tools/shardtune-hw" ]; then
   echo "| native bf16 | $(hwv 'native bf16') |"
 fi
 echo "| load average at start | $(cut -d' ' -f1-3 /proc/loadavg) |"
-echo "| settings | PREP_REPS=$PREP_REPS; step.sh threads $STEP_THREADS, $STEP_STEPS steps, $STEP_ROUNDS rounds; train.sh ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MFU_ROUNDS=$MFU_ROUNDS MEM_STEPS=$MEM_STEPS; lora.sh $([ "${LORA:-1}" = 0 ] && echo skipped || echo "NP=${LORA_NP:-2} ZERO=${LORA_ZERO:-0} PRECISION=${LORA_PRECISION:-fp32} WIDE=${LORA_WIDE:-1}") |"
+echo "| settings | PREP_REPS=$PREP_REPS; step.sh threads $STEP_THREADS, $STEP_STEPS steps, $STEP_ROUNDS rounds; train.sh ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MFU_ROUNDS=$MFU_ROUNDS MEM_STEPS=$MEM_STEPS; lora.sh $([ "${LORA:-1}" = 0 ] && echo skipped || echo "LORA_PRECISIONS=\"${LORA_PRECISIONS:-auto}\" LORA_ROUNDS=${LORA_ROUNDS:-3} LORA_STEPS=${LORA_STEPS:-6}") |"
 echo "<!-- bench:machine end -->"
 echo "$DATE|$cpu|$commit" > "$WORK/run_id"
 

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# LoRA / QLoRA benchmarks of the shardtune trainer (CPU, MPI), in one run on the same model and ranks: the
-# tools/bench/train.sh model (random-init ~15.7M-parameter Llama: hidden 384, 6 layers, 6 heads / 2 KV
-# heads, intermediate 1024, vocab 8192, untied) and data (tinyshakespeare, byte tokenizer, rows of SEQ=256).
+# LoRA / QLoRA benchmarks of the shardtune trainer (CPU, MPI): full fine-tuning vs LoRA vs QLoRA in one run,
+# the same data (tinyshakespeare, byte tokenizer, rows of 256 tokens) and ranks for every run, on two
+# random-init Llamas:
+#   h1024  the judged model (tools/bench/lora_setup.py): hidden 1024, 4 layers, 16 heads / 4 KV heads,
+#          intermediate 2816, vocab 8192, untied, 61.6M parameters: full, lora, qlora;
+#   h384   the tools/bench/train.sh model (train_setup.py): hidden 384, 6 layers, 15.7M parameters: full,
+#          lora, shown beside it (LoRA's own skinny GEMMs weigh ~1/hidden against the base's work).
 #
 #   tools/bench/lora.sh [BUILD_DIR]
 #
-# Every round runs three trainings back to back, LORA_NP ranks x THREADS thread(s), ZeRO-LORA_ZERO,
-# --precision LORA_PRECISION, the same per-rank micro-batch, STEPS steps (rotating which goes first):
-#   full    --method full (every parameter trainable)
-#   lora    --method lora  --lora-r 16 --lora-targets all-linear (q,k,v,o,gate,up,down: the 7 module types)
-#   qlora   --method qlora, the same adapters, the targeted base weights NF4 (double quant on)
-# and the report (tools/bench/lora_report.py) gives, each a median with its range over rounds:
+# For each precision in LORA_PRECISIONS, LORA_ROUNDS rounds; a round runs every (model, method) once, back
+# to back, the order of the methods rotating from round to round; LORA_NP ranks x THREADS thread(s),
+# ZeRO-LORA_ZERO, one micro-step per step, LORA_STEPS steps. LoRA/QLoRA: --lora-r LORA_R --lora-alpha 2r
+# --lora-targets all-linear (q, k, v, o, gate, up, down); QLoRA with its defaults (double quantization).
+# The report (tools/bench/lora_report.py) gives, each a median with its range over rounds:
 #   - step throughput LoRA / full (target >= 1.35x) and QLoRA / LoRA (target >= 0.7x), per-round ratios;
 #   - optimizer + gradient memory per rank, LoRA / full (target < 2%): the trainer's own figures of rank 0
 #     (metrics fields optimizer_state_bytes = AdamW m + v, grad_buffer_bytes = persistent gradient buffer),
@@ -18,13 +21,11 @@
 #   - QLoRA base bytes per quantized parameter (target <= 0.53): the trainer's measured line (heap growth
 #     while quantizing), rank 0;
 #   - where a step's time goes (forward_s, backward_s, optim_s, ... from the trainer's metrics).
-# LORA_WIDE=1 (default) adds one full vs lora pair (1 rank, micro-batch 1, LORA_WIDE_STEPS steps) on a wider
-# random Llama (hidden 2048, intermediate 5632, 2 layers, 16 heads / 4 KV heads, vocab 8192), reported only:
-# the memory ratio is the trainable-parameter ratio, which at hidden 384 is far above what a real base gives,
-# and LoRA's own skinny GEMMs weigh less against the base's at that width.
 #
-# Environment: NICE (unset) BIND (none) LORA_NP (2) LORA_ZERO (0) LORA_PRECISION (fp32) ROUNDS (3) STEPS (8)
-#   WARMUP (2) MICRO (8) SEQ (256) THREADS (1) LORA_R (16) LORA_WIDE (1) LORA_WIDE_STEPS (4) LORA_WIDE_SEQ (256)
+# Environment: NICE (unset; e.g. -10 as root on a shared machine) BIND (none) LORA_PRECISIONS ("auto":
+#   the trainer's default, bf16 where the CPU has native bf16; e.g. "auto fp32") LORA_NP (2) LORA_ZERO (0)
+#   LORA_ROUNDS (3) LORA_STEPS (6) LORA_WARMUP (2) LORA_MICRO (4, h1024) MICRO (8, h384) SEQ (256)
+#   THREADS (1) LORA_R (16)
 #   LORA_BENCH_WORK=DIR keeps the models, data and every run's metrics/log there (default: a temp dir).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -32,9 +33,9 @@ ROOT="$(cd "$HERE/../.." && pwd)"
 BUILD="$ROOT/build"
 if [ $# -gt 0 ] && [ -d "$1" ]; then BUILD="$(cd "$1" && pwd)"; shift; fi
 SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
-NP=${LORA_NP:-2} ZERO=${LORA_ZERO:-0} PRECISION=${LORA_PRECISION:-fp32} ROUNDS=${ROUNDS:-3} STEPS=${STEPS:-8} WARMUP=${WARMUP:-2}
-MICRO=${MICRO:-8} SEQ=${SEQ:-256} THREADS=${THREADS:-1} LORA_R=${LORA_R:-16}
-WIDE=${LORA_WIDE:-1} WIDE_STEPS=${LORA_WIDE_STEPS:-4} WIDE_SEQ=${LORA_WIDE_SEQ:-256}
+NP=${LORA_NP:-2} ZERO=${LORA_ZERO:-0} PRECISIONS=${LORA_PRECISIONS:-auto} ROUNDS=${LORA_ROUNDS:-3}
+STEPS=${LORA_STEPS:-6} WARMUP=${LORA_WARMUP:-2} MICRO_BIG=${LORA_MICRO:-4} MICRO=${MICRO:-8} SEQ=${SEQ:-256}
+THREADS=${THREADS:-1} LORA_R=${LORA_R:-16}
 PY=/usr/bin/python3
 TRAINER="$BUILD/src/shardtune"
 PREP="$BUILD/data_prep/shardtune-prep"
@@ -56,18 +57,19 @@ NICE_CMD=()
 MPIRUN=("${NICE_CMD[@]}" mpirun --oversubscribe --bind-to "${BIND:-none}" ${OPENBLAS_CORETYPE:+-x OPENBLAS_CORETYPE} -x OMP_NUM_THREADS)
 [ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
 
-# ---- inputs: the train.sh model + prepared data (reused when LORA_BENCH_WORK already holds them) ----
+# ---- inputs: the two models + the train.sh data (reused when LORA_BENCH_WORK already holds them) ----
 $PY "$HERE/train_setup.py" "$ROOT" "$SHARED" "$WORK" > "$WORK/model.json"
 if [ ! -f "$WORK/data/manifest.json" ]; then
   rm -rf "$WORK/data"
   "$PREP" --input "$WORK/corpus.jsonl" --output "$WORK/data" --tokenizer byte --format text \
     --max-seq-len "$SEQ" --overlong split --quiet
 fi
-[ "$WIDE" = 1 ] && $PY "$HERE/lora_setup.py" "$ROOT" "$WORK/wide" > "$WORK/wide.json"
-echo "model: $(cat "$WORK/model.json")"
-[ "$WIDE" = 1 ] && echo "wide model (memory only): $(cat "$WORK/wide.json")"
+$PY "$HERE/lora_setup.py" "$ROOT" "$WORK/h1024" > "$WORK/h1024.json"
+cp "$WORK/model.json" "$WORK/h384.json"  # train_setup.py writes the h384 model to $WORK/model
+echo "model h1024 (judged): $(cat "$WORK/h1024.json")"
+echo "model h384 (tools/bench/train.sh's): $(cat "$WORK/h384.json")"
 echo "host: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
-echo "settings: NP=$NP ZERO=$ZERO PRECISION=$PRECISION BIND=${BIND:-none} ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS LORA_R=$LORA_R WIDE=$WIDE WIDE_STEPS=$WIDE_STEPS WIDE_SEQ=$WIDE_SEQ"
+echo "settings: LORA_PRECISIONS=\"$PRECISIONS\" LORA_NP=$NP LORA_ZERO=$ZERO BIND=${BIND:-none} NICE=${NICE:-} LORA_ROUNDS=$ROUNDS LORA_STEPS=$STEPS LORA_WARMUP=$WARMUP LORA_MICRO=$MICRO_BIG MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS LORA_R=$LORA_R"
 
 LORA=(--lora-r "$LORA_R" --lora-alpha $((2 * LORA_R)) --lora-targets all-linear)
 method_opts() {
@@ -78,15 +80,15 @@ method_opts() {
   esac
 }
 
-# run NAME MODEL NP MICRO SEQ STEPS [trainer options...]
+# run NAME MODEL PRECISION MICRO [trainer options...]
 run() {
-  local name=$1 model=$2 np=$3 micro=$4 seq=$5 steps=$6
-  shift 6
+  local name=$1 model=$2 prec=$3 micro=$4 np=$NP seq=$SEQ steps=$STEPS
+  shift 4
   local d="$WORK/runs/$name"
   rm -rf "$d"; mkdir -p "$d"
   local cmd=("${MPIRUN[@]}" -np "$np" "$HERE/train_rss.sh" "$d/rss" "$TRAINER" --model "$model" --data "$WORK/data"
              --out "$d/out" --steps "$steps" --global-batch $((np * micro)) --micro-batch "$micro" --seq-len "$seq"
-             --zero "$ZERO" --threads "$THREADS" --precision "$PRECISION" --metrics "$d/metrics.jsonl"
+             --zero "$ZERO" --threads "$THREADS" --precision "$prec" --metrics "$d/metrics.jsonl"
              --eval-batches 0 --log-every 1000 "$@")
   printf '%q ' "${cmd[@]}" > "$d/cmd"; echo >> "$d/cmd"
   cut -d' ' -f1 /proc/loadavg > "$d/load_before"
@@ -98,32 +100,31 @@ run() {
   t1=$(date +%s.%N)
   echo "$t0 $t1" | awk '{ printf "%.1f\n", $2 - $1 }' > "$d/wall_s"
   rm -rf "$d/out"  # the saved model / adapter is not needed
-  printf '  %-10s np=%d zero=%d %s micro=%d seq=%d steps=%d  %ss wall\n' "$name" "$np" "$ZERO" "$PRECISION" "$micro" \
+  printf '  %-20s np=%d zero=%d %s micro=%d seq=%d steps=%d  %ss wall\n' "$name" "$np" "$ZERO" "$prec" "$micro" \
     "$seq" "$steps" "$(cat "$d/wall_s")"
 }
 
 T0=$SECONDS
-echo; echo "== runs: full vs LoRA vs QLoRA (r=$LORA_R, all-linear), $NP rank(s) x $THREADS thread(s), ZeRO-$ZERO, $PRECISION, micro-batch $MICRO x $SEQ tokens per rank, $STEPS steps, $ROUNDS rounds"
 rm -rf "$WORK"/runs
-# Rounds rotate the order of the three runs, so that a slow stretch of a shared machine lands on each.
-METHODS=(full lora qlora)
-for ((k = 1; k <= ROUNDS; k++)); do
-  sfx=""; [ "$k" -gt 1 ] && sfx=".$k"
-  for ((i = 0; i < 3; i++)); do
-    m=${METHODS[$(((i + k - 1) % 3))]}
-    # shellcheck disable=SC2046
-    run "$m$sfx" "$WORK/model" "$NP" "$MICRO" "$SEQ" "$STEPS" $(method_opts "$m")
+for prec in $PRECISIONS; do
+  echo; echo "== runs: --precision $prec, full vs LoRA vs QLoRA (r=$LORA_R, all-linear), $NP rank(s) x $THREADS thread(s), ZeRO-$ZERO, $STEPS steps, $ROUNDS rounds; h1024 micro-batch $MICRO_BIG, h384 micro-batch $MICRO (x $SEQ tokens per rank)"
+  # Rounds rotate the order of the methods, so that a slow stretch of a shared machine lands on each.
+  for ((k = 1; k <= ROUNDS; k++)); do
+    sfx=""; [ "$k" -gt 1 ] && sfx=".$k"
+    for spec in "h1024 $MICRO_BIG full lora qlora" "h384 $MICRO full lora"; do
+      set -- $spec
+      model=$1 micro=$2; shift 2
+      methods=("$@") n=$#
+      for ((i = 0; i < n; i++)); do
+        m=${methods[$(((i + k - 1) % n))]}
+        # shellcheck disable=SC2046
+        run "$prec-$model-$m$sfx" "$WORK/$([ "$model" = h384 ] && echo model || echo "$model")" "$prec" "$micro" $(method_opts "$m")
+      done
+    done
   done
 done
-if [ "$WIDE" = 1 ]; then
-  echo; echo "== runs: wide model (supplement), 1 rank, micro-batch 1 x $WIDE_SEQ tokens, $WIDE_STEPS steps"
-  for m in full lora; do
-    # shellcheck disable=SC2046
-    run "wide-$m" "$WORK/wide" 1 1 "$WIDE_SEQ" "$WIDE_STEPS" $(method_opts "$m")
-  done
-fi
 echo; echo "runs took $((SECONDS - T0)) s"
 echo
-$PY "$HERE/lora_report.py" "$WORK" --warmup "$WARMUP" --np "$NP" --zero "$ZERO" --precision "$PRECISION" \
+$PY "$HERE/lora_report.py" "$WORK" --precisions "$PRECISIONS" --warmup "$WARMUP" --np "$NP" --zero "$ZERO" \
   --threads "$THREADS" --r "$LORA_R"
 echo; echo "load at end: $(cut -d' ' -f1-3 /proc/loadavg); work dir: $WORK"
