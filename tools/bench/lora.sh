@@ -3,7 +3,7 @@
 # the same data (tinyshakespeare, byte tokenizer, rows of 256 tokens) and ranks for every run, on two
 # random-init Llamas:
 #   h1024  the judged model (tools/bench/lora_setup.py): hidden 1024, 4 layers, 16 heads / 4 KV heads,
-#          intermediate 2816, vocab 8192, untied, 61.6M parameters: full, lora, qlora;
+#          intermediate 2816, vocab 8192, untied, 61.9M parameters: full, lora, qlora;
 #   h384   the tools/bench/train.sh model (train_setup.py): hidden 384, 6 layers, 15.7M parameters: full,
 #          lora, shown beside it (LoRA's own skinny GEMMs weigh ~1/hidden against the base's work).
 #

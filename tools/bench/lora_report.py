@@ -251,6 +251,7 @@ for p in PRECS:
         summary("QLoRA base memory per quantized parameter (measured, hidden 1024 model)", "`tools/bench/lora.sh`",
                 f"≤ {BPP_TARGET} B", f"{b:.4f} B (per-round {min(r['bpp'] for r in q):.4f}–{max(r['bpp'] for r in q):.4f})",
                 b <= BPP_TARGET)
+        print()
 end("lora")
 
 begin("lora-phases")

@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """The model of tools/bench/lora.sh's judged runs: a random-init Llama in Hugging Face layout, hidden 1024,
 intermediate 2816, 4 layers, 16 heads / 4 KV heads, vocab 8192 (the byte tokenizer's ids fit), untied:
-61.6M parameters. LoRA's own work (skinny GEMMs of width r) shrinks against the base's as 1/hidden, so the
+61.9M parameters. LoRA's own work (skinny GEMMs of width r) shrinks against the base's as 1/hidden, so the
 LoRA-vs-full targets are judged at this width; the train.sh model (hidden 384) is run beside it.
 
 usage: lora_setup.py REPO_ROOT OUT_DIR        writes OUT_DIR (once); prints the parameter counts as JSON.
