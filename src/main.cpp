@@ -270,7 +270,11 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   train::TrainConfig method_cfg = cfg;
   if (resumed && lora) method_cfg.adapter = resume.path.string();
   const train::MethodSummary method = train::apply_method(*model, method_cfg, launch.precision.precision);
-  if (resumed) model->set_dropout_rng_state(resumed->dropout_rng);
+  // LoRA dropout masks: each rank its own generator; a resumed run on the same ranks continues each one,
+  // on another number of ranks they are seeded afresh (the masks then differ from an uninterrupted run's).
+  model->seed_dropout(cfg.seed + uint64_t(resumed ? resumed->step : 0), rank);
+  if (resumed && resumed->world == world && size_t(rank) < resumed->dropout_rngs.size())
+    model->set_dropout_rng_state(resumed->dropout_rngs[size_t(rank)]);
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
@@ -375,7 +379,11 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     st.optimizer_steps = c.optimizer_steps;
     st.skipped_total = c.skipped_total;
     st.skipped_in_a_row = c.skipped_in_a_row;
-    st.dropout_rng = model->dropout_rng_state();
+    {
+      const auto mine = model->dropout_rng_state();
+      for (const auto& s : rt.allgather(std::string(mine.begin(), mine.end())))
+        st.dropout_rngs.emplace_back(s.begin(), s.end());
+    }
     st.config = identity;
     st.source_dtypes = source_dtypes;
     for (const auto& [name, t] : model->trainable_parameters()) {

@@ -29,7 +29,7 @@ namespace boost::serialization {
 template <class Ar>
 void serialize(Ar& ar, shardtune::checkpoint::TrainerState& s, unsigned /*version*/) {
   ar & s.version & s.step & s.consumed_samples & s.total_steps & s.world & s.seed & s.optimizer_steps &
-      s.skipped_total & s.skipped_in_a_row & s.dropout_rng & s.config & s.source_dtypes & s.params & s.numels;
+      s.skipped_total & s.skipped_in_a_row & s.dropout_rngs & s.config & s.source_dtypes & s.params & s.numels;
 }
 }  // namespace boost::serialization
 
@@ -104,9 +104,11 @@ stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const Train
   const int rank = rt.rank();
   const std::string name = step_dir_name(state.step);
   const stdfs::path tmp = dir / (".tmp-" + name), final_dir = dir / name;
-  // Test hook: SHARDTUNE_TEST_FAIL="RANK:ckpt" fails that rank's part of every save (fault tests).
+  // Test hook: SHARDTUNE_TEST_FAIL="RANK:ckpt" fails that rank's part of every save, "RANK:ckptSTEP" of
+  // the save at that step (fault tests).
   const char* fail = std::getenv("SHARDTUNE_TEST_FAIL");
-  const bool inject = fail && std::string(fail) == std::to_string(rank) + ":ckpt";
+  const std::string hook = std::to_string(rank) + ":ckpt";
+  const bool inject = fail && (fail == hook || fail == hook + std::to_string(state.step));
 
   std::string err, exists;
   if (rank == 0) {
