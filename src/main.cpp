@@ -24,6 +24,7 @@
 #include "shardtune/data/verify.h"
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/mpi_runtime.h"
+#include "shardtune/dist/watchdog.h"
 #include "shardtune/model/adapter.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/model.h"
@@ -411,6 +412,9 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   // saves the final model (failure-path tests).
   const char* fail_at = std::getenv("SHARDTUNE_TEST_FAIL");
   auto injected = [&](const std::string& when) { return fail_at && std::to_string(rank) + ":" + when == fail_at; };
+  // From here on every collective is bounded: a dead or hung peer ends the job (slow start-up work such as
+  // data verification or the first load is not counted).
+  if (world > 1) dist::start_watchdog(cfg.collective_timeout, rank);
   for (int64_t step = first_step; step < steps; ++step) {
     signals::set_progress(step + 1, steps);
     if (injected(std::to_string(step)))

@@ -198,5 +198,32 @@ def t_ckpt_fallback(tmp):
     assert all(got[k] == want[k] for k in range(4, 10)), (got, want)
 
 
+def t_collective_timeout(tmp):
+    """A rank that hangs (SIGSTOP) mid-training: the other ends the job within the --collective-timeout,
+    naming itself and the operation, with exit 124 instead of waiting until the allocation ends."""
+    r = Run(tmp)
+    out = f"{tmp}/hang"
+    proc = subprocess.Popen(r.cmd(2, out, 400, ["--collective-timeout", "3"]), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    wait_for_step(f"{out}.jsonl", 2, proc)
+    ranks = subprocess.run(["pgrep", "-f", "--", f"^{TRAIN} --model .* --out {out} "], capture_output=True,
+                           text=True).stdout.split()
+    assert len(ranks) == 2, ranks
+    victim = int(ranks[-1])
+    os.kill(victim, signal.SIGSTOP)
+    t0 = time.time()
+    try:
+        stdout, stderr = proc.communicate(timeout=90)
+    finally:
+        try:
+            os.kill(victim, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    waited = time.time() - t0
+    assert proc.returncode == 124, (proc.returncode, stderr[-1500:])
+    assert "has not completed after" in stderr and "--collective-timeout" in stderr and "[rank " in stderr, stderr[-1500:]
+    assert waited < 60, f"the job took {waited:.0f} s to end"
+
+
 if __name__ == "__main__":
     sys.exit(run_case(globals(), "st-ckpt"))
