@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -162,6 +163,27 @@ void write_model_files(const model::CausalLM& m, const stdfs::path& dir, const s
     so.dtype = dtype;
     model::save_hf(m, dir, so);
   }
+}
+
+// --async-save: the model (or adapter) files as they are now, written later by a background thread.
+std::function<void(const stdfs::path&)> snapshot_writer(const model::CausalLM& m) {
+  at::NoGradGuard no_grad;
+  if (m.has_lora()) {
+    model::AdapterWeights w;
+    for (const auto& [k, p] : m.lora_weights()) w[k] = {p.A.detach().clone(), p.B.detach().clone()};
+    return [cfg = m.lora_config(), w](const stdfs::path& d) {
+      model::write_adapter_config(d, cfg);
+      model::write_adapter_weights(d, w);
+    };
+  }
+  std::vector<std::pair<std::string, at::Tensor>> ts;
+  for (const auto& [k, t] : m.hf_parameters()) ts.emplace_back(k, t.detach().to(at::kFloat).clone());
+  model::ModelConfig mc = m.config();
+  mc.torch_dtype = "float32";
+  return [ts, mc](const stdfs::path& d) {
+    fs::write_file_atomic(d / "config.json", mc.to_json().dump(2) + "\n");
+    model::write_safetensors(d / "model.safetensors", ts);
+  };
 }
 
 // Writes the whole model folder under <out>.partial, syncs every file and the folder, then publishes it:
@@ -368,6 +390,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
 
   // ---- checkpoints ----
   const auto source_dtypes = model->source_dtypes;
+  checkpoint::AsyncSaver async_saver(rt, ckpt_dir, cfg.keep_last);
   auto save_checkpoint = [&](int64_t done) {
     const auto t0 = std::chrono::steady_clock::now();
     checkpoint::TrainerState st;
@@ -391,6 +414,17 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
       st.params.push_back(name);
       st.numels.push_back(t.numel());
     }
+    if (cfg.async_save) {
+      // The snapshot is taken now, on this thread; the files are written in the background.
+      std::vector<checkpoint::StatePiece> pieces;
+      for (const auto& p : trainer.optimizer_share()) pieces.push_back({p.param, p.start, p.exp_avg.clone(), p.exp_avg_sq.clone()});
+      async_saver.start(std::move(st), std::move(pieces), snapshot_writer(*model));
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      log::info("checkpoint of step " + std::to_string(done) + " is being written in the background (snapshot " +
+                std::to_string(static_cast<int>(1000 * secs)) + " ms)");
+      metrics.write({{"type", "checkpoint_started"}, {"step", done}, {"snapshot_s", secs}});
+      return secs;
+    }
     const auto path = checkpoint::save(rt, ckpt_dir, st, trainer.optimizer_share(),
                                        [&](const stdfs::path& d) { write_model_files(*model, d, "F32"); }, cfg.keep_last);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
@@ -398,6 +432,11 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
               std::to_string(static_cast<int>(1000 * secs)) + " ms)");
     metrics.write({{"type", "checkpoint"}, {"step", done}, {"path", path.string()}, {"save_s", secs}});
     return secs;
+  };
+  auto committed = [&](const stdfs::path& path) {
+    if (path.empty()) return;
+    log::info("checkpoint saved: " + path.string() + " (written in the background)");
+    metrics.write({{"type", "checkpoint"}, {"path", path.string()}, {"async", true}});
   };
   auto last_save = std::chrono::steady_clock::now();
   double last_save_s = 0, step_s_ema = 0;
@@ -473,17 +512,20 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     }
     due = rt.allreduce_max(due);
     const bool stop = rt.allreduce_max(signals::received() ? 1 : 0) > 0;
+    if (async_saver.busy()) committed(async_saver.poll());
     if (stop || due > 0 || (cfg.save_every > 0 && done % cfg.save_every == 0)) {
       last_save_s = save_checkpoint(done);
       last_save = std::chrono::steady_clock::now();
     }
     if (stop) {
+      committed(async_saver.finish());
       log::info("stopped after step " + std::to_string(done) + " of " + std::to_string(steps) +
                 " on a signal, checkpoint written; exit code 75: rerun (or requeue) with --resume auto to go on");
       std::fflush(nullptr);
       return 75;
     }
   }
+  committed(async_saver.finish());
   evaluate(steps);
   if (trainer.skipped_steps() > 0)
     log::info("skipped " + std::to_string(trainer.skipped_steps()) + " of " + std::to_string(steps) +

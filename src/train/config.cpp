@@ -81,6 +81,9 @@ void TrainConfig::bind(CLI::App& app) {
   app.add_option("--resume", resume,
                  "auto (the newest checkpoint in --ckpt-dir that verifies, else a fresh start) | none | a checkpoint folder")
       ->capture_default_str();
+  app.add_flag("--async-save,!--no-async-save", async_save,
+               "write checkpoints in the background from a snapshot taken at a step boundary (costs one copy of "
+               "the trainable weights and this rank's optimizer share in memory)");
   app.add_option("--collective-timeout", collective_timeout,
                  "seconds one collective may block during training before the rank ends the job, naming the operation "
                  "(a peer died or hangs; 0 = off)")
@@ -196,6 +199,7 @@ std::string TrainConfig::table() const {
   row("keep-last", keep_last);
   row("ckpt-dir", ckpt_dir.empty() ? "(<out>/checkpoints)" : ckpt_dir);
   row("resume", resume);
+  row("async-save", async_save ? "true" : "false");
   row("collective-timeout", collective_timeout);
   if (method != "full") {
     std::string targets;

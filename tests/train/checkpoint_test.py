@@ -71,6 +71,33 @@ def t_ckpt_exact(tmp):
             os.listdir(f"{out}/checkpoints")
 
 
+def t_ckpt_async(tmp):
+    """--async-save: the same checkpoints and bit-identical resume; a crash while a background save is still
+    being written leaves the previous checkpoint as latest, and the resumed run still ends bit-identical."""
+    r = Run(tmp)
+    ref = f"{tmp}/ref"
+    r.train(2, ref, 10, ["--zero", "1"])
+    out = f"{tmp}/async"
+    opts = ["--zero", "1", "--save-every", "3", "--async-save"]
+    p = r.train(2, out, 10, opts, ok=False, env={"SHARDTUNE_TEST_FAIL": "0:8"})
+    assert "being written in the background" in p.stdout, p.stdout[-1500:]
+    assert open(f"{out}/checkpoints/latest").read().strip() == "step-00000006", os.listdir(f"{out}/checkpoints")
+    r.train(2, out, 10, opts)
+    got, want = losses(out), losses(ref)
+    assert all(got[k] == want[k] for k in range(7, 11)), (got, want)
+    same_files(out, ref, ["model.safetensors"])
+    # The crash comes at the step right after a save was started: that save was never committed.
+    out = f"{tmp}/crash"
+    r.train(2, out, 10, opts, ok=False, env={"SHARDTUNE_TEST_FAIL": "1:6"})
+    ck = sorted(os.listdir(f"{out}/checkpoints"))
+    assert open(f"{out}/checkpoints/latest").read().strip() == "step-00000003" and "step-00000006" not in ck, ck
+    p = r.train(2, out, 10, opts)
+    assert "step-00000003" in p.stdout and "interrupted" in p.stderr + p.stdout, (p.stdout[-1500:], p.stderr[-800:])
+    got = losses(out)
+    assert all(got[k] == want[k] for k in range(4, 11)), (got, want)
+    same_files(out, ref, ["model.safetensors"])
+
+
 def t_ckpt_elastic(tmp):
     """A checkpoint written by 2 ranks (ZeRO-1) resumes on 4, 3 and 1 rank(s) (ZeRO-2, 1, 0) with no
     conversion: every later loss within 1e-5 of the uninterrupted run; LoRA too."""
