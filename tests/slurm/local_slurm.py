@@ -162,6 +162,15 @@ PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP
             time.sleep(0.3)
         raise Skip(f"Slurm cannot start here: {what} within {seconds} s:\n{self.logs()}")
 
+    def wait_for(self, pred, seconds, what):
+        """Polls pred() until true; fails (not skips) after seconds: for a test's own conditions."""
+        deadline = time.time() + seconds
+        while time.time() < deadline:
+            if pred():
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"timed out after {seconds} s waiting for: {what}")
+
     def stop(self):
         """Cancels every job (so no slurmstepd or job step is left behind), then ends the daemons we started,
         newest first: SIGTERM, and SIGKILL after 15 s."""
