@@ -10,7 +10,9 @@
 #include <filesystem>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <optional>
 
+#include "shardtune/checkpoint/checkpoint.h"
 #include "shardtune/core/cli_config.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
@@ -67,10 +69,12 @@ double measure_peak_gflops(model::Precision p) {
 
 struct Metrics {
   std::unique_ptr<std::ofstream> out;
-  explicit Metrics(const std::string& path, int rank) {
+  // `append`: a resumed run continues its metrics file (the steps it redoes after the checkpoint are
+  // written again, marked by a "resume" line).
+  Metrics(const std::string& path, int rank, bool append) {
     if (path.empty() || rank != 0) return;
     refuse_foreign_file(path);
-    out = std::make_unique<std::ofstream>(path, std::ios::trunc);
+    out = std::make_unique<std::ofstream>(path, append ? std::ios::app : std::ios::trunc);
     ST_CHECK(out->good(), "cannot write --metrics file '" + path + "'",
              "give a file path in a folder that exists and is writable");
   }
@@ -106,8 +110,9 @@ stdfs::path staging_dir(const std::string& out) {
   return p.parent_path() / (p.filename().string() + ".partial");
 }
 
-// Rank 0 makes sure --out is new or empty, and no earlier save was left half-written, before any work.
-void prepare_out(const dist::MpiRuntime& rt, const std::string& out, const std::string& data) {
+// Rank 0 makes sure --out is new, empty, or holds nothing but this run's checkpoint folder, and that no
+// earlier save was left half-written, before any work.
+void prepare_out(const dist::MpiRuntime& rt, const std::string& out, const std::string& data, const stdfs::path& ckpt_dir) {
   std::string err, hint = "choose a new --out folder; shardtune never overwrites";
   if (rt.rank() == 0) {
     try {
@@ -124,7 +129,10 @@ void prepare_out(const dist::MpiRuntime& rt, const std::string& out, const std::
               "finish (the run was killed or the disk failed while saving), so it holds an incomplete model";
         hint = "remove it (rm -r '" + staging.string() + "') and rerun, or choose another --out";
       } else {
-        fs::require_absent_or_empty(out, "--out folder");
+        const stdfs::path ck = stdfs::weakly_canonical(stdfs::absolute(ckpt_dir));
+        if (stdfs::is_directory(o, ec))
+          for (const auto& e : stdfs::directory_iterator(o))
+            if (stdfs::weakly_canonical(e.path()) != ck) fs::require_absent_or_empty(out, "--out folder");
         stdfs::create_directories(out);
         // Two jobs given the same --out would both pass the check above and the later one would lose its
         // work at the final save: the first to start holds --out until it ends.
@@ -142,10 +150,24 @@ void prepare_out(const dist::MpiRuntime& rt, const std::string& out, const std::
   ST_CHECK(err.empty(), err, hint);
 }
 
-// Writes the whole model folder under <out>.partial, syncs every file and the folder, then renames it
-// onto --out (empty since prepare_out; rename(2) replaces an empty folder) in one step: --out never
-// holds a partial model. A failed save removes its staging folder; one left by a killed run is named
-// by prepare_out next time.
+// The model (or adapter) files of a run: what the final save and every checkpoint write.
+void write_model_files(const model::CausalLM& m, const stdfs::path& dir, const std::string& dtype) {
+  if (m.has_lora()) {
+    // LoRA/QLoRA: the adapter alone, in PEFT layout (the base is --model, unchanged).
+    model::write_adapter_config(dir, m.lora_config());
+    model::write_adapter_weights(dir, m.lora_weights());
+  } else {
+    model::SaveOptions so;
+    so.dtype = dtype;
+    model::save_hf(m, dir, so);
+  }
+}
+
+// Writes the whole model folder under <out>.partial, syncs every file and the folder, then publishes it:
+// renamed onto --out in one step when --out is empty; when --out holds the checkpoint folder, each file
+// is renamed into --out with config.json (adapter_config.json) last, so --out never looks like a complete
+// model before it is one. A failed save removes its staging folder; one left by a killed run is named by
+// prepare_out next time.
 void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const data::DatasetInfo& info, bool inject_failure) {
   const stdfs::path out = out_dir(cfg.out), staging = staging_dir(cfg.out);
   std::error_code made_ec;
@@ -155,27 +177,40 @@ void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const d
   ST_CHECK(made, "cannot save: the staging folder '" + staging.string() + "' already exists",
            "another run is saving to the same --out? remove the folder once no run uses it");
   try {
-    if (m.has_lora()) {
-      // LoRA/QLoRA: the adapter alone, in PEFT layout (the base is --model, unchanged).
-      model::write_adapter_config(staging, m.lora_config());
-      model::write_adapter_weights(staging, m.lora_weights());
-    } else {
-      model::SaveOptions so;
-      so.dtype = cfg.save_dtype;
-      model::save_hf(m, staging, so);
-    }
+    write_model_files(m, staging, cfg.save_dtype);
     if (inject_failure) ST_FAIL("injected failure while saving the final model (SHARDTUNE_TEST_FAIL)");
     nlohmann::json meta = {{"tokenizer", {{"name", info.tokenizer_name}, {"source", info.tokenizer_source},
                                           {"hash", info.tokenizer_hash}, {"bos_id", info.bos_id}, {"eos_id", info.eos_id}}}};
     fs::write_file_atomic(staging / "shardtune_tokenizer.json", meta.dump(2) + "\n");
     fs::fsync_dir_contents(staging);
-    fs::publish_dir(staging, out, "--out folder", "--out must stay an empty folder (or absent) while the run trains");
+    bool empty = true;
+    for ([[maybe_unused]] const auto& e : stdfs::directory_iterator(out)) empty = false;
+    if (empty) {
+      fs::publish_dir(staging, out, "--out folder", "--out must stay an empty folder (or absent) while the run trains");
+    } else {
+      const std::string last = m.has_lora() ? "adapter_config.json" : "config.json";
+      for (const auto& e : stdfs::directory_iterator(staging))
+        if (e.path().filename() != last) stdfs::rename(e.path(), out / e.path().filename());
+      fs::fsync_path(out);
+      stdfs::rename(staging / last, out / last);
+      stdfs::remove(staging);
+    }
+    fs::fsync_path(out);
     fs::fsync_path(out.parent_path());
   } catch (...) {
     std::error_code ec;
     stdfs::remove_all(staging, ec);
     throw;
   }
+}
+
+// What must not change when a run resumes, beyond the options: the data and model contents.
+std::map<std::string, std::string> run_identity(const train::TrainConfig& cfg) {
+  auto m = checkpoint::parse_table(cfg.table());
+  m["data-manifest-sha256"] = fs::sha256_file(stdfs::path(cfg.data) / "manifest.json");
+  const stdfs::path model = cfg.model;
+  m["model-sha256"] = stdfs::is_directory(model) ? fs::sha256_file(model / "config.json") : fs::sha256_file(model);
+  return m;
 }
 
 int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
@@ -187,7 +222,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   cfg.validate();
   check_same_config(rt, cfg.table());
   const int world = rt.world(), rank = rt.rank();
-  signals::install_stop_handlers("shardtune", rank, world, "nothing saved: checkpoints are not implemented yet");
+  signals::install_stop_handlers("shardtune", rank, world,
+                                 "saving a checkpoint after this step, then exiting with 75 (rerun with --resume auto)");
   const train::Launch launch = train::resolve_launch(rt, cfg);  // threads, BLAS core, precision of every rank
   model::setup_runtime(launch.threads);
   log::info("shardtune " + std::to_string(world) + " rank(s), configuration:\n" + cfg.table());
@@ -198,8 +234,43 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   dist::Communicator comm(rt);
 
   // ---- model and data ----
-  auto model = model::load_model(cfg.model);
-  const train::MethodSummary method = train::apply_method(*model, cfg, launch.precision.precision);
+  // ---- resume: the newest checkpoint that verifies (--resume auto), a given one, or none ----
+  const stdfs::path ckpt_dir = cfg.ckpt_dir.empty() ? out_dir(cfg.out) / "checkpoints" : stdfs::path(cfg.ckpt_dir);
+  const checkpoint::Resume resume = checkpoint::find_resume(rt, ckpt_dir, cfg.resume);
+  for (const auto& w : resume.warnings) log::warn(w);
+  std::optional<checkpoint::TrainerState> resumed;
+  const auto identity = run_identity(cfg);
+  if (!resume.path.empty()) {
+    resumed = checkpoint::read_state(resume.path);
+    std::vector<std::string> allowed;
+    const auto bad = checkpoint::incompatible_changes(resumed->config, identity, &allowed);
+    std::string list;
+    for (const auto& b : bad) list += "\n  " + b;
+    ST_CHECK(bad.empty(), "cannot resume from '" + resume.path.string() + "': the run would not be the one it continues:" + list,
+             "rerun with the options of the checkpointed run, or start a new run (another --out, or --resume none with "
+             "another --ckpt-dir)");
+    std::string changes;
+    for (const auto& a : allowed) changes += "\n  " + a;
+    log::info("resuming from " + resume.path.string() + " (step " + std::to_string(resumed->step) + " of " +
+              std::to_string(resumed->total_steps) + ", written by " + std::to_string(resumed->world) + " rank(s))" +
+              (changes.empty() ? std::string() : "; changed since:" + changes));
+  } else if (rank == 0 && cfg.resume == "auto") {
+    std::error_code ec;
+    bool any = false;
+    if (stdfs::is_directory(ckpt_dir, ec))
+      for (const auto& e : stdfs::directory_iterator(ckpt_dir)) any = any || e.path().filename().string().rfind("step-", 0) == 0;
+    ST_CHECK(!any, "no checkpoint in '" + ckpt_dir.string() + "' verifies (see the warnings above), so the run cannot go on",
+             "resume one explicitly with --resume PATH, or start over with another --out (or --ckpt-dir)");
+  }
+  rt.barrier();
+  // Full fine-tuning resumes from the checkpoint's weights; LoRA from the base plus the checkpoint's adapter.
+  const bool lora = cfg.method != "full";
+  auto model = model::load_model(resumed && !lora ? resume.path.string() : cfg.model);
+  if (resumed && !lora) model->source_dtypes = resumed->source_dtypes;
+  train::TrainConfig method_cfg = cfg;
+  if (resumed && lora) method_cfg.adapter = resume.path.string();
+  const train::MethodSummary method = train::apply_method(*model, method_cfg, launch.precision.precision);
+  if (resumed) model->set_dropout_rng_state(resumed->dropout_rng);
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
@@ -234,12 +305,16 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
            "prepare more data or lower --global-batch");
   const int64_t steps = cfg.steps > 0 ? cfg.steps
                                       : static_cast<int64_t>(std::ceil(cfg.epochs * train_set->size() / cfg.global_batch));
-  prepare_out(rt, cfg.out, cfg.data);
+  prepare_out(rt, cfg.out, cfg.data, ckpt_dir);
 
   train::LoaderPlan plan{cfg.global_batch, cfg.micro_batch, cfg.seq_len, world, rank, cfg.pack,
                          std::max<int64_t>(0, train_set->info().pad_id >= 0 ? train_set->info().pad_id : train_set->info().eos_id),
                          cfg.seed};
   train::Trainer trainer(cfg, model, comm);
+  if (resumed) {
+    checkpoint::load_optimizer(resume.path, trainer.optimizer_targets());
+    trainer.set_counters({resumed->optimizer_steps, resumed->skipped_total, resumed->skipped_in_a_row});
+  }
   if (!method.detail.empty()) log::info(method.detail);
   log::info(method.line);
   const auto precision = launch.precision.precision;
@@ -263,7 +338,10 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
             std::to_string(plan.accum()) + " micro-step(s) per step; optimizer state " +
             log::human_bytes(static_cast<double>(trainer.optimizer_state_bytes())) + " per rank");
 
-  Metrics metrics(cfg.metrics, rank);
+  Metrics metrics(cfg.metrics, rank, resumed.has_value());
+  if (resumed)
+    metrics.write({{"type", "resume"}, {"step", resumed->step}, {"checkpoint", resume.path.string()},
+                   {"world", world}, {"world_at_save", resumed->world}});
   auto evaluate = [&](int64_t step) {
     if (val_set->size() == 0 || cfg.eval_batches == 0) return;
     auto [sum, count] = trainer.evaluate(train::read_eval(*val_set, plan, cfg.eval_batches));
@@ -275,9 +353,49 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   };
 
   // ---- training loop ----
-  evaluate(0);
-  int64_t consumed_samples = 0;  // the data position: samples of the global stream trained on so far
-  train::StepLoader loader(*train_set, plan, consumed_samples, steps);
+  const int64_t first_step = resumed ? resumed->step : 0;
+  ST_CHECK(first_step <= steps, "the checkpoint is at step " + std::to_string(first_step) + ", beyond --steps " +
+                                    std::to_string(steps), "give more --steps (or --epochs) to continue training");
+  if (!resumed) evaluate(0);
+  // The data position: samples of the global stream trained on so far.
+  int64_t consumed_samples = resumed ? resumed->consumed_samples : 0;
+  train::StepLoader loader(*train_set, plan, consumed_samples, steps - first_step);
+
+  // ---- checkpoints ----
+  const auto source_dtypes = model->source_dtypes;
+  auto save_checkpoint = [&](int64_t done) {
+    const auto t0 = std::chrono::steady_clock::now();
+    checkpoint::TrainerState st;
+    st.step = done;
+    st.consumed_samples = consumed_samples;
+    st.total_steps = steps;
+    st.world = world;
+    st.seed = cfg.seed;
+    const auto c = trainer.counters();
+    st.optimizer_steps = c.optimizer_steps;
+    st.skipped_total = c.skipped_total;
+    st.skipped_in_a_row = c.skipped_in_a_row;
+    st.dropout_rng = model->dropout_rng_state();
+    st.config = identity;
+    st.source_dtypes = source_dtypes;
+    for (const auto& [name, t] : model->trainable_parameters()) {
+      st.params.push_back(name);
+      st.numels.push_back(t.numel());
+    }
+    const auto path = checkpoint::save(rt, ckpt_dir, st, trainer.optimizer_share(),
+                                       [&](const stdfs::path& d) { write_model_files(*model, d, "F32"); }, cfg.keep_last);
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    log::info("checkpoint saved: " + path.string() + " (step " + std::to_string(done) + ", " +
+              std::to_string(static_cast<int>(1000 * secs)) + " ms)");
+    metrics.write({{"type", "checkpoint"}, {"step", done}, {"path", path.string()}, {"save_s", secs}});
+    return secs;
+  };
+  auto last_save = std::chrono::steady_clock::now();
+  double last_save_s = 0, step_s_ema = 0;
+  bool saved_for_end = false;
+  // Slurm's end of the allocation (epoch seconds), when the job has one.
+  const char* end_env = std::getenv("SLURM_JOB_END_TIME");
+  const double job_end = end_env ? std::atof(end_env) : 0;
   auto flops_per_token = [&](int64_t row_len) { return train::flops_per_token(*model, trainer.num_params(), row_len); };
   log::info("MFU reference: measured " + std::string(precision_name) + " matmul peak " +
             std::to_string(static_cast<int>(peak)) + " GFLOP/s per rank (" + std::to_string(launch.threads) + " thread(s))");
@@ -285,17 +403,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   // saves the final model (failure-path tests).
   const char* fail_at = std::getenv("SHARDTUNE_TEST_FAIL");
   auto injected = [&](const std::string& when) { return fail_at && std::to_string(rank) + ":" + when == fail_at; };
-  // A stop signal: the handler already said so on stderr; end every rank now with 128 + signal.
-  auto stop_if_signalled = [&] {
-    if (const int sig = signals::received()) {
-      std::fflush(nullptr);
-      if (world > 1) rt.abort(128 + sig);  // MPI_Abort: every rank ends, whichever saw the signal first
-      std::_Exit(128 + sig);                // no destructors: the prefetch thread may be mid-read
-    }
-  };
-  for (int64_t step = 0; step < steps; ++step) {
+  for (int64_t step = first_step; step < steps; ++step) {
     signals::set_progress(step + 1, steps);
-    stop_if_signalled();
     if (injected(std::to_string(step)))
       ST_FAIL("injected failure at step " + std::to_string(step) + " (SHARDTUNE_TEST_FAIL)");
     // Time blocked on the prefetch thread: 0 when reading keeps ahead of training (it should).
@@ -328,9 +437,42 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
       log::info(text);
     }
     if (cfg.eval_every > 0 && (step + 1) % cfg.eval_every == 0 && step + 1 != steps) evaluate(step + 1);
+
+    // Checkpoint every --save-every steps, every --save-every-minutes (rank 0's clock), before Slurm's end
+    // of the allocation when the next scheduled save would come too late, and on a stop signal (SIGUSR1,
+    // SIGTERM: every rank agrees at this step boundary, saves, and the run exits with 75).
+    const int64_t done = step + 1;
+    step_s_ema = step_s_ema == 0 ? s.seconds : 0.8 * step_s_ema + 0.2 * s.seconds;
+    int64_t due = 0;
+    if (rank == 0) {
+      const double since = std::chrono::duration<double>(std::chrono::steady_clock::now() - last_save).count();
+      if (cfg.save_every_minutes > 0 && since >= 60 * cfg.save_every_minutes) due = 1;
+      if (job_end > 0 && !saved_for_end && done < steps) {
+        const double now = std::chrono::duration<double>(std::chrono::system_clock::now().time_since_epoch()).count();
+        double next = cfg.save_every > 0 ? double(cfg.save_every - done % cfg.save_every) * step_s_ema : 1e18;
+        if (cfg.save_every_minutes > 0) next = std::min(next, 60 * cfg.save_every_minutes - since);
+        if (job_end - now < next + 3 * step_s_ema + 2 * last_save_s + 30) {
+          due = 2;
+          saved_for_end = true;
+          log::info("the Slurm allocation ends in " + std::to_string(static_cast<int>(job_end - now)) +
+                    " s, before the next scheduled checkpoint: saving now");
+        }
+      }
+    }
+    due = rt.allreduce_max(due);
+    const bool stop = rt.allreduce_max(signals::received() ? 1 : 0) > 0;
+    if (stop || due > 0 || (cfg.save_every > 0 && done % cfg.save_every == 0)) {
+      last_save_s = save_checkpoint(done);
+      last_save = std::chrono::steady_clock::now();
+    }
+    if (stop) {
+      log::info("stopped after step " + std::to_string(done) + " of " + std::to_string(steps) +
+                " on a signal, checkpoint written; exit code 75: rerun (or requeue) with --resume auto to go on");
+      std::fflush(nullptr);
+      return 75;
+    }
   }
   evaluate(steps);
-  stop_if_signalled();
   if (trainer.skipped_steps() > 0)
     log::info("skipped " + std::to_string(trainer.skipped_steps()) + " of " + std::to_string(steps) +
               " steps with a non-finite loss or gradient norm (--on-nonfinite skip)");

@@ -164,6 +164,19 @@ std::vector<std::pair<std::string, at::Tensor>> CausalLM::trainable_parameters()
   return out;
 }
 
+std::vector<uint8_t> CausalLM::dropout_rng_state() const {
+  if (!dropout_gen_.defined()) return {};
+  const at::Tensor t = dropout_gen_.get_state().contiguous();
+  return {t.data_ptr<uint8_t>(), t.data_ptr<uint8_t>() + t.numel()};
+}
+
+void CausalLM::set_dropout_rng_state(const std::vector<uint8_t>& s) {
+  if (s.empty() || !dropout_gen_.defined()) return;
+  at::Tensor t = at::empty({int64_t(s.size())}, at::kByte);
+  std::copy(s.begin(), s.end(), t.data_ptr<uint8_t>());
+  dropout_gen_.set_state(t);
+}
+
 int64_t CausalLM::base_param_count() const {
   int64_t n = 0;
   for (const auto& [name, t] : params_) n += t.numel();

@@ -73,6 +73,14 @@ void TrainConfig::bind(CLI::App& app) {
       ->capture_default_str();
   app.add_flag("--double-quant,!--no-double-quant", double_quant, "QLoRA: quantize the NF4 absmax constants to 8 bits");
   app.add_option("--adapter", adapter, "continue LoRA/QLoRA training from this PEFT adapter folder (ours or PEFT's)");
+  app.add_option("--save-every", save_every, "checkpoint every N steps (0 = off; stop signals always save)")->capture_default_str();
+  app.add_option("--save-every-minutes", save_every_minutes, "checkpoint every M minutes of training (0 = off)")
+      ->capture_default_str();
+  app.add_option("--keep-last", keep_last, "checkpoints kept (the newest; 0 = all)")->capture_default_str();
+  app.add_option("--ckpt-dir", ckpt_dir, "checkpoint folder (default: <out>/checkpoints)");
+  app.add_option("--resume", resume,
+                 "auto (the newest checkpoint in --ckpt-dir that verifies, else a fresh start) | none | a checkpoint folder")
+      ->capture_default_str();
 }
 
 void TrainConfig::validate() const {
@@ -106,6 +114,9 @@ void TrainConfig::validate() const {
     ST_CHECK(!t.empty(), "--lora-targets has an empty name", "give names separated by single commas, e.g. q_proj,v_proj");
   ST_CHECK(base_dtype == "auto" || base_dtype == "fp32" || base_dtype == "bf16", "unknown --base-dtype '" + base_dtype + "'",
            "use auto, fp32 or bf16");
+  ST_CHECK(save_every >= 0 && std::isfinite(save_every_minutes) && save_every_minutes >= 0 && keep_last >= 0,
+           "--save-every, --save-every-minutes and --keep-last must not be negative");
+  ST_CHECK(!resume.empty(), "--resume needs a value", "auto, none, or a checkpoint folder");
   ST_CHECK(compute_dtype == "auto" || compute_dtype == "fp32" || compute_dtype == "bf16",
            "unknown --compute-dtype '" + compute_dtype + "'", "use auto, fp32 or bf16");
   ST_CHECK(zero >= 0 && zero <= 2, "--zero must be 0, 1 or 2 (got " + std::to_string(zero) + ")");
@@ -175,6 +186,11 @@ std::string TrainConfig::table() const {
   row("on-nonfinite", on_nonfinite);
   row("max-consecutive-skips", max_consecutive_skips);
   row("verify-data", verify_data);
+  row("save-every", save_every);
+  row("save-every-minutes", save_every_minutes);
+  row("keep-last", keep_last);
+  row("ckpt-dir", ckpt_dir.empty() ? "(<out>/checkpoints)" : ckpt_dir);
+  row("resume", resume);
   if (method != "full") {
     std::string targets;
     for (const auto& t : lora_targets) targets += (targets.empty() ? "" : ",") + t;

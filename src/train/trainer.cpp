@@ -312,4 +312,41 @@ int64_t Trainer::grad_buffer_bytes() const { return impl_->sync->grad_buffer_byt
 
 int64_t Trainer::skipped_steps() const { return impl_->skipped_total; }
 
+std::vector<checkpoint::StatePiece> Trainer::optimizer_share() const {
+  const auto& L = impl_->layout;
+  at::Tensor& m = impl_->adam->exp_avg();
+  at::Tensor& v = impl_->adam->exp_avg_sq();
+  const bool sharded = impl_->sync->grad_is_sharded();  // else m/v span the whole flat buffer
+  std::vector<checkpoint::StatePiece> out;
+  for (const auto& r : L.owned_ranges(impl_->rank)) {
+    const auto& slot = L.params[size_t(r.param)];
+    const int64_t at_ = sharded ? r.shard_offset : r.flat_offset;
+    out.push_back({slot.name, r.flat_offset - slot.offset, m.narrow(0, at_, r.length), v.narrow(0, at_, r.length)});
+  }
+  return out;
+}
+
+std::vector<checkpoint::StatePiece> Trainer::optimizer_targets() const {
+  const auto& L = impl_->layout;
+  at::Tensor& m = impl_->adam->exp_avg();
+  at::Tensor& v = impl_->adam->exp_avg_sq();
+  std::vector<checkpoint::StatePiece> out;
+  for (const auto& r : impl_->sync->optimizer_ranges()) {
+    const auto& slot = L.params[size_t(r.param)];
+    out.push_back({slot.name, r.flat_offset - slot.offset, m.narrow(0, r.shard_offset, r.length),
+                   v.narrow(0, r.shard_offset, r.length)});
+  }
+  return out;
+}
+
+Trainer::Counters Trainer::counters() const {
+  return {impl_->adam->steps_taken(), impl_->skipped_total, impl_->skipped_in_a_row};
+}
+
+void Trainer::set_counters(const Counters& c) {
+  impl_->adam->set_steps(c.optimizer_steps);
+  impl_->skipped_total = c.skipped_total;
+  impl_->skipped_in_a_row = c.skipped_in_a_row;
+}
+
 }  // namespace shardtune::train

@@ -121,6 +121,9 @@ class CausalLM : public torch::nn::Module {
   // What the trainer optimizes: the adapters' A and B (named "<module>.lora_A.weight") with LoRA, else
   // every HF parameter.
   std::vector<std::pair<std::string, at::Tensor>> trainable_parameters() const;
+  // The LoRA dropout generator's state (checkpoints: a resumed run draws the same masks).
+  std::vector<uint8_t> dropout_rng_state() const;
+  void set_dropout_rng_state(const std::vector<uint8_t>& s);
   // Parameters the base holds (logical sizes: quantized weights count their elements).
   int64_t base_param_count() const;
 

@@ -44,6 +44,12 @@ struct TrainConfig {
   std::string compute_dtype = "auto";     // QLoRA dequantization target: auto (as --precision) | fp32 | bf16
   bool double_quant = true;               // QLoRA: 8-bit absmax constants
   std::string adapter;                    // continue from this PEFT adapter folder
+  // Checkpoints (checkpoint/checkpoint.h, docs/CHECKPOINTS.md).
+  int64_t save_every = 0;          // steps; 0 = only on a stop signal and by --save-every-minutes
+  double save_every_minutes = 30;  // 0 = off
+  int keep_last = 3;               // 0 = keep all
+  std::string ckpt_dir;            // "" = <out>/checkpoints
+  std::string resume = "auto";     // auto | none | a checkpoint folder
 
   void bind(CLI::App& app);
   // Checks everything that does not need the world size or the data; throws Error naming the option.

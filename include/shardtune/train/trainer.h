@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "shardtune/checkpoint/checkpoint.h"
 #include "shardtune/train/config.h"
 
 namespace shardtune::dist {
@@ -61,6 +62,18 @@ class Trainer {
   int64_t optimizer_state_bytes() const;  // this rank's AdamW m + v (the parameters themselves not counted)
   int64_t grad_buffer_bytes() const;      // this rank's persistent gradient memory
   int64_t skipped_steps() const;          // steps whose update was skipped (non-finite), in total
+
+  // ---- checkpoints (checkpoint/checkpoint.h) ----
+  // This rank's share of the AdamW state to save (each element is saved by exactly one rank: its owner
+  // in the layout's partition, also under ZeRO-0), and where this rank's optimizer state is loaded into
+  // (all it holds under the current partition). Views into the optimizer's buffers.
+  std::vector<checkpoint::StatePiece> optimizer_share() const;
+  std::vector<checkpoint::StatePiece> optimizer_targets() const;
+  struct Counters {
+    int64_t optimizer_steps = 0, skipped_total = 0, skipped_in_a_row = 0;
+  };
+  Counters counters() const;
+  void set_counters(const Counters& c);
 
  private:
   struct Impl;

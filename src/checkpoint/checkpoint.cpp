@@ -1,0 +1,381 @@
+// Checkpoint save (parallel per rank, committed by rank 0), verification, resume lookup with fallback,
+// optimizer state re-partitioned on load, and the resume compatibility check (see checkpoint.h).
+#include "shardtune/checkpoint/checkpoint.h"
+
+#include <boost/archive/text_iarchive.hpp>
+#include <boost/archive/text_oarchive.hpp>
+#include <boost/serialization/map.hpp>
+#include <boost/serialization/string.hpp>
+#include <boost/serialization/vector.hpp>
+
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <sstream>
+
+#include "shardtune/core/error.h"
+#include "shardtune/core/fs.h"
+#include "shardtune/core/json_depth.h"
+#include "shardtune/core/log.h"
+#include "shardtune/dist/mpi_runtime.h"
+#include "shardtune/model/io.h"
+#include "shardtune/model/safetensors.h"
+
+namespace boost::serialization {
+template <class Ar>
+void serialize(Ar& ar, shardtune::checkpoint::TrainerState& s, unsigned /*version*/) {
+  ar & s.version & s.step & s.consumed_samples & s.total_steps & s.world & s.seed & s.optimizer_steps &
+      s.skipped_total & s.skipped_in_a_row & s.dropout_rng & s.config & s.source_dtypes & s.params & s.numels;
+}
+}  // namespace boost::serialization
+
+namespace shardtune::checkpoint {
+
+namespace {
+
+constexpr const char* kManifest = "manifest.json";
+constexpr const char* kState = "trainer_state.txt";
+constexpr const char* kFormat = "shardtune-checkpoint";
+
+std::string rank_file(int rank) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "optimizer-rank%05d.safetensors", rank);
+  return buf;
+}
+
+bool is_step_dir(const std::string& n, int64_t* step) {
+  if (n.size() != 13 || n.rfind("step-", 0) != 0) return false;
+  for (size_t i = 5; i < n.size(); ++i)
+    if (n[i] < '0' || n[i] > '9') return false;
+  *step = std::stoll(n.substr(5));
+  return true;
+}
+
+// Checkpoints of `dir`, newest first.
+std::vector<std::pair<int64_t, stdfs::path>> list_checkpoints(const stdfs::path& dir) {
+  std::vector<std::pair<int64_t, stdfs::path>> out;
+  std::error_code ec;
+  if (!stdfs::is_directory(dir, ec)) return out;
+  for (const auto& e : stdfs::directory_iterator(dir)) {
+    int64_t step = 0;
+    if (e.is_directory() && is_step_dir(e.path().filename().string(), &step)) out.emplace_back(step, e.path());
+  }
+  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  return out;
+}
+
+std::string file_line(const stdfs::path& p) {
+  std::error_code ec;
+  const auto size = stdfs::file_size(p, ec);
+  return p.filename().string() + " " + std::to_string(ec ? 0 : size) + " " + fs::sha256_file(p);
+}
+
+std::string latest_text(const stdfs::path& dir) {
+  std::ifstream in(dir / "latest");
+  std::string s;
+  std::getline(in, s);
+  return s.empty() ? "none" : s;
+}
+
+void write_state(const stdfs::path& path, const TrainerState& st) {
+  std::ostringstream o;
+  {
+    boost::archive::text_oarchive ar(o);
+    ar << st;
+  }
+  fs::write_file_atomic(path, o.str());
+}
+
+}  // namespace
+
+std::string step_dir_name(int64_t step) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
+  return buf;
+}
+
+stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const TrainerState& state,
+                 const std::vector<StatePiece>& mine, const std::function<void(const stdfs::path&)>& write_weights,
+                 int keep_last) {
+  const int rank = rt.rank();
+  const std::string name = step_dir_name(state.step);
+  const stdfs::path tmp = dir / (".tmp-" + name), final_dir = dir / name;
+  // Test hook: SHARDTUNE_TEST_FAIL="RANK:ckpt" fails that rank's part of every save (fault tests).
+  const char* fail = std::getenv("SHARDTUNE_TEST_FAIL");
+  const bool inject = fail && std::string(fail) == std::to_string(rank) + ":ckpt";
+
+  std::string err, exists;
+  if (rank == 0) {
+    try {
+      stdfs::create_directories(dir);
+      if (stdfs::exists(final_dir)) exists = "1";  // e.g. a stop right after resuming from this step
+      else {
+        stdfs::remove_all(tmp);
+        stdfs::create_directory(tmp);
+      }
+    } catch (const std::exception& e) {
+      err = std::string("cannot create '") + tmp.string() + "': " + e.what();
+    }
+  }
+  err = rt.broadcast(err, 0);
+  ST_CHECK(err.empty(), "checkpoint at step " + std::to_string(state.step) + ": " + err,
+           "--ckpt-dir must be a writable folder; the previous checkpoint (" + latest_text(dir) + ") is intact");
+  if (!rt.broadcast(exists, 0).empty()) return final_dir;
+
+  // Every rank writes its share; rank 0 also the weights and the trainer state.
+  std::string my_err, my_lines;
+  try {
+    std::vector<std::pair<std::string, at::Tensor>> tensors;
+    for (const auto& p : mine) {
+      const std::string key = p.param + "@" + std::to_string(p.start);
+      tensors.emplace_back("exp_avg/" + key, p.exp_avg.contiguous());
+      tensors.emplace_back("exp_avg_sq/" + key, p.exp_avg_sq.contiguous());
+    }
+    const stdfs::path f = tmp / rank_file(rank);
+    if (inject) ST_FAIL("injected failure writing " + f.string() + " (SHARDTUNE_TEST_FAIL)");
+    model::write_safetensors(f, tensors, {{"format", "pt"}, {"rank", std::to_string(rank)},
+                                          {"world", std::to_string(rt.world())}});
+    fs::fsync_path(f);
+    my_lines = file_line(f);
+    if (rank == 0) {
+      write_weights(tmp);
+      write_state(tmp / kState, state);
+      for (const auto& e : stdfs::directory_iterator(tmp)) {
+        const std::string n = e.path().filename().string();
+        if (!e.is_regular_file() || n == rank_file(0)) continue;
+        fs::fsync_path(e.path());
+        my_lines += "\n" + file_line(e.path());
+      }
+    }
+  } catch (const std::exception& e) {
+    my_err = "rank " + std::to_string(rank) + ": " + e.what();
+  }
+  const auto errors = rt.allgather(my_err);
+  const auto lines = rt.allgather(my_lines);
+  std::string first_err;
+  for (const auto& e : errors)
+    if (first_err.empty() && !e.empty()) first_err = e;
+  if (first_err.empty() && rank == 0) {
+    try {
+      nlohmann::json files = nlohmann::json::array();
+      for (const auto& block : lines) {
+        std::istringstream in(block);
+        std::string fname;
+        uint64_t bytes = 0;
+        std::string sha;
+        while (in >> fname >> bytes >> sha) files.push_back({{"name", fname}, {"bytes", bytes}, {"sha256", sha}});
+      }
+      const nlohmann::json manifest = {{"format", kFormat}, {"version", kFormatVersion}, {"step", state.step},
+                                       {"consumed_samples", state.consumed_samples}, {"world", state.world},
+                                       {"files", files}};
+      fs::write_file_atomic(tmp / kManifest, manifest.dump(1) + "\n");
+      fs::fsync_dir_contents(tmp);
+      stdfs::rename(tmp, final_dir);
+      fs::fsync_path(dir);
+      fs::write_file_atomic(dir / "latest", name + "\n");
+      fs::fsync_path(dir);
+    } catch (const std::exception& e) {
+      first_err = "rank 0: committing " + final_dir.string() + ": " + e.what();
+    }
+  }
+  first_err = rt.broadcast(first_err, 0);
+  if (!first_err.empty()) {
+    if (rank == 0) {
+      std::error_code ec;
+      stdfs::remove_all(tmp, ec);
+    }
+    ST_FAIL("checkpoint at step " + std::to_string(state.step) + " failed: " + first_err +
+                "; it was removed, the previous checkpoint (" + latest_text(dir) + " in " + dir.string() +
+                ") is intact",
+            "free disk space in --ckpt-dir (or give another one) and rerun with --resume auto: training goes on "
+            "from the previous checkpoint");
+  }
+  if (rank == 0 && keep_last > 0) {
+    const auto all = list_checkpoints(dir);
+    for (size_t i = static_cast<size_t>(keep_last); i < all.size(); ++i) {
+      std::error_code ec;
+      stdfs::remove_all(all[i].second, ec);
+    }
+  }
+  rt.barrier();
+  return final_dir;
+}
+
+std::string verify(const stdfs::path& ckpt) {
+  const stdfs::path mpath = ckpt / kManifest;
+  std::error_code ec;
+  if (!stdfs::exists(mpath, ec)) return "no manifest.json (the save did not finish)";
+  nlohmann::json m;
+  try {
+    const std::string text = fs::read_file(mpath);
+    check_json_depth(text, mpath.string());
+    m = nlohmann::json::parse(text);
+  } catch (const std::exception& e) {
+    return std::string("manifest.json is not valid JSON (") + e.what() + ")";
+  }
+  if (!m.is_object() || m.value("format", "") != kFormat) return "manifest.json is not a shardtune checkpoint manifest";
+  if (m.value("version", 0u) != kFormatVersion)
+    return "format version " + std::to_string(m.value("version", 0u)) + ", this build reads " +
+           std::to_string(kFormatVersion);
+  if (!m.contains("files") || !m["files"].is_array() || m["files"].empty()) return "manifest.json lists no files";
+  for (const auto& f : m["files"]) {
+    const std::string name = f.value("name", "");
+    const stdfs::path p = ckpt / name;
+    if (name.empty() || name.find('/') != std::string::npos) return "manifest.json has a bad file name";
+    if (!stdfs::exists(p, ec)) return name + " is missing";
+    const auto size = stdfs::file_size(p, ec);
+    if (ec || size != f.value("bytes", uint64_t(0)))
+      return name + " has " + std::to_string(ec ? 0 : size) + " bytes, the manifest says " +
+             std::to_string(f.value("bytes", uint64_t(0))) + " (truncated?)";
+    if (fs::sha256_file(p) != f.value("sha256", "")) return name + " does not match its sha256 (corrupted)";
+  }
+  return "";
+}
+
+Resume find_resume(const dist::MpiRuntime& rt, const stdfs::path& dir, const std::string& spec) {
+  std::string path, warnings, err;
+  if (rt.rank() == 0 && spec != "none") {
+    try {
+      if (spec == "auto") {
+        std::error_code ec;
+        if (stdfs::is_directory(dir, ec))
+          for (const auto& e : stdfs::directory_iterator(dir)) {
+            const std::string n = e.path().filename().string();
+            if (n.rfind(".tmp-step-", 0) == 0) {
+              warnings += "removed '" + e.path().string() + "', left by a save that was interrupted\n";
+              stdfs::remove_all(e.path(), ec);
+            }
+          }
+        for (const auto& [step, p] : list_checkpoints(dir)) {
+          const std::string why = verify(p);
+          if (why.empty()) {
+            path = p.string();
+            break;
+          }
+          warnings += "skipped checkpoint '" + p.string() + "': " + why + "\n";
+        }
+      } else {
+        const std::string why = verify(spec);
+        if (!why.empty()) err = "--resume '" + spec + "' is not a usable checkpoint: " + why;
+        else path = spec;
+      }
+    } catch (const std::exception& e) {
+      err = e.what();
+    }
+  }
+  err = rt.broadcast(err, 0);
+  ST_CHECK(err.empty(), err, "give --resume auto (the newest checkpoint that verifies), another checkpoint folder, or none");
+  Resume r;
+  r.path = rt.broadcast(path, 0);
+  std::istringstream in(rt.broadcast(warnings, 0));
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) r.warnings.push_back(line);
+  return r;
+}
+
+TrainerState read_state(const stdfs::path& ckpt) {
+  const stdfs::path p = ckpt / kState;
+  TrainerState st;
+  try {
+    std::istringstream in(fs::read_file(p));
+    boost::archive::text_iarchive ar(in);
+    ar >> st;
+  } catch (const boost::archive::archive_exception& e) {
+    ST_FAIL(p.string() + ": not a readable trainer state (" + e.what() + ")", "the checkpoint is damaged: resume from another");
+  }
+  ST_CHECK(st.version == kFormatVersion, p.string() + ": trainer state version " + std::to_string(st.version) +
+                                             ", this build reads " + std::to_string(kFormatVersion));
+  return st;
+}
+
+void load_optimizer(const stdfs::path& ckpt, const std::vector<StatePiece>& targets) {
+  struct Piece {
+    const st::File* file;
+    const st::TensorInfo* m;
+    const st::TensorInfo* v;
+    int64_t start, numel;
+  };
+  std::vector<std::unique_ptr<st::File>> files;
+  std::map<std::string, std::vector<Piece>> by_param;
+  for (const auto& e : stdfs::directory_iterator(ckpt)) {
+    const std::string n = e.path().filename().string();
+    if (n.rfind("optimizer-rank", 0) != 0) continue;
+    files.push_back(std::make_unique<st::File>(e.path()));
+    const st::File& f = *files.back();
+    for (const auto& t : f.tensors()) {
+      if (t.name.rfind("exp_avg/", 0) != 0) continue;
+      const std::string key = t.name.substr(8);
+      const size_t at = key.rfind('@');
+      ST_CHECK(at != std::string::npos && t.dtype == st::DType::F32 && t.shape.size() == 1,
+               f.path().string() + ": unexpected tensor '" + t.name + "'", "the checkpoint is damaged");
+      const st::TensorInfo& v = f.at("exp_avg_sq/" + key);
+      ST_CHECK(v.shape == t.shape && v.dtype == t.dtype, f.path().string() + ": exp_avg and exp_avg_sq of '" + key + "' differ");
+      by_param[key.substr(0, at)].push_back({&f, &t, &v, std::stoll(key.substr(at + 1)), t.numel()});
+    }
+  }
+  for (const auto& tg : targets) {
+    const int64_t n = tg.exp_avg.numel(), a = tg.start;
+    ST_CHECK(tg.exp_avg.is_contiguous() && tg.exp_avg_sq.is_contiguous() && tg.exp_avg.scalar_type() == at::kFloat,
+             "internal: optimizer targets must be contiguous fp32");
+    float* m = tg.exp_avg.data_ptr<float>();
+    float* v = tg.exp_avg_sq.data_ptr<float>();
+    int64_t covered = 0;
+    for (const Piece& p : by_param[tg.param]) {
+      const int64_t lo = std::max(a, p.start), hi = std::min(a + n, p.start + p.numel);
+      if (lo >= hi) continue;
+      const auto* pm = reinterpret_cast<const float*>(p.file->data(*p.m));
+      const auto* pv = reinterpret_cast<const float*>(p.file->data(*p.v));
+      std::memcpy(m + (lo - a), pm + (lo - p.start), size_t(hi - lo) * 4);
+      std::memcpy(v + (lo - a), pv + (lo - p.start), size_t(hi - lo) * 4);
+      covered += hi - lo;
+    }
+    ST_CHECK(covered == n, ckpt.string() + ": the optimizer state of '" + tg.param + "' elements [" + std::to_string(a) +
+                               ", " + std::to_string(a + n) + ") is not complete (" + std::to_string(covered) + " found)",
+             "the checkpoint is damaged or was written by another configuration");
+  }
+}
+
+std::map<std::string, std::string> parse_table(const std::string& table) {
+  std::map<std::string, std::string> out;
+  std::istringstream in(table);
+  for (std::string line; std::getline(in, line);) {
+    const size_t eq = line.find(" = ");
+    if (eq == std::string::npos) continue;
+    std::string k = line.substr(0, eq);
+    k.erase(0, k.find_first_not_of(' '));
+    k.erase(k.find_last_not_of(' ') + 1);
+    out[k] = line.substr(eq + 3);
+  }
+  return out;
+}
+
+std::vector<std::string> incompatible_changes(const std::map<std::string, std::string>& saved,
+                                              const std::map<std::string, std::string>& now,
+                                              std::vector<std::string>* allowed) {
+  // What the resumed run would silently get wrong: other weights, other samples, another order, another
+  // objective or adapter shape. Everything else (steps, cadence, logging, threads, ZeRO stage, micro-batch,
+  // ranks, even the learning rate) may change and is printed.
+  static const std::set<std::string> fixed = {
+      "model", "data", "data-manifest-sha256", "model-sha256", "method", "global-batch", "seq-len", "pack", "seed",
+      "lora-r", "lora-alpha", "lora-targets", "use-rslora", "lora-dropout", "base-dtype", "compute-dtype",
+      "double-quant", "adapter"};
+  std::set<std::string> keys;
+  for (const auto& [k, v] : saved) keys.insert(k);
+  for (const auto& [k, v] : now) keys.insert(k);
+  std::vector<std::string> bad;
+  for (const auto& k : keys) {
+    auto a = saved.find(k), b = now.find(k);
+    const std::string va = a == saved.end() ? "(absent)" : a->second, vb = b == now.end() ? "(absent)" : b->second;
+    if (va == vb) continue;
+    const std::string line = k + ": " + va + " in the checkpoint, " + vb + " now";
+    if (fixed.count(k)) bad.push_back(line);
+    else if (allowed) allowed->push_back(line);
+  }
+  return bad;
+}
+
+}  // namespace shardtune::checkpoint
