@@ -1,8 +1,9 @@
 #!/bin/bash
 # A stand-in for shardtune with the same lifecycle contract, for testing the batch scripts' signal ->
-# requeue -> rerun logic on its own (fast, no model): the first run of each rank waits for SIGUSR1, then
-# "saves" and exits 75; a run that finds its saved marker finishes and exits 0. It records what happened
-# in --out: rank<R>.log lines "start", "usr1", "term", "done", and its own arguments in args<R>.txt.
+# requeue -> rerun logic on its own (fast, no model): each run of a rank waits for SIGUSR1 (or SIGTERM),
+# then "saves" and exits 75, until FAKE_SAVES (default 1) saves are on disk; the run after that finishes
+# and exits 0. It records what happened in --out: rank<R>.log lines "start", "usr1", "term", "done", and
+# its own arguments in args<R>.txt.
 set -u
 out=""
 args=("$@")
@@ -15,7 +16,8 @@ mkdir -p "$out"
 log="$out/rank$rank.log"
 printf '%s\n' "${args[@]}" > "$out/args$rank.txt"
 echo start >> "$log"
-if [ -f "$out/saved$rank" ]; then
+saves=$(cat "$out/saves$rank" 2>/dev/null || echo 0)
+if [ "$saves" -ge "${FAKE_SAVES:-1}" ]; then
   echo 'done' >> "$log"
   exit 0
 fi
@@ -28,5 +30,5 @@ for _ in $(seq 1200); do     # at most ~2 minutes, in steps that a signal ends a
 done
 echo "${got:-nosignal}" >> "$log"
 [ -n "$got" ] || exit 3
-touch "$out/saved$rank"
+echo $((saves + 1)) > "$out/saves$rank"
 exit 75

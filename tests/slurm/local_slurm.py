@@ -65,7 +65,9 @@ class LocalSlurm:
             raise
         return self
 
-    def __exit__(self, *exc):
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is not None and exc_type is not Skip:
+            print(f"--- the local Slurm's logs (the test failed: {exc_type.__name__}):\n{self.logs(tail=6000)}", file=sys.stderr)
         self.stop()
         return False
 

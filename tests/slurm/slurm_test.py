@@ -129,11 +129,15 @@ def t_requeue_trainer(tmp):
         raise Skip(f"{tt.TRAIN} has no --save-every/--resume/--keep-last (checkpoints not built in)")
     model = tt.make_model(f"{tmp}/model")
     data = tt.make_data(tmp, 600)
-    # ~1000 steps of 32 samples: ~40 ms a step on 2 ranks of a 2-core CI machine, so the signal at ~25-30 s
-    # comes mid-training; checkpoints every 50 steps besides the one the signal asks for.
-    steps = 1000
-    args = ["--steps", str(steps), "--global-batch", "32", "--micro-batch", "4", "--seq-len", "128", "--lr", "2e-3",
-            "--warmup-steps", "20", "--weight-decay", "0.1", "--grad-clip", "0.5", "--seed", "7", "--precision", "fp32"]
+    # Sized so the signal (~25-30 s into the job) comes mid-training: a short calibration run measures the
+    # step time here, and the run is made ~60 s long (~1000 steps of 32 samples on a 2-core CI machine).
+    common = ["--global-batch", "32", "--micro-batch", "4", "--seq-len", "128", "--lr", "2e-3", "--warmup-steps", "20",
+              "--weight-decay", "0.1", "--grad-clip", "0.5", "--seed", "7", "--precision", "fp32"]
+    run([*tt.MPI, "2", tt.TRAIN, "--model", model, "--data", data, "--out", f"{tmp}/calib", "--threads", "1",
+         "--metrics", f"{tmp}/calib.jsonl", "--steps", "30", "--resume", "none", *common])
+    step_s = sorted(l["step_s"] + l["data_wait_s"] for l in tt.train_lines(f"{tmp}/calib.jsonl"))[15]
+    steps = int(min(4000, max(500, 60 / step_s)))
+    args = ["--steps", str(steps), *common]
     save = ["--save-every", "50", "--keep-last", "2", "--resume", "auto"]
 
     # The reference: the same command, uninterrupted, outside Slurm.
@@ -150,25 +154,27 @@ def t_requeue_trainer(tmp):
         job = slurm.sbatch(["--time=1", "--signal=B:USR1@50", "--nodes=1", "--ntasks-per-node=2", "--cpus-per-task=1",
                             f"--output={log}", f"--chdir={tmp}", template("cpu-single-node.sbatch")], env=env)
         j = slurm.wait_job(job, 420)
-    text = job_log(log)
-    what = f"job {j}\nlog (tail):\n{text[-6000:]}"
-    assert j["JobState"] == "COMPLETED" and j["ExitCode"] == "0:0", what
-    assert int(j["Restarts"]) >= 1, what
-    assert "launcher exited with 75" in text and f"requeueing job {job}" in text, what
+        text = job_log(log)
+        what = f"job {j}\nlog (tail):\n{text[-6000:]}"
+        assert j["JobState"] == "COMPLETED" and j["ExitCode"] == "0:0", what
+        assert int(j["Restarts"]) >= 1, what
+        assert "launcher exited with 75" in text and f"requeueing job {job}" in text, what
 
-    # Every train line, the first run's and each resumed run's, has the reference's loss at its step, bit
-    # for bit; together they cover every step.
-    got = tt.train_lines(metrics)
-    seen = set()
-    for l in got:
-        assert l["loss"] == ref[l["step"]], f"step {l['step']}: loss {l['loss']!r} vs uninterrupted {ref[l['step']]!r}"
-        seen.add(l["step"])
-    assert seen == set(ref), f"steps missing from the Slurm run: {sorted(set(ref) - seen)[:10]}"
-    A, B = tt.read_safetensors(f"{out}/model.safetensors"), tt.read_safetensors(f"{ref_out}/model.safetensors")
-    assert A.keys() == B.keys(), (A.keys(), B.keys())
-    for k in A:
-        assert np.array_equal(A[k], B[k]), f"final weights differ in {k}: max |diff| {np.abs(A[k] - B[k]).max()}"
-    print(f"requeue_trainer: {j['Restarts']} restart(s), {len(got)} train lines for {steps} steps, weights equal")
+        # Every train line, the first run's and each resumed run's, has the reference's loss at its step, bit
+        # for bit; together they cover every step.
+        got = tt.train_lines(metrics)
+        seen = set()
+        for l in got:
+            assert l["loss"] == ref[l["step"]], f"step {l['step']}: loss {l['loss']!r} vs uninterrupted {ref[l['step']]!r}"
+            seen.add(l["step"])
+        assert seen == set(ref), f"steps missing from the Slurm run: {sorted(set(ref) - seen)[:10]}"
+        A, B = tt.read_safetensors(f"{out}/model.safetensors"), tt.read_safetensors(f"{ref_out}/model.safetensors")
+        assert A.keys() == B.keys(), (A.keys(), B.keys())
+        for k in A:
+            assert np.array_equal(A[k], B[k]), f"final weights differ in {k}: max |diff| {np.abs(A[k] - B[k]).max()}"
+        stops = re.findall(r"stopped after step \d+ of \d+", text)
+        print(f"requeue_trainer: {steps} steps ({step_s * 1000:.0f} ms a step measured), {j['Restarts']} restart(s) "
+              f"({'; '.join(stops)}), {len(got)} train lines, every loss and the final weights equal")
 
 
 if __name__ == "__main__":
