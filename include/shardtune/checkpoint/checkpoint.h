@@ -15,11 +15,14 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 namespace shardtune::dist {
@@ -42,7 +45,7 @@ struct TrainerState {
   uint64_t seed = 0;
   int64_t optimizer_steps = 0;   // AdamW's t (bias correction)
   int64_t skipped_total = 0, skipped_in_a_row = 0;
-  std::vector<uint8_t> dropout_rng;               // LoRA dropout generator state (empty: none)
+  std::vector<std::vector<uint8_t>> dropout_rngs;  // LoRA dropout generator state of every rank
   std::map<std::string, std::string> config;      // option -> value, as the run's table printed them
   std::map<std::string, std::string> source_dtypes;  // the base model's dtypes ("save as loaded")
   std::vector<std::string> params;                // trainable parameters, checkpoint order
@@ -66,6 +69,36 @@ std::string step_dir_name(int64_t step);  // "step-00000120"
 stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const TrainerState& state,
                  const std::vector<StatePiece>& mine, const std::function<void(const stdfs::path&)>& write_weights,
                  int keep_last);
+
+// --async-save: the files of a save are written by a background thread while training goes on, from a
+// snapshot taken at a step boundary (the pieces and what write_weights captures must be copies); the
+// save is committed (collective) at the first step boundary where every rank has written its part, and a
+// new save first waits for the one in flight. Until it is committed the previous checkpoint stays latest.
+class AsyncSaver {
+ public:
+  AsyncSaver(const dist::MpiRuntime& rt, stdfs::path dir, int keep_last);
+  ~AsyncSaver();
+  AsyncSaver(const AsyncSaver&) = delete;
+  AsyncSaver& operator=(const AsyncSaver&) = delete;
+
+  // Collective: finishes the save in flight, then starts this one.
+  void start(TrainerState state, std::vector<StatePiece> pieces, std::function<void(const stdfs::path&)> write_weights);
+  // Collective (one scalar all-reduce while a save is in flight): commits it if every rank is done.
+  // Returns the committed folder, or empty.
+  stdfs::path poll();
+  // Collective: waits for the save in flight and commits it (empty: none was in flight).
+  stdfs::path finish();
+  bool busy() const { return !tmp_.empty(); }
+
+ private:
+  const dist::MpiRuntime& rt_;
+  stdfs::path dir_, tmp_;
+  int keep_last_;
+  TrainerState state_;
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+  std::pair<std::string, std::string> result_;
+};
 
 // "" when the folder is a complete checkpoint whose every file matches the manifest, else why not.
 std::string verify(const stdfs::path& ckpt);
