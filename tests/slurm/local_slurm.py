@@ -26,8 +26,8 @@ from harness import Skip  # noqa: E402
 
 DAEMONS = {"munged": "/usr/sbin/munged", "slurmctld": "/usr/sbin/slurmctld", "slurmd": "/usr/sbin/slurmd"}
 CLIENTS = ("sbatch", "squeue", "scontrol", "scancel", "sinfo", "srun", "munge")
-INSTALL_HINT = ("install them with tools/test.sh (tools/setup.sh APT_PACKAGES has slurm-wlm slurmctld slurmd "
-                "slurm-client munge) or: apt-get install slurm-wlm slurmctld slurmd slurm-client munge")
+INSTALL_HINT = ("tools/test.sh installs them where it can (root or sudo), or: "
+                "apt-get install slurm-wlm slurmctld slurmd slurm-client munge")
 
 
 def _free_port():
