@@ -158,16 +158,18 @@ class Trials:
             return None, se  # a hang
         return p.returncode, se
 
-    def resume_and_check(self, out, ckpt_dir, saved_steps, extra=(), expect_skipped=None):
+    def resume_and_check(self, out, ckpt_dir, saved_steps, save_args, extra=(), expect_skipped=None, keep=0):
         """--resume auto; checks it starts from the newest verifying checkpoint, that every save reported
-        complete still verifies, the later losses and the final weights equal the reference's."""
+        complete (the newest `keep` of them with --keep-last keep) still verifies, the later losses and the
+        final weights equal the reference's."""
         all_, good = checkpoints(ckpt_dir)
-        lost = [s for s in saved_steps if s not in good]
+        kept = saved_steps[-keep:] if keep else saved_steps
+        lost = [s for s in kept if s not in good]
         if lost:
             return False, f"completed checkpoint(s) {lost} lost or damaged"
         newest = good[-1] if good else 0
         metrics = f"{out}-resume.jsonl"
-        p = self.start(out, metrics, ["--resume", "auto", *extra])
+        p = self.start(out, metrics, ["--resume", "auto", *save_args, *extra])
         rc, se = self.finish(p)
         if rc != 0:
             return False, f"resume failed ({rc}): {se[-600:]}"
@@ -186,6 +188,10 @@ class Trials:
             return False, f"loss at step {newest + bad + 1} differs from the reference"
         if raw_weights(f"{out}/model.safetensors") != self.ref_weights:
             return False, "final weights differ from the reference"
+        # The resumed run's own saves replaced what the fault left: every checkpoint kept now verifies.
+        bad = {s: verifies(p) for s, p in checkpoints(ckpt_dir)[0].items() if verifies(p)}
+        if bad:
+            return False, f"after the resumed run, checkpoints {bad} do not verify"
         return True, f"resumed at step {newest}"
 
     def new_run(self):
@@ -198,9 +204,11 @@ class Trials:
     def kill_train(self):
         out, ck, metrics = self.new_run()
         every, victim = self.rng.choice([1, 2, 3]), self.rng.randrange(2)
+        keep = self.rng.choice([0, 2])
         at = self.rng.randrange(1, STEPS - 1)  # after this many steps' metrics lines
         delay = self.rng.uniform(0, 0.05)
-        p = self.start(out, metrics, ["--save-every", str(every)])
+        save_args = ["--save-every", str(every), "--keep-last", str(keep)]
+        p = self.start(out, metrics, save_args)
         deadline = time.time() + 120
         while p.poll() is None and time.time() < deadline and len(metrics_lines(metrics, "train")) < at:
             time.sleep(0.002)
@@ -216,16 +224,18 @@ class Trials:
         if rc is None:
             return "kill-train", "HANG", False, "mpirun did not end after a rank was killed"
         saved = [l["step"] for l in metrics_lines(metrics, "checkpoint")]
-        ok, detail = self.resume_and_check(out, ck, saved)
+        ok, detail = self.resume_and_check(out, ck, saved, save_args, keep=keep)
         return "kill-train", "resumed" if ok else "FAILED", ok, (
-            f"rank {victim} killed after step {at} (+{delay * 1000:.0f} ms), --save-every {every}, job ended "
+            f"rank {victim} killed after step {at} (+{delay * 1000:.0f} ms), --save-every {every} --keep-last {keep}, job ended "
             f"{time.time() - t0:.1f} s later (rc {rc}); {detail}")
 
     def kill_save(self):
         out, ck, metrics = self.new_run()
         victim = self.rng.randrange(2)
         target = self.rng.randrange(1, STEPS - 1)  # the save of this step
-        p = self.start(out, metrics, ["--save-every", "1"])
+        keep = self.rng.choice([0, 2])
+        save_args = ["--save-every", "1", "--keep-last", str(keep)]
+        p = self.start(out, metrics, save_args)
         tmpdir = f"{ck}/.tmp-step-{target:08d}"
         deadline = time.time() + 120
         pids, hit = {}, False
@@ -249,16 +259,17 @@ class Trials:
             return "kill-save", "HANG", False, "mpirun did not end after a rank was killed during a save"
         saved = [l["step"] for l in metrics_lines(metrics, "checkpoint")]
         _, good = checkpoints(ck)
-        ok, detail = self.resume_and_check(out, ck, saved)
+        ok, detail = self.resume_and_check(out, ck, saved, save_args, keep=keep)
         outcome = ("resumed" if ok else "FAILED") + (" (kill inside the write)" if hit and during else " (kill just after it)")
         return "kill-save", outcome, ok, (f"rank {victim} killed {'during' if hit and during else 'after'} the save of "
-                                          f"step {target}; verifying before resume: {good[-3:]}; {detail}")
+                                          f"step {target}, --keep-last {keep}; verifying before resume: {good[-3:]}; {detail}")
 
     def damage(self, kind):
         """A run stopped by an injected failure at step 7 (--save-every 2: checkpoints 2, 4, 6), then one file
         of the newest checkpoint truncated or bit-flipped: the resume skips it, naming the file."""
         out, ck, metrics = self.new_run()
-        p = self.start(out, metrics, ["--save-every", "2"], env={**os.environ, "SHARDTUNE_TEST_FAIL": "1:7"})
+        save_args = ["--save-every", "2", "--keep-last", "0"]
+        p = self.start(out, metrics, save_args, env={**os.environ, "SHARDTUNE_TEST_FAIL": "1:7"})
         rc, se = self.finish(p)
         if rc in (0, None):
             return kind, "FAILED", False, f"the injected failure did not stop the run (rc {rc})"
@@ -277,7 +288,7 @@ class Trials:
                 f.seek(at)
                 f.write(bytes([b ^ (1 << self.rng.randrange(8))]))
         # The damaged one must not count as "saved and kept"; 2 and 4 must survive.
-        ok, detail = self.resume_and_check(out, ck, [2, 4], expect_skipped=(newest, victim))
+        ok, detail = self.resume_and_check(out, ck, [2, 4], save_args, expect_skipped=(newest, victim))
         return kind, "skipped, resumed" if ok else "FAILED", ok, f"{victim} of step 6 damaged; {detail}"
 
     def full_disk(self):
@@ -289,7 +300,8 @@ class Trials:
         if m.returncode != 0:
             return "full-disk", "skipped", True, f"mount not allowed: {m.stderr.strip()}"
         try:
-            p = self.start(out, metrics, ["--save-every", "2", "--ckpt-dir", ck])
+            save_args = ["--save-every", "2", "--keep-last", "0", "--ckpt-dir", ck]
+            p = self.start(out, metrics, save_args)
             rc, se = self.finish(p)
             if rc in (0, None):
                 return "full-disk", "FAILED", False, f"the run did not fail on a full --ckpt-dir (rc {rc})"
@@ -303,9 +315,12 @@ class Trials:
                                                       f"error names the intact checkpoint: {said}; {se[-800:]}")
             # Space freed (the tmpfs grown): the resume goes on from the intact checkpoint.
             subprocess.run(["mount", "-o", "remount,size=64m", ck], check=True)
-            ok, detail = self.resume_and_check(out, ck, saved, extra=["--ckpt-dir", ck])
+            ok, detail = self.resume_and_check(out, ck, saved, save_args)
+            said = next(l for l in se.splitlines() if "is intact" in l)
+            said = said[said.find("checkpoint at step"):]
+            said = said if len(said) < 320 else said[:150] + " … " + said[-150:]
             return "full-disk", "error, intact, resumed" if ok else "FAILED", ok, (
-                f"saves {saved} fit, the next failed with the previous one intact; {detail}")
+                f"saves {saved} fit, the next failed with the previous one intact (\"{said}\"); {detail}")
         finally:
             subprocess.run(["umount", ck], capture_output=True)
 

@@ -55,8 +55,14 @@ stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const Train
   if (rank == 0) {
     try {
       stdfs::create_directories(dir);
-      if (stdfs::exists(final_dir)) exists = "1";  // e.g. a stop right after resuming from this step
+      // A complete one is kept (e.g. a stop right after resuming from this step); one that does not verify
+      // (the run resumed past it after a corruption) is replaced, or it would keep shadowing the older ones.
+      if (stdfs::exists(final_dir) && verify(final_dir).empty()) exists = "1";
       else {
+        if (stdfs::exists(final_dir)) {
+          log::warn("replacing '" + final_dir.string() + "', which does not verify: " + verify(final_dir));
+          stdfs::remove_all(final_dir);
+        }
         stdfs::remove_all(tmp);
         stdfs::create_directory(tmp);
       }

@@ -122,7 +122,8 @@ def t_errors(tmp):
     open(f"{e}/mine.txt", "w").write("keep")
     refused(export(ckpt, e, ok=False), "--out folder", "not empty")
     assert os.listdir(e) == ["mine.txt"]
-    refused(export(f"{tmp}/data", f"{tmp}/e2", ok=False), "neither a checkpoint")
+    refused(export(f"{tmp}/data", f"{tmp}/e2", ok=False), "not a shardtune checkpoint manifest")  # a shard folder
+    refused(export(f"{tmp}/model", f"{tmp}/e2", ok=False), "neither a checkpoint")
     refused(export(ckpt, f"{tmp}/e2", "--dtype", "int8", ok=False), "--dtype 'int8'")
 
     flipped = f"{out}/checkpoints/step-00000002"
