@@ -95,7 +95,9 @@ stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const Train
       write_state(tmp / kState, state);
       for (const auto& e : stdfs::directory_iterator(tmp)) {
         const std::string n = e.path().filename().string();
-        if (!e.is_regular_file() || n == rank_file(0)) continue;
+        // Only rank 0's own files: every rank lists its optimizer file itself, and another rank may still be
+        // writing its one (under a temporary name that is gone once it is renamed).
+        if (!e.is_regular_file() || n.rfind("optimizer-rank", 0) == 0) continue;
         fs::fsync_path(e.path());
         my_lines += "\n" + file_line(e.path());
       }
