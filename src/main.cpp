@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <nlohmann/json.hpp>
 #include <optional>
 
@@ -24,6 +25,7 @@
 #include "shardtune/data/verify.h"
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/mpi_runtime.h"
+#include "shardtune/dist/watchdog.h"
 #include "shardtune/model/adapter.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/model.h"
@@ -163,6 +165,27 @@ void write_model_files(const model::CausalLM& m, const stdfs::path& dir, const s
   }
 }
 
+// --async-save: the model (or adapter) files as they are now, written later by a background thread.
+std::function<void(const stdfs::path&)> snapshot_writer(const model::CausalLM& m) {
+  at::NoGradGuard no_grad;
+  if (m.has_lora()) {
+    model::AdapterWeights w;
+    for (const auto& [k, p] : m.lora_weights()) w[k] = {p.A.detach().clone(), p.B.detach().clone()};
+    return [cfg = m.lora_config(), w](const stdfs::path& d) {
+      model::write_adapter_config(d, cfg);
+      model::write_adapter_weights(d, w);
+    };
+  }
+  std::vector<std::pair<std::string, at::Tensor>> ts;
+  for (const auto& [k, t] : m.hf_parameters()) ts.emplace_back(k, t.detach().to(at::kFloat).clone());
+  model::ModelConfig mc = m.config();
+  mc.torch_dtype = "float32";
+  return [ts, mc](const stdfs::path& d) {
+    fs::write_file_atomic(d / "config.json", mc.to_json().dump(2) + "\n");
+    model::write_safetensors(d / "model.safetensors", ts);
+  };
+}
+
 // Writes the whole model folder under <out>.partial, syncs every file and the folder, then publishes it:
 // renamed onto --out in one step when --out is empty; when --out holds the checkpoint folder, each file
 // is renamed into --out with config.json (adapter_config.json) last, so --out never looks like a complete
@@ -270,7 +293,11 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   train::TrainConfig method_cfg = cfg;
   if (resumed && lora) method_cfg.adapter = resume.path.string();
   const train::MethodSummary method = train::apply_method(*model, method_cfg, launch.precision.precision);
-  if (resumed) model->set_dropout_rng_state(resumed->dropout_rng);
+  // LoRA dropout masks: each rank its own generator; a resumed run on the same ranks continues each one,
+  // on another number of ranks they are seeded afresh (the masks then differ from an uninterrupted run's).
+  model->seed_dropout(cfg.seed + uint64_t(resumed ? resumed->step : 0), rank);
+  if (resumed && resumed->world == world && size_t(rank) < resumed->dropout_rngs.size())
+    model->set_dropout_rng_state(resumed->dropout_rngs[size_t(rank)]);
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
@@ -363,6 +390,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
 
   // ---- checkpoints ----
   const auto source_dtypes = model->source_dtypes;
+  checkpoint::AsyncSaver async_saver(rt, ckpt_dir, cfg.keep_last);
   auto save_checkpoint = [&](int64_t done) {
     const auto t0 = std::chrono::steady_clock::now();
     checkpoint::TrainerState st;
@@ -375,12 +403,27 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     st.optimizer_steps = c.optimizer_steps;
     st.skipped_total = c.skipped_total;
     st.skipped_in_a_row = c.skipped_in_a_row;
-    st.dropout_rng = model->dropout_rng_state();
+    {
+      const auto mine = model->dropout_rng_state();
+      for (const auto& s : rt.allgather(std::string(mine.begin(), mine.end())))
+        st.dropout_rngs.emplace_back(s.begin(), s.end());
+    }
     st.config = identity;
     st.source_dtypes = source_dtypes;
     for (const auto& [name, t] : model->trainable_parameters()) {
       st.params.push_back(name);
       st.numels.push_back(t.numel());
+    }
+    if (cfg.async_save) {
+      // The snapshot is taken now, on this thread; the files are written in the background.
+      std::vector<checkpoint::StatePiece> pieces;
+      for (const auto& p : trainer.optimizer_share()) pieces.push_back({p.param, p.start, p.exp_avg.clone(), p.exp_avg_sq.clone()});
+      async_saver.start(std::move(st), std::move(pieces), snapshot_writer(*model));
+      const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+      log::info("checkpoint of step " + std::to_string(done) + " is being written in the background (snapshot " +
+                std::to_string(static_cast<int>(1000 * secs)) + " ms)");
+      metrics.write({{"type", "checkpoint_started"}, {"step", done}, {"snapshot_s", secs}});
+      return secs;
     }
     const auto path = checkpoint::save(rt, ckpt_dir, st, trainer.optimizer_share(),
                                        [&](const stdfs::path& d) { write_model_files(*model, d, "F32"); }, cfg.keep_last);
@@ -389,6 +432,11 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
               std::to_string(static_cast<int>(1000 * secs)) + " ms)");
     metrics.write({{"type", "checkpoint"}, {"step", done}, {"path", path.string()}, {"save_s", secs}});
     return secs;
+  };
+  auto committed = [&](const stdfs::path& path) {
+    if (path.empty()) return;
+    log::info("checkpoint saved: " + path.string() + " (written in the background)");
+    metrics.write({{"type", "checkpoint"}, {"path", path.string()}, {"async", true}});
   };
   auto last_save = std::chrono::steady_clock::now();
   double last_save_s = 0, step_s_ema = 0;
@@ -403,6 +451,9 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   // saves the final model (failure-path tests).
   const char* fail_at = std::getenv("SHARDTUNE_TEST_FAIL");
   auto injected = [&](const std::string& when) { return fail_at && std::to_string(rank) + ":" + when == fail_at; };
+  // From here on every collective is bounded: a dead or hung peer ends the job (slow start-up work such as
+  // data verification or the first load is not counted).
+  if (world > 1) dist::start_watchdog(cfg.collective_timeout, rank);
   for (int64_t step = first_step; step < steps; ++step) {
     signals::set_progress(step + 1, steps);
     if (injected(std::to_string(step)))
@@ -461,17 +512,20 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     }
     due = rt.allreduce_max(due);
     const bool stop = rt.allreduce_max(signals::received() ? 1 : 0) > 0;
+    if (async_saver.busy()) committed(async_saver.poll());
     if (stop || due > 0 || (cfg.save_every > 0 && done % cfg.save_every == 0)) {
       last_save_s = save_checkpoint(done);
       last_save = std::chrono::steady_clock::now();
     }
     if (stop) {
+      committed(async_saver.finish());
       log::info("stopped after step " + std::to_string(done) + " of " + std::to_string(steps) +
                 " on a signal, checkpoint written; exit code 75: rerun (or requeue) with --resume auto to go on");
       std::fflush(nullptr);
       return 75;
     }
   }
+  committed(async_saver.finish());
   evaluate(steps);
   if (trainer.skipped_steps() > 0)
     log::info("skipped " + std::to_string(trainer.skipped_steps()) + " of " + std::to_string(steps) +

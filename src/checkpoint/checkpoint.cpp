@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
@@ -39,20 +40,12 @@ std::string file_line(const stdfs::path& p) {
   return p.filename().string() + " " + std::to_string(ec ? 0 : size) + " " + fs::sha256_file(p);
 }
 
-}  // namespace
-
-stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const TrainerState& state,
-                 const std::vector<StatePiece>& mine, const std::function<void(const stdfs::path&)>& write_weights,
-                 int keep_last) {
-  const int rank = rt.rank();
-  const std::string name = step_dir_name(state.step);
+// Phase 1 (collective): rank 0 creates the temporary folder. Empty path: this step is already saved.
+stdfs::path begin_save(const dist::MpiRuntime& rt, const stdfs::path& dir, int64_t step) {
+  const std::string name = step_dir_name(step);
   const stdfs::path tmp = dir / (".tmp-" + name), final_dir = dir / name;
-  // Test hook: SHARDTUNE_TEST_FAIL="RANK:ckpt" fails that rank's part of every save (fault tests).
-  const char* fail = std::getenv("SHARDTUNE_TEST_FAIL");
-  const bool inject = fail && std::string(fail) == std::to_string(rank) + ":ckpt";
-
   std::string err, exists;
-  if (rank == 0) {
+  if (rt.rank() == 0) {
     try {
       stdfs::create_directories(dir);
       // A complete one is kept (e.g. a stop right after resuming from this step); one that does not verify
@@ -71,12 +64,22 @@ stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const Train
     }
   }
   err = rt.broadcast(err, 0);
-  ST_CHECK(err.empty(), "checkpoint at step " + std::to_string(state.step) + ": " + err,
+  ST_CHECK(err.empty(), "checkpoint at step " + std::to_string(step) + ": " + err,
            "--ckpt-dir must be a writable folder; the previous checkpoint (" + latest_name(dir) + ") is intact");
-  if (!rt.broadcast(exists, 0).empty()) return final_dir;
+  return rt.broadcast(exists, 0).empty() ? tmp : stdfs::path();
+}
 
-  // Every rank writes its share; rank 0 also the weights and the trainer state.
-  std::string my_err, my_lines;
+// Phase 2 (local, no collectives: may run on a background thread): this rank's files. Returns the error
+// ("" if none) and "name bytes sha256" lines of the files written.
+std::pair<std::string, std::string> write_local(const stdfs::path& tmp, int rank, int world, const TrainerState& state,
+                                                const std::vector<StatePiece>& mine,
+                                                const std::function<void(const stdfs::path&)>& write_weights) {
+  // Test hook: SHARDTUNE_TEST_FAIL="RANK:ckpt" fails that rank's part of every save, "RANK:ckptSTEP" of
+  // the save at that step (fault tests).
+  const char* fail = std::getenv("SHARDTUNE_TEST_FAIL");
+  const std::string hook = std::to_string(rank) + ":ckpt";
+  const bool inject = fail && (fail == hook || fail == hook + std::to_string(state.step));
+  std::string err, lines;
   try {
     std::vector<std::pair<std::string, at::Tensor>> tensors;
     for (const auto& p : mine) {
@@ -86,27 +89,33 @@ stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const Train
     }
     const stdfs::path f = tmp / rank_file(rank);
     if (inject) ST_FAIL("injected failure writing " + f.string() + " (SHARDTUNE_TEST_FAIL)");
-    model::write_safetensors(f, tensors, {{"format", "pt"}, {"rank", std::to_string(rank)},
-                                          {"world", std::to_string(rt.world())}});
+    model::write_safetensors(f, tensors, {{"format", "pt"}, {"rank", std::to_string(rank)}, {"world", std::to_string(world)}});
     fs::fsync_path(f);
-    my_lines = file_line(f);
+    lines = file_line(f);
     if (rank == 0) {
       write_weights(tmp);
       write_state(tmp / kState, state);
       for (const auto& e : stdfs::directory_iterator(tmp)) {
         const std::string n = e.path().filename().string();
-        // Only rank 0's own files: every rank lists its optimizer file itself, and another rank may still be
-        // writing its one (under a temporary name that is gone once it is renamed).
         if (!e.is_regular_file() || n.rfind("optimizer-rank", 0) == 0) continue;
         fs::fsync_path(e.path());
-        my_lines += "\n" + file_line(e.path());
+        lines += "\n" + file_line(e.path());
       }
     }
   } catch (const std::exception& e) {
-    my_err = "rank " + std::to_string(rank) + ": " + e.what();
+    err = "rank " + std::to_string(rank) + ": " + e.what();
   }
-  const auto errors = rt.allgather(my_err);
-  const auto lines = rt.allgather(my_lines);
+  return {err, lines};
+}
+
+// Phase 3 (collective): every rank's result; rank 0 writes the manifest, renames, moves `latest`, prunes.
+stdfs::path commit(const dist::MpiRuntime& rt, const stdfs::path& dir, const stdfs::path& tmp, const TrainerState& state,
+                   const std::pair<std::string, std::string>& mine, int keep_last) {
+  const int rank = rt.rank();
+  const std::string name = step_dir_name(state.step);
+  const stdfs::path final_dir = dir / name;
+  const auto errors = rt.allgather(mine.first);
+  const auto lines = rt.allgather(mine.second);
   std::string first_err;
   for (const auto& e : errors)
     if (first_err.empty() && !e.empty()) first_err = e;
@@ -115,9 +124,8 @@ stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const Train
       nlohmann::json files = nlohmann::json::array();
       for (const auto& block : lines) {
         std::istringstream in(block);
-        std::string fname;
+        std::string fname, sha;
         uint64_t bytes = 0;
-        std::string sha;
         while (in >> fname >> bytes >> sha) files.push_back({{"name", fname}, {"bytes", bytes}, {"sha256", sha}});
       }
       const nlohmann::json manifest = {{"format", kFormat}, {"version", kFormatVersion}, {"step", state.step},
@@ -154,6 +162,50 @@ stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const Train
   }
   rt.barrier();
   return final_dir;
+}
+
+}  // namespace
+
+stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const TrainerState& state,
+                 const std::vector<StatePiece>& mine, const std::function<void(const stdfs::path&)>& write_weights,
+                 int keep_last) {
+  const stdfs::path tmp = begin_save(rt, dir, state.step);
+  if (tmp.empty()) return dir / step_dir_name(state.step);
+  return commit(rt, dir, tmp, state, write_local(tmp, rt.rank(), rt.world(), state, mine, write_weights), keep_last);
+}
+
+AsyncSaver::AsyncSaver(const dist::MpiRuntime& rt, stdfs::path dir, int keep_last)
+    : rt_(rt), dir_(std::move(dir)), keep_last_(keep_last) {}
+
+AsyncSaver::~AsyncSaver() {
+  if (thread_.joinable()) thread_.join();  // an unwinding run: the save is not committed (previous stays latest)
+}
+
+void AsyncSaver::start(TrainerState state, std::vector<StatePiece> pieces, std::function<void(const stdfs::path&)> write_weights) {
+  finish();
+  tmp_ = begin_save(rt_, dir_, state.step);
+  if (tmp_.empty()) return;
+  state_ = std::move(state);
+  done_ = false;
+  thread_ = std::thread([this, pieces = std::move(pieces), write_weights = std::move(write_weights)] {
+    result_ = write_local(tmp_, rt_.rank(), rt_.world(), state_, pieces, write_weights);
+    done_ = true;
+  });
+}
+
+stdfs::path AsyncSaver::poll() {
+  if (tmp_.empty()) return {};
+  // Every rank must have written its part before anyone commits.
+  if (rt_.allreduce_max(done_.load() ? 0 : 1) != 0) return {};
+  return finish();
+}
+
+stdfs::path AsyncSaver::finish() {
+  if (tmp_.empty()) return {};
+  thread_.join();
+  const stdfs::path tmp = tmp_;
+  tmp_.clear();
+  return commit(rt_, dir_, tmp, state_, result_, keep_last_);
 }
 
 Resume find_resume(const dist::MpiRuntime& rt, const stdfs::path& dir, const std::string& spec) {

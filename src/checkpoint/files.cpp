@@ -23,7 +23,7 @@ namespace boost::serialization {
 template <class Ar>
 void serialize(Ar& ar, shardtune::checkpoint::TrainerState& s, unsigned /*version*/) {
   ar & s.version & s.step & s.consumed_samples & s.total_steps & s.world & s.seed & s.optimizer_steps &
-      s.skipped_total & s.skipped_in_a_row & s.dropout_rng & s.config & s.source_dtypes & s.params & s.numels;
+      s.skipped_total & s.skipped_in_a_row & s.dropout_rngs & s.config & s.source_dtypes & s.params & s.numels;
 }
 }  // namespace boost::serialization
 

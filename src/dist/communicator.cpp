@@ -8,9 +8,16 @@
 
 #include "nccl_backend.h"
 #include "shardtune/core/error.h"
+#include "shardtune/dist/watchdog.h"
 
 namespace shardtune::dist {
 namespace {
+// A blocking MPI call, watched by --collective-timeout while it runs (the call is evaluated inside).
+#define watched_check(call, name) \
+  do { \
+    const WatchedOp watch_(name); \
+    mpi_check(call, name); \
+  } while (0)
 
 using Clock = std::chrono::steady_clock;
 
@@ -86,6 +93,7 @@ class MpiPending : public Pending {
   void wait() override {
     if (req_ == MPI_REQUEST_NULL) return;
     auto t0 = Clock::now();
+    const WatchedOp watch("MPI_Wait on a gradient or parameter bucket collective");
     checked(MPI_Wait(&req_, MPI_STATUS_IGNORE), "MPI_Wait");
     comm_->blocked_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
   }
@@ -216,7 +224,7 @@ void Communicator::broadcast(at::Tensor& t, int root) {
   if (world() == 1) return;
   if (t.is_cuda()) return nccl().backend->broadcast(t, root, &blocked_s_);
   auto t0 = Clock::now();
-  mpi_check(MPI_Bcast(t.data_ptr(), count_of(t), mpi_type(t), root, MPI_COMM_WORLD), "MPI_Bcast");
+  watched_check(MPI_Bcast(t.data_ptr(), count_of(t), mpi_type(t), root, MPI_COMM_WORLD), "MPI_Bcast");
   blocked_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
 }
 
@@ -225,7 +233,7 @@ double Communicator::all_reduce(double value, ReduceOp op) {
   if (world() == 1) return value;
   double out = value;
   auto t0 = Clock::now();  // waiting here is waiting for the slowest rank: it counts as blocked time
-  mpi_check(MPI_Allreduce(&value, &out, 1, MPI_DOUBLE, op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  watched_check(MPI_Allreduce(&value, &out, 1, MPI_DOUBLE, op == ReduceOp::Sum ? MPI_SUM : MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
   blocked_s_ += std::chrono::duration<double>(Clock::now() - t0).count();
   return out;
 }

@@ -8,9 +8,16 @@
 #include <cstring>
 
 #include "shardtune/core/error.h"
+#include "shardtune/dist/watchdog.h"
 
 namespace shardtune::dist {
 namespace {
+// A blocking MPI call, watched by --collective-timeout while it runs (the call is evaluated inside).
+#define watched_check(call, name) \
+  do { \
+    const WatchedOp watch_(name); \
+    mpi_check(call, name); \
+  } while (0)
 void mpi_check(int rc, const char* what) {
   if (rc == MPI_SUCCESS) return;
   char msg[MPI_MAX_ERROR_STRING];
@@ -83,24 +90,24 @@ MpiRuntime::~MpiRuntime() {
 }
 
 void MpiRuntime::barrier() const {
-  if (active_) mpi_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
+  if (active_) watched_check(MPI_Barrier(MPI_COMM_WORLD), "MPI_Barrier");
 }
 
 std::vector<int64_t> MpiRuntime::allgather(int64_t value) const {
   std::vector<int64_t> out(world_, value);
-  if (active_) mpi_check(MPI_Allgather(&value, 1, MPI_INT64_T, out.data(), 1, MPI_INT64_T, MPI_COMM_WORLD), "MPI_Allgather");
+  if (active_) watched_check(MPI_Allgather(&value, 1, MPI_INT64_T, out.data(), 1, MPI_INT64_T, MPI_COMM_WORLD), "MPI_Allgather");
   return out;
 }
 
 int64_t MpiRuntime::allreduce_sum(int64_t value) const {
   int64_t out = value;
-  if (active_) mpi_check(MPI_Allreduce(&value, &out, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
+  if (active_) watched_check(MPI_Allreduce(&value, &out, 1, MPI_INT64_T, MPI_SUM, MPI_COMM_WORLD), "MPI_Allreduce");
   return out;
 }
 
 int64_t MpiRuntime::allreduce_max(int64_t value) const {
   int64_t out = value;
-  if (active_) mpi_check(MPI_Allreduce(&value, &out, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
+  if (active_) watched_check(MPI_Allreduce(&value, &out, 1, MPI_INT64_T, MPI_MAX, MPI_COMM_WORLD), "MPI_Allreduce");
   return out;
 }
 
@@ -115,7 +122,7 @@ std::vector<std::string> MpiRuntime::allgather(const std::string& value) const {
     total += lens[r];
   }
   std::string all(total, '\0');
-  mpi_check(MPI_Allgatherv(value.data(), static_cast<int>(value.size()), MPI_CHAR, all.data(), lens.data(),
+  watched_check(MPI_Allgatherv(value.data(), static_cast<int>(value.size()), MPI_CHAR, all.data(), lens.data(),
                            displs.data(), MPI_CHAR, MPI_COMM_WORLD), "MPI_Allgatherv");
   std::vector<std::string> out;
   for (int r = 0; r < world_; ++r) out.push_back(all.substr(displs[r], lens[r]));
@@ -125,9 +132,9 @@ std::vector<std::string> MpiRuntime::allgather(const std::string& value) const {
 std::string MpiRuntime::broadcast(const std::string& value, int root) const {
   if (!active_) return value;
   int64_t n = static_cast<int64_t>(value.size());
-  mpi_check(MPI_Bcast(&n, 1, MPI_INT64_T, root, MPI_COMM_WORLD), "MPI_Bcast");
+  watched_check(MPI_Bcast(&n, 1, MPI_INT64_T, root, MPI_COMM_WORLD), "MPI_Bcast");
   std::string out = rank_ == root ? value : std::string(n, '\0');
-  mpi_check(MPI_Bcast(out.data(), static_cast<int>(n), MPI_CHAR, root, MPI_COMM_WORLD), "MPI_Bcast");
+  watched_check(MPI_Bcast(out.data(), static_cast<int>(n), MPI_CHAR, root, MPI_COMM_WORLD), "MPI_Bcast");
   return out;
 }
 

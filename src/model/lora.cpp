@@ -164,6 +164,10 @@ std::vector<std::pair<std::string, at::Tensor>> CausalLM::trainable_parameters()
   return out;
 }
 
+void CausalLM::seed_dropout(uint64_t seed, int rank) {
+  dropout_gen_ = at::detail::createCPUGenerator(seed * 0x9e3779b97f4a7c15ULL + uint64_t(rank) + 1);
+}
+
 std::vector<uint8_t> CausalLM::dropout_rng_state() const {
   if (!dropout_gen_.defined()) return {};
   const at::Tensor t = dropout_gen_.get_state().contiguous();

@@ -81,6 +81,13 @@ void TrainConfig::bind(CLI::App& app) {
   app.add_option("--resume", resume,
                  "auto (the newest checkpoint in --ckpt-dir that verifies, else a fresh start) | none | a checkpoint folder")
       ->capture_default_str();
+  app.add_flag("--async-save,!--no-async-save", async_save,
+               "write checkpoints in the background from a snapshot taken at a step boundary (costs one copy of "
+               "the trainable weights and this rank's optimizer share in memory)");
+  app.add_option("--collective-timeout", collective_timeout,
+                 "seconds one collective may block during training before the rank ends the job, naming the operation "
+                 "(a peer died or hangs; 0 = off)")
+      ->capture_default_str();
 }
 
 void TrainConfig::validate() const {
@@ -117,6 +124,7 @@ void TrainConfig::validate() const {
   ST_CHECK(save_every >= 0 && std::isfinite(save_every_minutes) && save_every_minutes >= 0 && keep_last >= 0,
            "--save-every, --save-every-minutes and --keep-last must not be negative");
   ST_CHECK(!resume.empty(), "--resume needs a value", "auto, none, or a checkpoint folder");
+  ST_CHECK(std::isfinite(collective_timeout) && collective_timeout >= 0, "--collective-timeout must be 0 (off) or positive seconds");
   ST_CHECK(compute_dtype == "auto" || compute_dtype == "fp32" || compute_dtype == "bf16",
            "unknown --compute-dtype '" + compute_dtype + "'", "use auto, fp32 or bf16");
   ST_CHECK(zero >= 0 && zero <= 2, "--zero must be 0, 1 or 2 (got " + std::to_string(zero) + ")");
@@ -191,6 +199,8 @@ std::string TrainConfig::table() const {
   row("keep-last", keep_last);
   row("ckpt-dir", ckpt_dir.empty() ? "(<out>/checkpoints)" : ckpt_dir);
   row("resume", resume);
+  row("async-save", async_save ? "true" : "false");
+  row("collective-timeout", collective_timeout);
   if (method != "full") {
     std::string targets;
     for (const auto& t : lora_targets) targets += (targets.empty() ? "" : ",") + t;

@@ -15,11 +15,14 @@
 
 #include <ATen/ATen.h>
 
+#include <atomic>
 #include <cstdint>
 #include <filesystem>
 #include <functional>
 #include <map>
 #include <string>
+#include <thread>
+#include <utility>
 #include <vector>
 
 #include "shardtune/checkpoint/files.h"
@@ -47,6 +50,36 @@ struct StatePiece {
 stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const TrainerState& state,
                  const std::vector<StatePiece>& mine, const std::function<void(const stdfs::path&)>& write_weights,
                  int keep_last);
+
+// --async-save: the files of a save are written by a background thread while training goes on, from a
+// snapshot taken at a step boundary (the pieces and what write_weights captures must be copies); the
+// save is committed (collective) at the first step boundary where every rank has written its part, and a
+// new save first waits for the one in flight. Until it is committed the previous checkpoint stays latest.
+class AsyncSaver {
+ public:
+  AsyncSaver(const dist::MpiRuntime& rt, stdfs::path dir, int keep_last);
+  ~AsyncSaver();
+  AsyncSaver(const AsyncSaver&) = delete;
+  AsyncSaver& operator=(const AsyncSaver&) = delete;
+
+  // Collective: finishes the save in flight, then starts this one.
+  void start(TrainerState state, std::vector<StatePiece> pieces, std::function<void(const stdfs::path&)> write_weights);
+  // Collective (one scalar all-reduce while a save is in flight): commits it if every rank is done.
+  // Returns the committed folder, or empty.
+  stdfs::path poll();
+  // Collective: waits for the save in flight and commits it (empty: none was in flight).
+  stdfs::path finish();
+  bool busy() const { return !tmp_.empty(); }
+
+ private:
+  const dist::MpiRuntime& rt_;
+  stdfs::path dir_, tmp_;
+  int keep_last_;
+  TrainerState state_;
+  std::thread thread_;
+  std::atomic<bool> done_{false};
+  std::pair<std::string, std::string> result_;
+};
 
 struct Resume {
   stdfs::path path;                   // empty: nothing to resume from

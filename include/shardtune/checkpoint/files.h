@@ -29,7 +29,7 @@ struct TrainerState {
   uint64_t seed = 0;
   int64_t optimizer_steps = 0;   // AdamW's t (bias correction)
   int64_t skipped_total = 0, skipped_in_a_row = 0;
-  std::vector<uint8_t> dropout_rng;               // LoRA dropout generator state (empty: none)
+  std::vector<std::vector<uint8_t>> dropout_rngs;  // LoRA dropout generator state of every rank
   std::map<std::string, std::string> config;      // option -> value, as the run's table printed them
   std::map<std::string, std::string> source_dtypes;  // the base model's dtypes ("save as loaded")
   std::vector<std::string> params;                // trainable parameters, checkpoint order

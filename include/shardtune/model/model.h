@@ -121,7 +121,9 @@ class CausalLM : public torch::nn::Module {
   // What the trainer optimizes: the adapters' A and B (named "<module>.lora_A.weight") with LoRA, else
   // every HF parameter.
   std::vector<std::pair<std::string, at::Tensor>> trainable_parameters() const;
-  // The LoRA dropout generator's state (checkpoints: a resumed run draws the same masks).
+  // The LoRA dropout generator: one per rank (seeded from the run's seed and the rank), its state saved by
+  // checkpoints so a resumed run draws the same masks.
+  void seed_dropout(uint64_t seed, int rank);
   std::vector<uint8_t> dropout_rng_state() const;
   void set_dropout_rng_state(const std::vector<uint8_t>& s);
   // Parameters the base holds (logical sizes: quantized weights count their elements).

@@ -50,6 +50,8 @@ struct TrainConfig {
   int keep_last = 3;               // 0 = keep all
   std::string ckpt_dir;            // "" = <out>/checkpoints
   std::string resume = "auto";     // auto | none | a checkpoint folder
+  bool async_save = false;         // write checkpoints on a background thread while training goes on
+  double collective_timeout = 300;  // seconds a collective may block once training runs (0 = off)
 
   void bind(CLI::App& app);
   // Checks everything that does not need the world size or the data; throws Error naming the option.
