@@ -163,7 +163,9 @@ class Trials:
         complete (the newest `keep` of them with --keep-last keep) still verifies, the later losses and the
         final weights equal the reference's."""
         all_, good = checkpoints(ckpt_dir)
-        kept = saved_steps[-keep:] if keep else saved_steps
+        # A save may be committed (and have pruned an older one) before its metrics line was written.
+        newest_kept = sorted(set(saved_steps) | set(good))[-keep:] if keep else saved_steps
+        kept = [s for s in saved_steps if s in newest_kept]
         lost = [s for s in kept if s not in good]
         if lost:
             return False, f"completed checkpoint(s) {lost} lost or damaged"
