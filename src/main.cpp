@@ -230,9 +230,12 @@ void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const d
 // What must not change when a run resumes, beyond the options: the data and model contents.
 std::map<std::string, std::string> run_identity(const train::TrainConfig& cfg) {
   auto m = checkpoint::parse_table(cfg.table());
-  m["data-manifest-sha256"] = fs::sha256_file(stdfs::path(cfg.data) / "manifest.json");
-  const stdfs::path model = cfg.model;
-  m["model-sha256"] = stdfs::is_directory(model) ? fs::sha256_file(model / "config.json") : fs::sha256_file(model);
+  // (Absent files are reported by the data and model loaders, with their own messages.)
+  std::error_code ec;
+  const stdfs::path manifest = stdfs::path(cfg.data) / "manifest.json", model = cfg.model;
+  const stdfs::path model_file = stdfs::is_directory(model, ec) ? model / "config.json" : model;
+  m["data-manifest-sha256"] = stdfs::is_regular_file(manifest, ec) ? fs::sha256_file(manifest) : "";
+  m["model-sha256"] = stdfs::is_regular_file(model_file, ec) ? fs::sha256_file(model_file) : "";
   return m;
 }
 
@@ -277,13 +280,18 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     log::info("resuming from " + resume.path.string() + " (step " + std::to_string(resumed->step) + " of " +
               std::to_string(resumed->total_steps) + ", written by " + std::to_string(resumed->world) + " rank(s))" +
               (changes.empty() ? std::string() : "; changed since:" + changes));
-  } else if (rank == 0 && cfg.resume == "auto") {
+  } else if (rank == 0) {
+    // A fresh start beside another run's checkpoints would mix the two (and a save at a step already there
+    // would keep the other run's).
     std::error_code ec;
     bool any = false;
     if (stdfs::is_directory(ckpt_dir, ec))
       for (const auto& e : stdfs::directory_iterator(ckpt_dir)) any = any || e.path().filename().string().rfind("step-", 0) == 0;
-    ST_CHECK(!any, "no checkpoint in '" + ckpt_dir.string() + "' verifies (see the warnings above), so the run cannot go on",
+    ST_CHECK(!any || cfg.resume != "auto",
+             "no checkpoint in '" + ckpt_dir.string() + "' verifies (see the warnings above), so the run cannot go on",
              "resume one explicitly with --resume PATH, or start over with another --out (or --ckpt-dir)");
+    ST_CHECK(!any, "--resume none, but '" + ckpt_dir.string() + "' holds checkpoints of an earlier run",
+             "resume them (--resume auto), or start the new run with another --out (or --ckpt-dir)");
   }
   rt.barrier();
   // Full fine-tuning resumes from the checkpoint's weights; LoRA from the base plus the checkpoint's adapter.
