@@ -1,9 +1,11 @@
 // shardtune-export: write models for other tools. One subcommand per target: `merge` (a PEFT LoRA adapter
-// merged into its Hugging Face base, streamed one tensor at a time); `gguf` and `hf` come with later issues.
+// merged into its Hugging Face base, streamed one tensor at a time), `checkpoint` (a trainer checkpoint as
+// an HF model or PEFT adapter); `gguf` comes with a later issue.
 #include <CLI/CLI.hpp>
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/hw.h"
+#include "shardtune/export/checkpoint_export.h"
 #include "shardtune/export/merge.h"
 
 namespace {
@@ -33,19 +35,46 @@ struct MergeCommand {
   }
 };
 
+// Options of `checkpoint`.
+struct CheckpointCommand {
+  shardtune::exporter::CheckpointExportOptions opts;
+  std::string ckpt, out;
+  CLI::App* app = nullptr;
+
+  void add_to(CLI::App& parent) {
+    app = parent.add_subcommand("checkpoint",
+                                "a trainer checkpoint as a Hugging Face model folder (full fine-tuning) or a PEFT "
+                                "adapter folder (LoRA / QLoRA); the checkpoint must verify");
+    app->add_option("--ckpt", ckpt, "checkpoint folder (<ckpt-dir>/step-N), or a --ckpt-dir (its `latest`)")->required();
+    app->add_option("--out", out, "output folder (must be absent or empty)")->required();
+    app->add_option("--dtype", opts.dtype,
+                    "F32, BF16 or F16 (default: the dtypes of the base model the run loaded; an adapter as saved)");
+  }
+  int run() {
+    opts.ckpt = ckpt;
+    opts.out = out;
+    shardtune::exporter::export_checkpoint(opts);
+    return 0;
+  }
+};
+
 }  // namespace
 
 static int run(int argc, char** argv) {
-  CLI::App app{"Export models: `shardtune-export merge` merges a PEFT LoRA adapter into its base model."};
+  CLI::App app{"Export models: `shardtune-export merge` merges a PEFT LoRA adapter into its base model; "
+               "`shardtune-export checkpoint` turns a trainer checkpoint into an HF model or PEFT adapter."};
   app.require_subcommand(1);
   MergeCommand merge;
   merge.add_to(app);
+  CheckpointCommand checkpoint;
+  checkpoint.add_to(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e) == 0 ? 0 : 2;
   }
   if (*merge.app) return merge.run();
+  if (*checkpoint.app) return checkpoint.run();
   return 2;
 }
 

@@ -1,5 +1,6 @@
 // shardtune-inspect: what a shard folder (manifest + shards) or one shard holds, with a decoded sample
-// whose prompt (no loss) and trained parts are marked. `--verify` re-checks every shard and checksum.
+// whose prompt (no loss) and trained parts are marked; or what a trainer checkpoint holds
+// (inspect_checkpoint.cpp). `--verify` re-checks every shard (checkpoint file) and checksum.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -7,6 +8,7 @@
 #include <filesystem>
 #include <nlohmann/json.hpp>
 
+#include "inspect_checkpoint.h"
 #include "sentencepiece_tokenizer.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
@@ -66,20 +68,21 @@ void print_shard(const std::string& path) {
 }
 
 int inspect_main(int argc, char** argv) {
-  CLI::App app{"shardtune-inspect: print what a shard folder or shard file holds"};
+  CLI::App app{"shardtune-inspect: print what a shard folder, shard file or checkpoint holds"};
   std::string target, tokenizer;
   int64_t sample = 0;
   bool verify = false, ids = false;
-  app.add_option("path", target, "a folder written by shardtune-prep, or one .h5 shard")->required();
+  app.add_option("path", target, "a folder written by shardtune-prep, one .h5 shard, a checkpoint folder (step-N) or a --ckpt-dir")->required();
   app.add_option("--sample", sample, "which sample of the first shard to show")->capture_default_str();
   app.add_option("--tokenizer", tokenizer, "tokenizer for decoding (default: the one recorded in manifest.json)");
   app.add_flag("--ids", ids, "show token ids instead of text");
-  app.add_flag("--verify", verify, "validate every shard and compare its sha256 with the manifest");
+  app.add_flag("--verify", verify, "validate every shard (checkpoint file) and compare its size and sha256 with the manifest");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
     return app.exit(e);
   }
+  if (inspect::is_checkpoint_path(target)) return inspect::inspect_checkpoint(target, verify);
   if (stdfs::is_regular_file(target)) {
     print_shard(target);
     data::Shard s = data::read_shard(target);

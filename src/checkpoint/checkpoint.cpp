@@ -1,12 +1,6 @@
-// Checkpoint save (parallel per rank, committed by rank 0), verification, resume lookup with fallback,
-// optimizer state re-partitioned on load, and the resume compatibility check (see checkpoint.h).
+// Checkpoint save (parallel per rank, committed by rank 0), resume lookup with fallback (verification and
+// state I/O: files.cpp), optimizer state re-partitioned on load, the resume compatibility check (checkpoint.h).
 #include "shardtune/checkpoint/checkpoint.h"
-
-#include <boost/archive/text_iarchive.hpp>
-#include <boost/archive/text_oarchive.hpp>
-#include <boost/serialization/map.hpp>
-#include <boost/serialization/string.hpp>
-#include <boost/serialization/vector.hpp>
 
 #include <algorithm>
 #include <cstdio>
@@ -26,21 +20,13 @@
 #include "shardtune/model/io.h"
 #include "shardtune/model/safetensors.h"
 
-namespace boost::serialization {
-template <class Ar>
-void serialize(Ar& ar, shardtune::checkpoint::TrainerState& s, unsigned /*version*/) {
-  ar & s.version & s.step & s.consumed_samples & s.total_steps & s.world & s.seed & s.optimizer_steps &
-      s.skipped_total & s.skipped_in_a_row & s.dropout_rngs & s.config & s.source_dtypes & s.params & s.numels;
-}
-}  // namespace boost::serialization
-
 namespace shardtune::checkpoint {
 
 namespace {
 
-constexpr const char* kManifest = "manifest.json";
-constexpr const char* kState = "trainer_state.txt";
-constexpr const char* kFormat = "shardtune-checkpoint";
+constexpr const char* kManifest = kManifestFile;
+constexpr const char* kState = kStateFile;
+constexpr const char* kFormat = kManifestFormat;
 
 std::string rank_file(int rank) {
   char buf[64];
@@ -48,58 +34,11 @@ std::string rank_file(int rank) {
   return buf;
 }
 
-bool is_step_dir(const std::string& n, int64_t* step) {
-  if (n.size() != 13 || n.rfind("step-", 0) != 0) return false;
-  for (size_t i = 5; i < n.size(); ++i)
-    if (n[i] < '0' || n[i] > '9') return false;
-  *step = std::stoll(n.substr(5));
-  return true;
-}
-
-// Checkpoints of `dir`, newest first.
-std::vector<std::pair<int64_t, stdfs::path>> list_checkpoints(const stdfs::path& dir) {
-  std::vector<std::pair<int64_t, stdfs::path>> out;
-  std::error_code ec;
-  if (!stdfs::is_directory(dir, ec)) return out;
-  for (const auto& e : stdfs::directory_iterator(dir)) {
-    int64_t step = 0;
-    if (e.is_directory() && is_step_dir(e.path().filename().string(), &step)) out.emplace_back(step, e.path());
-  }
-  std::sort(out.begin(), out.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  return out;
-}
-
 std::string file_line(const stdfs::path& p) {
   std::error_code ec;
   const auto size = stdfs::file_size(p, ec);
   return p.filename().string() + " " + std::to_string(ec ? 0 : size) + " " + fs::sha256_file(p);
 }
-
-std::string latest_text(const stdfs::path& dir) {
-  std::ifstream in(dir / "latest");
-  std::string s;
-  std::getline(in, s);
-  return s.empty() ? "none" : s;
-}
-
-void write_state(const stdfs::path& path, const TrainerState& st) {
-  std::ostringstream o;
-  {
-    boost::archive::text_oarchive ar(o);
-    ar << st;
-  }
-  fs::write_file_atomic(path, o.str());
-}
-
-}  // namespace
-
-std::string step_dir_name(int64_t step) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "step-%08lld", static_cast<long long>(step));
-  return buf;
-}
-
-namespace {
 
 // Phase 1 (collective): rank 0 creates the temporary folder. Empty path: this step is already saved.
 stdfs::path begin_save(const dist::MpiRuntime& rt, const stdfs::path& dir, int64_t step) {
@@ -109,8 +48,14 @@ stdfs::path begin_save(const dist::MpiRuntime& rt, const stdfs::path& dir, int64
   if (rt.rank() == 0) {
     try {
       stdfs::create_directories(dir);
-      if (stdfs::exists(final_dir)) exists = "1";  // e.g. a stop right after resuming from this step
+      // A complete one is kept (e.g. a stop right after resuming from this step); one that does not verify
+      // (the run resumed past it after a corruption) is replaced, or it would keep shadowing the older ones.
+      if (stdfs::exists(final_dir) && verify(final_dir).empty()) exists = "1";
       else {
+        if (stdfs::exists(final_dir)) {
+          log::warn("replacing '" + final_dir.string() + "', which does not verify: " + verify(final_dir));
+          stdfs::remove_all(final_dir);
+        }
         stdfs::remove_all(tmp);
         stdfs::create_directory(tmp);
       }
@@ -120,7 +65,7 @@ stdfs::path begin_save(const dist::MpiRuntime& rt, const stdfs::path& dir, int64
   }
   err = rt.broadcast(err, 0);
   ST_CHECK(err.empty(), "checkpoint at step " + std::to_string(step) + ": " + err,
-           "--ckpt-dir must be a writable folder; the previous checkpoint (" + latest_text(dir) + ") is intact");
+           "--ckpt-dir must be a writable folder; the previous checkpoint (" + latest_name(dir) + ") is intact");
   return rt.broadcast(exists, 0).empty() ? tmp : stdfs::path();
 }
 
@@ -203,7 +148,7 @@ stdfs::path commit(const dist::MpiRuntime& rt, const stdfs::path& dir, const std
       stdfs::remove_all(tmp, ec);
     }
     ST_FAIL("checkpoint at step " + std::to_string(state.step) + " failed: " + first_err +
-                "; it was removed, the previous checkpoint (" + latest_text(dir) + " in " + dir.string() +
+                "; it was removed, the previous checkpoint (" + latest_name(dir) + " in " + dir.string() +
                 ") is intact",
             "free disk space in --ckpt-dir (or give another one) and rerun with --resume auto: training goes on "
             "from the previous checkpoint");
@@ -263,37 +208,6 @@ stdfs::path AsyncSaver::finish() {
   return commit(rt_, dir_, tmp, state_, result_, keep_last_);
 }
 
-std::string verify(const stdfs::path& ckpt) {
-  const stdfs::path mpath = ckpt / kManifest;
-  std::error_code ec;
-  if (!stdfs::exists(mpath, ec)) return "no manifest.json (the save did not finish)";
-  nlohmann::json m;
-  try {
-    const std::string text = fs::read_file(mpath);
-    check_json_depth(text, mpath.string());
-    m = nlohmann::json::parse(text);
-  } catch (const std::exception& e) {
-    return std::string("manifest.json is not valid JSON (") + e.what() + ")";
-  }
-  if (!m.is_object() || m.value("format", "") != kFormat) return "manifest.json is not a shardtune checkpoint manifest";
-  if (m.value("version", 0u) != kFormatVersion)
-    return "format version " + std::to_string(m.value("version", 0u)) + ", this build reads " +
-           std::to_string(kFormatVersion);
-  if (!m.contains("files") || !m["files"].is_array() || m["files"].empty()) return "manifest.json lists no files";
-  for (const auto& f : m["files"]) {
-    const std::string name = f.value("name", "");
-    const stdfs::path p = ckpt / name;
-    if (name.empty() || name.find('/') != std::string::npos) return "manifest.json has a bad file name";
-    if (!stdfs::exists(p, ec)) return name + " is missing";
-    const auto size = stdfs::file_size(p, ec);
-    if (ec || size != f.value("bytes", uint64_t(0)))
-      return name + " has " + std::to_string(ec ? 0 : size) + " bytes, the manifest says " +
-             std::to_string(f.value("bytes", uint64_t(0))) + " (truncated?)";
-    if (fs::sha256_file(p) != f.value("sha256", "")) return name + " does not match its sha256 (corrupted)";
-  }
-  return "";
-}
-
 Resume find_resume(const dist::MpiRuntime& rt, const stdfs::path& dir, const std::string& spec) {
   std::string path, warnings, err;
   if (rt.rank() == 0 && spec != "none") {
@@ -333,21 +247,6 @@ Resume find_resume(const dist::MpiRuntime& rt, const stdfs::path& dir, const std
   for (std::string line; std::getline(in, line);)
     if (!line.empty()) r.warnings.push_back(line);
   return r;
-}
-
-TrainerState read_state(const stdfs::path& ckpt) {
-  const stdfs::path p = ckpt / kState;
-  TrainerState st;
-  try {
-    std::istringstream in(fs::read_file(p));
-    boost::archive::text_iarchive ar(in);
-    ar >> st;
-  } catch (const boost::archive::archive_exception& e) {
-    ST_FAIL(p.string() + ": not a readable trainer state (" + e.what() + ")", "the checkpoint is damaged: resume from another");
-  }
-  ST_CHECK(st.version == kFormatVersion, p.string() + ": trainer state version " + std::to_string(st.version) +
-                                             ", this build reads " + std::to_string(kFormatVersion));
-  return st;
 }
 
 void load_optimizer(const stdfs::path& ckpt, const std::vector<StatePiece>& targets) {

@@ -25,6 +25,8 @@
 #include <utility>
 #include <vector>
 
+#include "shardtune/checkpoint/files.h"
+
 namespace shardtune::dist {
 class MpiRuntime;
 }
@@ -33,25 +35,6 @@ namespace shardtune::checkpoint {
 
 namespace stdfs = std::filesystem;
 
-constexpr uint32_t kFormatVersion = 1;
-
-// Everything besides tensors that a resumed run needs to continue exactly where this one stopped.
-struct TrainerState {
-  uint32_t version = kFormatVersion;
-  int64_t step = 0;              // optimizer steps completed
-  int64_t consumed_samples = 0;  // global data position (the sampler is a function of seed and position)
-  int64_t total_steps = 0;
-  int world = 1;
-  uint64_t seed = 0;
-  int64_t optimizer_steps = 0;   // AdamW's t (bias correction)
-  int64_t skipped_total = 0, skipped_in_a_row = 0;
-  std::vector<std::vector<uint8_t>> dropout_rngs;  // LoRA dropout generator state of every rank
-  std::map<std::string, std::string> config;      // option -> value, as the run's table printed them
-  std::map<std::string, std::string> source_dtypes;  // the base model's dtypes ("save as loaded")
-  std::vector<std::string> params;                // trainable parameters, checkpoint order
-  std::vector<int64_t> numels;
-};
-
 // A piece of the AdamW state: `numel` elements of parameter `param` from element `start`; exp_avg and
 // exp_avg_sq are views into the optimizer's buffers.
 struct StatePiece {
@@ -59,8 +42,6 @@ struct StatePiece {
   int64_t start = 0;
   at::Tensor exp_avg, exp_avg_sq;
 };
-
-std::string step_dir_name(int64_t step);  // "step-00000120"
 
 // Collective (every rank, same step). Writes <dir>/step-N: `write_weights(folder)` runs on rank 0,
 // every rank writes `mine`; then rank 0 commits and keeps the newest `keep_last` (0 = all). On a failure
@@ -100,9 +81,6 @@ class AsyncSaver {
   std::pair<std::string, std::string> result_;
 };
 
-// "" when the folder is a complete checkpoint whose every file matches the manifest, else why not.
-std::string verify(const stdfs::path& ckpt);
-
 struct Resume {
   stdfs::path path;                   // empty: nothing to resume from
   std::vector<std::string> warnings;  // checkpoints passed over and why
@@ -110,8 +88,6 @@ struct Resume {
 // spec "auto": the newest verifying checkpoint in `dir` (none: empty path); "none": empty; else a
 // checkpoint folder that must verify (Error otherwise). Rank 0 looks, every rank gets the answer.
 Resume find_resume(const dist::MpiRuntime& rt, const stdfs::path& dir, const std::string& spec);
-
-TrainerState read_state(const stdfs::path& ckpt);
 
 // Fills every target piece from the optimizer files of `ckpt`, whatever partition wrote them. Error
 // naming the parameter when an element is missing.
