@@ -115,6 +115,13 @@ def t_ckpt_elastic(tmp):
         assert sorted(got) == [5, 6, 7, 8], got
         for k in got:
             assert abs(got[k] - want[k]) <= 1e-5 * abs(want[k]), (ranks, k, got[k], want[k])
+    # 4 -> 1 as well.
+    src4 = f"{tmp}/src4"
+    r.train(4, src4, 8, ["--zero", "2", "--save-every", "4"], ok=False, env={"SHARDTUNE_TEST_FAIL": "0:5"})
+    r.train(1, f"{tmp}/from4", 8, ["--resume", f"{src4}/checkpoints/step-00000004"])
+    got = losses(f"{tmp}/from4")
+    for k in got:
+        assert abs(got[k] - want[k]) <= 1e-5 * abs(want[k]), ("4 -> 1", k, got[k], want[k])
     lref, lsrc = f"{tmp}/lref", f"{tmp}/lsrc"
     lora = ["--method", "lora", "--lora-targets", "all-linear", "--zero", "2"]
     r.train(2, lref, 8, lora)
@@ -223,6 +230,18 @@ def t_ckpt_fallback(tmp):
     r.train(2, out, 9, ["--save-every", "3"])
     got = losses(out)
     assert all(got[k] == want[k] for k in range(4, 10)), (got, want)
+
+
+def t_ckpt_job_end(tmp):
+    """SLURM_JOB_END_TIME close ahead and no scheduled save before it: the run saves on its own, once."""
+    r = Run(tmp)
+    out = f"{tmp}/end"
+    env = {"SLURM_JOB_END_TIME": str(int(time.time()) + 20)}
+    p = r.train(1, out, 6, ["--save-every", "1000"], env=env)
+    assert "the Slurm allocation ends in" in p.stdout and "before the next scheduled checkpoint" in p.stdout, \
+        p.stdout[-1500:]
+    steps = [d for d in os.listdir(f"{out}/checkpoints") if d.startswith("step-")]
+    assert len(steps) == 1 and p.stdout.count("the Slurm allocation ends in") == 1, (steps, p.stdout[-1500:])
 
 
 def t_collective_timeout(tmp):
