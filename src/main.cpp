@@ -152,37 +152,28 @@ void prepare_out(const dist::MpiRuntime& rt, const std::string& out, const std::
   ST_CHECK(err.empty(), err, hint);
 }
 
-// The model (or adapter) files of a run: what the final save and every checkpoint write.
-void write_model_files(const model::CausalLM& m, const stdfs::path& dir, const std::string& dtype) {
-  if (m.has_lora()) {
-    // LoRA/QLoRA: the adapter alone, in PEFT layout (the base is --model, unchanged).
-    model::write_adapter_config(dir, m.lora_config());
-    model::write_adapter_weights(dir, m.lora_weights());
-  } else {
-    model::SaveOptions so;
-    so.dtype = dtype;
-    model::save_hf(m, dir, so);
-  }
-}
-
-// --async-save: the model (or adapter) files as they are now, written later by a background thread.
-std::function<void(const stdfs::path&)> snapshot_writer(const model::CausalLM& m) {
+// The model (or adapter) files of a run, as the final save and every checkpoint write them. With
+// `snapshot` (--async-save) the tensors are copied now and the writer may run later on another thread;
+// otherwise it reads the live model when called.
+std::function<void(const stdfs::path&)> model_writer(const model::CausalLM& m, const std::string& dtype, bool snapshot) {
   at::NoGradGuard no_grad;
   if (m.has_lora()) {
-    model::AdapterWeights w;
-    for (const auto& [k, p] : m.lora_weights()) w[k] = {p.A.detach().clone(), p.B.detach().clone()};
+    // LoRA/QLoRA: the adapter alone, in PEFT layout (the base is --model, unchanged).
+    model::AdapterWeights w = m.lora_weights();
+    if (snapshot)
+      for (auto& [k, p] : w) p = {p.A.detach().clone(), p.B.detach().clone()};
     return [cfg = m.lora_config(), w](const stdfs::path& d) {
       model::write_adapter_config(d, cfg);
       model::write_adapter_weights(d, w);
     };
   }
-  std::vector<std::pair<std::string, at::Tensor>> ts;
-  for (const auto& [k, t] : m.hf_parameters()) ts.emplace_back(k, t.detach().to(at::kFloat).clone());
-  model::ModelConfig mc = m.config();
-  mc.torch_dtype = "float32";
-  return [ts, mc](const stdfs::path& d) {
-    fs::write_file_atomic(d / "config.json", mc.to_json().dump(2) + "\n");
-    model::write_safetensors(d / "model.safetensors", ts);
+  auto params = m.hf_parameters();
+  if (snapshot)
+    for (auto& [k, t] : params) t = t.detach().clone();
+  model::SaveOptions so;
+  so.dtype = dtype;
+  return [cfg = m.config(), params, dtypes = m.source_dtypes, so](const stdfs::path& d) {
+    model::save_hf(cfg, params, dtypes, d, so);
   };
 }
 
@@ -200,7 +191,7 @@ void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const d
   ST_CHECK(made, "cannot save: the staging folder '" + staging.string() + "' already exists",
            "another run is saving to the same --out? remove the folder once no run uses it");
   try {
-    write_model_files(m, staging, cfg.save_dtype);
+    model_writer(m, cfg.save_dtype, false)(staging);
     if (inject_failure) ST_FAIL("injected failure while saving the final model (SHARDTUNE_TEST_FAIL)");
     nlohmann::json meta = {{"tokenizer", {{"name", info.tokenizer_name}, {"source", info.tokenizer_source},
                                           {"hash", info.tokenizer_hash}, {"bos_id", info.bos_id}, {"eos_id", info.eos_id}}}};
@@ -283,10 +274,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   } else if (rank == 0) {
     // A fresh start beside another run's checkpoints would mix the two (and a save at a step already there
     // would keep the other run's).
-    std::error_code ec;
-    bool any = false;
-    if (stdfs::is_directory(ckpt_dir, ec))
-      for (const auto& e : stdfs::directory_iterator(ckpt_dir)) any = any || e.path().filename().string().rfind("step-", 0) == 0;
+    const bool any = !checkpoint::list_checkpoints(ckpt_dir).empty();
     ST_CHECK(!any || cfg.resume != "auto",
              "no checkpoint in '" + ckpt_dir.string() + "' verifies (see the warnings above), so the run cannot go on",
              "resume one explicitly with --resume PATH, or start over with another --out (or --ckpt-dir)");
@@ -426,7 +414,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
       // The snapshot is taken now, on this thread; the files are written in the background.
       std::vector<checkpoint::StatePiece> pieces;
       for (const auto& p : trainer.optimizer_share()) pieces.push_back({p.param, p.start, p.exp_avg.clone(), p.exp_avg_sq.clone()});
-      async_saver.start(std::move(st), std::move(pieces), snapshot_writer(*model));
+      async_saver.start(std::move(st), std::move(pieces), model_writer(*model, "F32", true));
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       log::info("checkpoint of step " + std::to_string(done) + " is being written in the background (snapshot " +
                 std::to_string(static_cast<int>(1000 * secs)) + " ms)");
@@ -434,7 +422,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
       return secs;
     }
     const auto path = checkpoint::save(rt, ckpt_dir, st, trainer.optimizer_share(),
-                                       [&](const stdfs::path& d) { write_model_files(*model, d, "F32"); }, cfg.keep_last);
+                                       model_writer(*model, "F32", false), cfg.keep_last);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log::info("checkpoint saved: " + path.string() + " (step " + std::to_string(done) + ", " +
               std::to_string(static_cast<int>(1000 * secs)) + " ms)");

@@ -343,6 +343,11 @@ void check_weights_finite(const CausalLM& model, const std::string& when, const 
 }
 
 void save_hf(const CausalLM& model, const stdfs::path& dir, const SaveOptions& opts) {
+  save_hf(model.config(), model.hf_parameters(), model.source_dtypes, dir, opts);
+}
+
+void save_hf(const ModelConfig& config, const std::vector<std::pair<std::string, at::Tensor>>& params,
+             const std::map<std::string, std::string>& source_dtypes, const stdfs::path& dir, const SaveOptions& opts) {
   stdfs::create_directories(dir);
   for (const auto& e : stdfs::directory_iterator(dir)) {
     const std::string n = e.path().filename().string();
@@ -353,11 +358,11 @@ void save_hf(const CausalLM& model, const stdfs::path& dir, const SaveOptions& o
   std::vector<at::Tensor> keep;
   std::vector<st::TensorRef> refs;
   std::map<std::string, int> dtype_count;
-  for (const auto& [name, p] : model.hf_parameters()) {
+  for (const auto& [name, p] : params) {
     std::string dt = opts.dtype;
     if (dt.empty()) {
-      auto it = model.source_dtypes.find(name);
-      dt = it == model.source_dtypes.end() ? "F32" : it->second;
+      auto it = source_dtypes.find(name);
+      dt = it == source_dtypes.end() ? "F32" : it->second;
     }
     const st::DType d = st::parse_dtype(dt, "save dtype");
     keep.push_back(p.detach().to(at::kCPU, to_scalar_type(d)).contiguous());
@@ -371,7 +376,7 @@ void save_hf(const CausalLM& model, const stdfs::path& dir, const SaveOptions& o
     refs.push_back({name, d, c.sizes().vec(), c.data_ptr(), uint64_t(c.nbytes())});
     dtype_count[dt]++;
   }
-  ModelConfig cfg = model.config();
+  ModelConfig cfg = config;
   std::string major = "F32";
   for (const auto& [d, n] : dtype_count)
     if (n > dtype_count[major]) major = d;

@@ -38,6 +38,11 @@ void check_weights_finite(const CausalLM& model, const std::string& when, const 
 
 // Writes config.json and the weights in HF layout; replaces earlier model*.safetensors in `dir`.
 void save_hf(const CausalLM& model, const std::filesystem::path& dir, const SaveOptions& opts = {});
+// The same from a model's parts: its config, its HF parameters (e.g. copies taken earlier, as
+// --async-save does) and the dtypes they were loaded in (for "as loaded").
+void save_hf(const ModelConfig& config, const std::vector<std::pair<std::string, at::Tensor>>& params,
+             const std::map<std::string, std::string>& source_dtypes, const std::filesystem::path& dir,
+             const SaveOptions& opts = {});
 
 // Tensor conversion. to_tensor copies into an owned tensor of the file's dtype.
 at::ScalarType to_scalar_type(st::DType d);
