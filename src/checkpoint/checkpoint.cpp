@@ -24,10 +24,6 @@ namespace shardtune::checkpoint {
 
 namespace {
 
-constexpr const char* kManifest = kManifestFile;
-constexpr const char* kState = kStateFile;
-constexpr const char* kFormat = kManifestFormat;
-
 std::string rank_file(int rank) {
   char buf[64];
   std::snprintf(buf, sizeof buf, "optimizer-rank%05d.safetensors", rank);
@@ -94,7 +90,7 @@ std::pair<std::string, std::string> write_local(const stdfs::path& tmp, int rank
     lines = file_line(f);
     if (rank == 0) {
       write_weights(tmp);
-      write_state(tmp / kState, state);
+      write_state(tmp / kStateFile, state);
       for (const auto& e : stdfs::directory_iterator(tmp)) {
         const std::string n = e.path().filename().string();
         if (!e.is_regular_file() || n.rfind("optimizer-rank", 0) == 0) continue;
@@ -128,10 +124,10 @@ stdfs::path commit(const dist::MpiRuntime& rt, const stdfs::path& dir, const std
         uint64_t bytes = 0;
         while (in >> fname >> bytes >> sha) files.push_back({{"name", fname}, {"bytes", bytes}, {"sha256", sha}});
       }
-      const nlohmann::json manifest = {{"format", kFormat}, {"version", kFormatVersion}, {"step", state.step},
+      const nlohmann::json manifest = {{"format", kManifestFormat}, {"version", kFormatVersion}, {"step", state.step},
                                        {"consumed_samples", state.consumed_samples}, {"world", state.world},
                                        {"files", files}};
-      fs::write_file_atomic(tmp / kManifest, manifest.dump(1) + "\n");
+      fs::write_file_atomic(tmp / kManifestFile, manifest.dump(1) + "\n");
       fs::fsync_dir_contents(tmp);
       stdfs::rename(tmp, final_dir);
       fs::fsync_path(dir);

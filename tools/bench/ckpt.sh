@@ -13,38 +13,18 @@
 #   CKPT_BENCH_WORK=DIR keeps the model, data, runs and metrics there (default: a temp dir, removed).
 #   CKPT_BENCH_DISK=DIR where checkpoints and dd write (default: the work dir), so the disk is named.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-BUILD="$ROOT/build"
-if [ $# -gt 0 ] && [ -d "$1" ]; then BUILD="$(cd "$1" && pwd)"; shift; fi
-SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_paths "$@"
+if [ "$BENCH_SHIFT" = 1 ]; then shift; fi
 ROUNDS=${ROUNDS:-5} SAVES=${SAVES:-3} MICRO=${MICRO:-2} SEQ=${SEQ:-256} THREADS=${THREADS:-1}
-PY=/usr/bin/python3
-TRAINER="$BUILD/src/shardtune"
-PREP="$BUILD/data_prep/shardtune-prep"
-for x in "$TRAINER" "$PREP"; do
-  [ -x "$x" ] || { echo "missing $x: cmake --build $BUILD --target shardtune shardtune-prep" >&2; exit 1; }
-done
-[ -f "$SHARED/data/tinyshakespeare.txt" ] || { echo "$SHARED/data/tinyshakespeare.txt not found (SHARDTUNE_SHARED)" >&2; exit 1; }
-[ -x "$BUILD/tools/shardtune-hw" ] && eval "$("$BUILD/tools/shardtune-hw" --blas-env)"
-export OMP_NUM_THREADS=$THREADS
-if [ -n "${CKPT_BENCH_WORK:-}" ]; then WORK="$CKPT_BENCH_WORK"; mkdir -p "$WORK"
-else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
+bench_env "$THREADS"
+bench_workdir "${CKPT_BENCH_WORK:-}"
 DISK="${CKPT_BENCH_DISK:-$WORK}"
 mkdir -p "$DISK"
-NICE_CMD=()
-[ -n "${NICE:-}" ] && NICE_CMD=(nice -n "$NICE")
-MPIRUN=("${NICE_CMD[@]}" mpirun --oversubscribe --bind-to none ${OPENBLAS_CORETYPE:+-x OPENBLAS_CORETYPE} -x OMP_NUM_THREADS)
-[ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
-
-$PY "$HERE/train_setup.py" "$ROOT" "$SHARED" "$WORK" > "$WORK/model.json"
-if [ ! -f "$WORK/data/manifest.json" ]; then
-  rm -rf "$WORK/data"
-  "$PREP" --input "$WORK/corpus.jsonl" --output "$WORK/data" --tokenizer byte --format text \
-    --max-seq-len "$SEQ" --overlong split --quiet
-fi
+bench_mpirun
+bench_inputs "$SEQ"
 echo "model: $(cat "$WORK/model.json")"
-echo "host: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_host
 echo "disk: $DISK on $(df -P "$DISK" | awk 'NR==2 {print $1 " (" $6 ")"}') $(findmnt -n -o FSTYPE --target "$DISK" 2>/dev/null || true)"
 echo "settings: ROUNDS=$ROUNDS SAVES=$SAVES MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS, 2 ranks ZeRO-1 fp32"
 

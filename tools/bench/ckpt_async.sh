@@ -11,28 +11,16 @@
 #   NICE (unset) CKPT_BENCH_WORK=DIR keeps the files. With NP=1 x THREADS=1 on 2 cores the writer thread has
 #   a core of its own; NP=2 shows the cost when every core trains.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-BUILD="$(cd "${1:-$ROOT/build}" && pwd)"
-SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_paths "$@"
 ROUNDS=${ROUNDS:-3} STEPS=${STEPS:-16} WARMUP=${WARMUP:-2} SAVE_EVERY=${SAVE_EVERY:-4} NP=${NP:-1}
 THREADS=${THREADS:-1} MICRO=${MICRO:-8} SEQ=${SEQ:-256}
-PY=/usr/bin/python3
-TRAINER="$BUILD/src/shardtune" PREP="$BUILD/data_prep/shardtune-prep"
-for x in "$TRAINER" "$PREP"; do [ -x "$x" ] || { echo "missing $x" >&2; exit 1; }; done
-[ -x "$BUILD/tools/shardtune-hw" ] && eval "$("$BUILD/tools/shardtune-hw" --blas-env)"
-export OMP_NUM_THREADS=$THREADS
-if [ -n "${CKPT_BENCH_WORK:-}" ]; then WORK="$CKPT_BENCH_WORK"; mkdir -p "$WORK"
-else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
-NICE_CMD=(); [ -n "${NICE:-}" ] && NICE_CMD=(nice -n "$NICE")
-MPIRUN=("${NICE_CMD[@]}" mpirun --oversubscribe --bind-to none -x OMP_NUM_THREADS ${OPENBLAS_CORETYPE:+-x OPENBLAS_CORETYPE})
-[ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
-
-$PY "$HERE/train_setup.py" "$ROOT" "$SHARED" "$WORK" > "$WORK/model.json"
-[ -f "$WORK/data/manifest.json" ] || "$PREP" --input "$WORK/corpus.jsonl" --output "$WORK/data" --tokenizer byte \
-  --format text --max-seq-len "$SEQ" --overlong split --quiet
+bench_env "$THREADS"
+bench_workdir "${CKPT_BENCH_WORK:-}"
+bench_mpirun
+bench_inputs "$SEQ"
 echo "model: $(cat "$WORK/model.json")"
-echo "host: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_host
 echo "settings: ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP SAVE_EVERY=$SAVE_EVERY NP=$NP THREADS=$THREADS MICRO=$MICRO SEQ=$SEQ; ckpt disk: $(df -h "$WORK" | tail -1 | awk '{print $1" ("$2")"}')"
 
 run() {  # run NAME [extra trainer options]

@@ -28,47 +28,26 @@
 #   THREADS (1) LORA_R (16)
 #   LORA_BENCH_WORK=DIR keeps the models, data and every run's metrics/log there (default: a temp dir).
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-BUILD="$ROOT/build"
-if [ $# -gt 0 ] && [ -d "$1" ]; then BUILD="$(cd "$1" && pwd)"; shift; fi
-SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_paths "$@"
+if [ "$BENCH_SHIFT" = 1 ]; then shift; fi
 NP=${LORA_NP:-2} ZERO=${LORA_ZERO:-0} PRECISIONS=${LORA_PRECISIONS:-auto} ROUNDS=${LORA_ROUNDS:-3}
 STEPS=${LORA_STEPS:-6} WARMUP=${LORA_WARMUP:-2} MICRO_BIG=${LORA_MICRO:-4} MICRO=${MICRO:-8} SEQ=${SEQ:-256}
 THREADS=${THREADS:-1} LORA_R=${LORA_R:-16}
-PY=/usr/bin/python3
-TRAINER="$BUILD/src/shardtune"
-PREP="$BUILD/data_prep/shardtune-prep"
-for x in "$TRAINER" "$PREP"; do
-  [ -x "$x" ] || { echo "missing $x: cmake --build $BUILD --target shardtune shardtune-prep" >&2; exit 1; }
-done
-[ -f "$SHARED/data/tinyshakespeare.txt" ] || { echo "$SHARED/data/tinyshakespeare.txt not found (SHARDTUNE_SHARED)" >&2; exit 1; }
 command -v mpirun >/dev/null || { echo "mpirun not found" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time (GNU time) not found: apt-get install time" >&2; exit 1; }
 [ "$WARMUP" -lt "$STEPS" ] || { echo "WARMUP ($WARMUP) must be below STEPS ($STEPS)" >&2; exit 1; }
 
-# OpenBLAS core from the CPU's flags where OpenBLAS would fall back to a generic one (user's setting wins).
-[ -x "$BUILD/tools/shardtune-hw" ] && eval "$("$BUILD/tools/shardtune-hw" --blas-env)"
-export OMP_NUM_THREADS=$THREADS
-if [ -n "${LORA_BENCH_WORK:-}" ]; then WORK="$LORA_BENCH_WORK"; mkdir -p "$WORK"
-else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
-NICE_CMD=()
-[ -n "${NICE:-}" ] && NICE_CMD=(nice -n "$NICE")
-MPIRUN=("${NICE_CMD[@]}" mpirun --oversubscribe --bind-to "${BIND:-none}" ${OPENBLAS_CORETYPE:+-x OPENBLAS_CORETYPE} -x OMP_NUM_THREADS)
-[ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
-
+bench_env "$THREADS"
+bench_workdir "${LORA_BENCH_WORK:-}"
+bench_mpirun
 # ---- inputs: the two models + the train.sh data (reused when LORA_BENCH_WORK already holds them) ----
-$PY "$HERE/train_setup.py" "$ROOT" "$SHARED" "$WORK" > "$WORK/model.json"
-if [ ! -f "$WORK/data/manifest.json" ]; then
-  rm -rf "$WORK/data"
-  "$PREP" --input "$WORK/corpus.jsonl" --output "$WORK/data" --tokenizer byte --format text \
-    --max-seq-len "$SEQ" --overlong split --quiet
-fi
+bench_inputs "$SEQ"
 $PY "$HERE/lora_setup.py" "$ROOT" "$WORK/h1024" > "$WORK/h1024.json"
 cp "$WORK/model.json" "$WORK/h384.json"  # train_setup.py writes the h384 model to $WORK/model
 echo "model h1024 (judged): $(cat "$WORK/h1024.json")"
 echo "model h384 (tools/bench/train.sh's): $(cat "$WORK/h384.json")"
-echo "host: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_host
 echo "settings: LORA_PRECISIONS=\"$PRECISIONS\" LORA_NP=$NP LORA_ZERO=$ZERO BIND=${BIND:-none} NICE=${NICE:-} LORA_ROUNDS=$ROUNDS LORA_STEPS=$STEPS LORA_WARMUP=$WARMUP LORA_MICRO=$MICRO_BIG MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS LORA_R=$LORA_R"
 
 LORA=(--lora-r "$LORA_R" --lora-alpha $((2 * LORA_R)) --lora-targets all-linear)

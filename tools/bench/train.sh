@@ -22,48 +22,24 @@
 # Prints markdown tables per section (tools/bench/train_report.py): every figure a median with its range
 # over rounds, steps or ranks, never a best run; the exact mpirun command of every run is in DIR/runs/*/cmd.
 set -euo pipefail
-HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(cd "$HERE/../.." && pwd)"
-BUILD="$ROOT/build"
-if [ $# -gt 0 ] && [ -d "$1" ]; then BUILD="$(cd "$1" && pwd)"; shift; fi
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
+bench_paths "$@"
+if [ "$BENCH_SHIFT" = 1 ]; then shift; fi
 SECTIONS=("$@")
 [ ${#SECTIONS[@]} -eq 0 ] && SECTIONS=(all)
-SHARED="${SHARDTUNE_SHARED:-$ROOT/../shared}"
 STEPS=${STEPS:-8} WARMUP=${WARMUP:-2} MICRO=${MICRO:-8} SEQ=${SEQ:-256}
 MEM_STEPS=${MEM_STEPS:-3} MEM_MICRO=${MEM_MICRO:-2} THREADS=${THREADS:-1} ROUNDS=${ROUNDS:-3} MFU_ROUNDS=${MFU_ROUNDS:-1}
 ZEROS=${ZEROS:-0 1 2}
-PY=/usr/bin/python3
-TRAINER="$BUILD/src/shardtune"
-PREP="$BUILD/data_prep/shardtune-prep"
-for x in "$TRAINER" "$PREP"; do
-  [ -x "$x" ] || { echo "missing $x: cmake --build $BUILD --target shardtune shardtune-prep" >&2; exit 1; }
-done
-[ -f "$SHARED/data/tinyshakespeare.txt" ] || { echo "$SHARED/data/tinyshakespeare.txt not found (SHARDTUNE_SHARED)" >&2; exit 1; }
 command -v mpirun >/dev/null || { echo "mpirun not found" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time (GNU time) not found: apt-get install time" >&2; exit 1; }
 
-# OpenBLAS core from the CPU's flags where OpenBLAS would fall back to a generic one (user's setting wins).
-[ -x "$BUILD/tools/shardtune-hw" ] && eval "$("$BUILD/tools/shardtune-hw" --blas-env)"
-export OMP_NUM_THREADS=$THREADS
-if [ -n "${TRAIN_BENCH_WORK:-}" ]; then WORK="$TRAIN_BENCH_WORK"; mkdir -p "$WORK"
-else WORK="$(mktemp -d)"; trap 'rm -rf "$WORK"' EXIT; fi
-# NICE=-10 (root) runs every benchmark process at a higher priority, so that other jobs on a shared
-# machine disturb the measurement less; default: unchanged priority.
-NICE_CMD=()
-[ -n "${NICE:-}" ] && NICE_CMD=(nice -n "$NICE")
-# BIND=core pins every rank to a core of its own (Open MPI --bind-to core); default none (the OS places them).
-MPIRUN=("${NICE_CMD[@]}" mpirun --oversubscribe --bind-to "${BIND:-none}" ${OPENBLAS_CORETYPE:+-x OPENBLAS_CORETYPE} -x OMP_NUM_THREADS)
-[ "$(id -u)" = 0 ] && MPIRUN+=(--allow-run-as-root)
-
+bench_env "$THREADS"
+bench_workdir "${TRAIN_BENCH_WORK:-}"
+bench_mpirun
 # ---- inputs: model + prepared data (reused when TRAIN_BENCH_WORK already holds them) ----
-$PY "$HERE/train_setup.py" "$ROOT" "$SHARED" "$WORK" > "$WORK/model.json"
-if [ ! -f "$WORK/data/manifest.json" ]; then
-  rm -rf "$WORK/data"
-  "$PREP" --input "$WORK/corpus.jsonl" --output "$WORK/data" --tokenizer byte --format text \
-    --max-seq-len "$SEQ" --overlong split --quiet
-fi
+bench_inputs "$SEQ"
 echo "model: $(cat "$WORK/model.json")"
-echo "host: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
+bench_host
 echo "settings: BIND=${BIND:-none} ZEROS=\"$ZEROS\" ROUNDS=$ROUNDS STEPS=$STEPS WARMUP=$WARMUP MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS MEM_STEPS=$MEM_STEPS MEM_MICRO=$MEM_MICRO MFU_ROUNDS=$MFU_ROUNDS"
 
 # run NAME NP ZERO PRECISION MICRO GLOBAL STEPS [extra trainer options...]
