@@ -102,7 +102,7 @@ void CausalLM::add_lora(const AdapterConfig& cfg, uint64_t seed) {
   for (const auto& m : modules) shorts.insert(short_name(m));
   lora_.target_modules.assign(shorts.begin(), shorts.end());
   lora_scale_ = cfg.scale();
-  dropout_gen_ = at::detail::createCPUGenerator(seed ^ 0x9e3779b97f4a7c15ULL);
+  seed_dropout(seed, 0);  // the trainer seeds every rank's own (seed_dropout)
 }
 
 void CausalLM::load_lora(const AdapterConfig& cfg, const AdapterWeights& w, const std::string& source) {
@@ -143,7 +143,7 @@ void CausalLM::load_lora(const AdapterConfig& cfg, const AdapterWeights& w, cons
     for (const auto& [module, pair] : w) lora_.target_modules.push_back(short_name(module));
   lora_.fan_in_fan_out = cfg_.arch == Arch::GPT2;  // PEFT forces it for Conv1D and off for Linear
   lora_scale_ = cfg.scale();
-  dropout_gen_ = at::detail::createCPUGenerator(0x5eed ^ uint64_t(cfg.r));
+  seed_dropout(0, 0);
 }
 
 AdapterWeights CausalLM::lora_weights() const {
