@@ -140,7 +140,7 @@ std::string patched_config(const std::string& text, const std::string& path, con
     out = set_json_member(out, "chat_template", json(rec.chat_template).dump());
     added += std::string(added.empty() ? "" : ", ") + "chat_template (the template the data was prepared with)";
   }
-  if (!added.empty()) log::info("tokenizer_config.json: " + path + " with " + added + " set");
+  if (!added.empty()) log::info("tokenizer_config.json: the one of " + path + ", with " + added + " set");
   return out;
 }
 
@@ -270,8 +270,9 @@ HfFolderResult write_hf_tokenizer_files(const stdfs::path& dir, const TokenizerR
     } catch (const std::exception& e) {
       r.warning = e.what();
       rf.note = "no Hugging Face tokenizer files: " + r.warning;
-      log::warn("the model folder " + dir.string() + " gets no Hugging Face tokenizer files, only " +
-                kTokenizerRecordFile + ": " + r.warning);
+      log::warn(std::string("the model folder gets no Hugging Face tokenizer files, only ") + kTokenizerRecordFile + ": " +
+                r.warning + " (copy the tokenizer files the data was prepared with into the folder by hand, or prepare "
+                "the data again and retrain)");
     }
   }
   write_record_file(dir, rf);
