@@ -6,14 +6,16 @@ check the trainer's --out, a LoRA --out, `shardtune-export merge` and `shardtune
 tokenizer files byte for byte the inputs (GPT-2's in HF's vocab.json / merges.txt names, read back as HF's
 GPT2Tokenizer reads merges.txt), tokenizer_config.json with the special tokens as independent references
 name them (tokenizer.json's added_tokens, libsentencepiece via python3-sentencepiece, encoder.json), the
-chat template (rendered with jinja2 as transformers renders it, it gives the text prep trained on),
-generation_config.json with the data's ids. A tokenizer file changed or moved after prep costs a warning,
+chat template (rendered with jinja2 as transformers renders it, it gives the text prep trained on), a
+tokenizer.json folder loaded as transformers.js's AutoTokenizer loads it (@lenml/tokenizers, its port:
+tests/export/ref/lenml_folder.js), generation_config.json with the data's ids. A tokenizer file changed or moved after prep costs a warning,
 never the run. transformers itself is not installed here (tools/gpu-check.sh loads such a folder with it).
 Usage: hf_folder_test.py CASE."""
 import hashlib
 import json
 import os
 import shutil
+import subprocess
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -131,6 +133,17 @@ def render(template, messages, tokens, add_generation_prompt):
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **tokens)
 
 
+def lenml(folder, messages):
+    """What transformers.js's AutoTokenizer (the @lenml/tokenizers port) makes of a folder: tests/export/ref."""
+    if not shutil.which("node"):
+        raise Skip("needs node (tools/test.sh installs it with the npm references)")
+    with open(f"{folder}.messages.json", "w") as f:
+        json.dump(messages, f)
+    p = run(["node", os.path.join(HERE, "ref", "lenml_folder.js"), os.path.join(NODE_REFS, "node_modules"), folder,
+             f"{folder}.messages.json"])
+    return json.loads(p.stdout)
+
+
 def mistral_tokens():
     """Special tokens by id from tokenizer.json's added_tokens (the reference for the Mistral files)."""
     added = {a["id"]: a["content"] for a in json.load(open(f"{MISTRAL}/tokenizer.json"))["added_tokens"]}
@@ -154,13 +167,22 @@ def t_tokenizer_json(tmp):
     assert got.startswith(src.rstrip().rstrip("}").rstrip()), "the input config's text was not kept"
     assert '"model_max_length": 1000000000000000019884624838656' in got  # an integer, not 1e+30
     assert cfg["add_bos_token"] is True and cfg["add_eos_token"] is False, cfg
-    # A Mistral-style prompt rendered as transformers would (needs jinja2): BOS, the turns, EOS.
+    # The folder as transformers.js's AutoTokenizer loads it (class, special tokens, BOS on encode) and its
+    # chat template through @huggingface/jinja, and through jinja2 as transformers renders it: the ChatML
+    # text prep trained on, BOS first and EOS last; with the generation prompt, up to the assistant's turn.
+    want = ("<s><|im_start|>system\nAnswer in one word.<|im_end|>\n<|im_start|>user\n" + MESSAGES[0][1]["content"] +
+            "<|im_end|>\n<|im_start|>assistant\nWord0 ✓<|im_end|>\n</s>")
+    js = lenml(out, MESSAGES[0])
+    assert js["class"] == "LlamaTokenizer" and js["chat"] == want, js
+    assert js["chat_generation"] == want[:want.index("Word0")], js
+    assert {k: js[k] for k in ("bos_token", "eos_token", "unk_token")} == mistral_tokens(), js
+    p = subprocess.run([os.path.join(BIN, "data_prep", "shardtune-tokenize"), "--tokenizer", f"{MISTRAL}/tokenizer.json",
+                        "--add-special"], input="Hello world\n", capture_output=True, text=True, check=True)
+    assert js["hello"] == [int(x) for x in p.stdout.split()] and js["hello"][0] == man["tokenizer"]["bos_id"], (js, p.stdout)
     try:
-        text = render(cfg["chat_template"], MESSAGES[0], {"bos_token": "<s>", "eos_token": "</s>"}, False)
-        assert text == ("<s><|im_start|>system\nAnswer in one word.<|im_end|>\n<|im_start|>user\n" +
-                        MESSAGES[0][1]["content"] + "<|im_end|>\n<|im_start|>assistant\nWord0 ✓<|im_end|>\n</s>"), text
+        assert render(cfg["chat_template"], MESSAGES[0], {"bos_token": "<s>", "eos_token": "</s>"}, False) == want
     except ImportError:
-        print("jinja2 not installed (Debian python3-jinja2): the chat template is not rendered")
+        print("jinja2 not installed (Debian python3-jinja2): the chat template is not rendered with it")
     # The run's checkpoint exported: the same complete folder.
     e = f"{tmp}/exported"
     run([EXPORT, "checkpoint", "--ckpt", f"{out}/checkpoints", "--out", e])
@@ -255,6 +277,8 @@ def t_lora_merge(tmp):
     run([EXPORT, "merge", "--model", base, "--adapter", out, "--out", merged])
     check_folder(merged, man, copies, mistral_tokens(), "LlamaTokenizer")
     same_bytes(f"{merged}/tokenizer_config.json", f"{out}/tokenizer_config.json")
+    js = lenml(merged, MESSAGES[1])
+    assert js["class"] == "LlamaTokenizer" and js["chat"].endswith("Word1 ✓<|im_end|>\n</s>"), js
     e = f"{tmp}/exported"
     run([EXPORT, "checkpoint", "--ckpt", f"{out}/checkpoints", "--out", e])
     check_folder(e, man, copies, mistral_tokens(), "LlamaTokenizer", whole=False)
