@@ -133,6 +133,12 @@ def render(template, messages, tokens, add_generation_prompt):
     return env.from_string(template).render(messages=messages, add_generation_prompt=add_generation_prompt, **tokens)
 
 
+def tokenize(spec, text="Hello world, ünïcode ✓ <|endoftext|> </s>"):
+    p = subprocess.run([os.path.join(BIN, "data_prep", "shardtune-tokenize"), "--tokenizer", spec, "--add-special"],
+                       input=text + "\n", capture_output=True, text=True, check=True)
+    return [int(x) for x in p.stdout.split()]
+
+
 def lenml(folder, messages):
     """What transformers.js's AutoTokenizer (the @lenml/tokenizers port) makes of a folder: tests/export/ref."""
     if not shutil.which("node"):
@@ -176,9 +182,8 @@ def t_tokenizer_json(tmp):
     assert js["class"] == "LlamaTokenizer" and js["chat"] == want, js
     assert js["chat_generation"] == want[:want.index("Word0")], js
     assert {k: js[k] for k in ("bos_token", "eos_token", "unk_token")} == mistral_tokens(), js
-    p = subprocess.run([os.path.join(BIN, "data_prep", "shardtune-tokenize"), "--tokenizer", f"{MISTRAL}/tokenizer.json",
-                        "--add-special"], input="Hello world\n", capture_output=True, text=True, check=True)
-    assert js["hello"] == [int(x) for x in p.stdout.split()] and js["hello"][0] == man["tokenizer"]["bos_id"], (js, p.stdout)
+    assert js["hello"] == tokenize(f"{MISTRAL}/tokenizer.json", "Hello world") and js["hello"][0] == 1, js
+    assert tokenize(out) == tokenize(f"{MISTRAL}/tokenizer.json")  # our own tools read the folder as the input
     try:
         assert render(cfg["chat_template"], MESSAGES[0], {"bos_token": "<s>", "eos_token": "</s>"}, False) == want
     except ImportError:
@@ -244,6 +249,7 @@ def t_gpt2(tmp):
     want = [tuple(l.split()) for l in open(f"{GPT2}/vocab.bpe", encoding="utf-8").read().splitlines()
             if l and not l.startswith("#version")]
     assert merges == want and len(merges) == 50000, (len(merges), len(want))
+    assert tokenize(out) == tokenize(f"{GPT2}/encoder.json,{GPT2}/vocab.bpe")  # the folder as a SPEC, as the input
     # The first sample (prep keeps input order) decoded with encoder.json equals the rendered conversation.
     import h5py
     import numpy as np
