@@ -92,6 +92,11 @@ Vocab from_sentencepiece(const std::string& file) {
 
 std::string type_of(const json& j) { return j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : ""; }
 
+// j[key] as a bool; absent or null -> def (tokenizer.json files write null for unset options).
+bool flag(const json& j, const char* key, bool def) {
+  return j.is_object() && j.contains(key) && j[key].is_boolean() ? j[key].get<bool>() : def;
+}
+
 // j[key] by reference when it is an array, else an empty array (json::value would copy it).
 const json& array_at(const json& j, const char* key) {
   static const json empty = json::array();
@@ -133,10 +138,10 @@ std::string byte_level_pre(const json& j, const std::string& file) {
   if (!norm.is_null()) unknown("llama.cpp's byte-level BPE applies no normalizer, this file has '" + type_of(norm) + "'");
   if (pts.empty() || type_of(pts.back()) != "ByteLevel") unknown("it does not end in ByteLevel");
   const json& bl = pts.back();
-  if (bl.value("add_prefix_space", true)) unknown("ByteLevel add_prefix_space: llama.cpp adds no space");
-  if (pts.size() == 1 && bl.value("use_regex", true)) return "gpt-2";
-  if (pts.size() == 2 && !bl.value("use_regex", true) && type_of(pts[0]) == "Split" &&
-      split_pattern(pts[0]) == kLlama3Regex && pts[0].value("behavior", "") == "Isolated" && !pts[0].value("invert", false))
+  if (flag(bl, "add_prefix_space", true)) unknown("ByteLevel add_prefix_space: llama.cpp adds no space");
+  if (pts.size() == 1 && flag(bl, "use_regex", true)) return "gpt-2";
+  if (pts.size() == 2 && !flag(bl, "use_regex", true) && type_of(pts[0]) == "Split" &&
+      split_pattern(pts[0]) == kLlama3Regex && pts[0].value("behavior", "") == "Isolated" && !flag(pts[0], "invert", false))
     return "llama-bpe";
   refuse_pre(file, desc, "an unknown regex or chain");
 }
@@ -155,9 +160,9 @@ bool sentencepiece_space_prefix(const json& j, const std::string& file) {
   if (norms.empty() && pts.size() == 1 && type_of(pts[0]) == "Metaspace") {
     const json& m = pts[0];
     if (m.value("replacement", space) != space) refuse("Metaspace replacement is not U+2581");
-    if (m.value("split", true)) refuse("Metaspace split=true splits the text at spaces");
+    if (flag(m, "split", true)) refuse("Metaspace split=true splits the text at spaces");
     if (m.contains("prepend_scheme") && m["prepend_scheme"].is_string()) return m["prepend_scheme"].get<std::string>() != "never";
-    return m.value("add_prefix_space", true);
+    return flag(m, "add_prefix_space", true);
   }
   if (!pts.empty()) refuse("pre-tokenizer '" + type_of(pts[0]) + "' is not a lone Metaspace");
   bool prepend = false, replace = false;
@@ -189,7 +194,7 @@ Vocab from_hf_json(const Tokenizer& tok) {
   for (const auto& a : added_list) added[a.at("id").get<TokenId>()] = &a;
   const std::optional<std::string> unk_token =
       model.contains("unk_token") && model["unk_token"].is_string() ? std::optional(model["unk_token"].get<std::string>()) : std::nullopt;
-  const bool byte_fallback = model.value("byte_fallback", false);
+  const bool byte_fallback = flag(model, "byte_fallback", false);
   for (TokenId id = 0; id < n; ++id) {
     std::string text = tok.token_text(id);
     TokType type = TokType::NORMAL;
@@ -200,7 +205,7 @@ Vocab from_hf_json(const Tokenizer& tok) {
       // CONTROL (matched only when parsing special tokens); the others USER_DEFINED (always matched), as in HF.
       // (convert_hf_to_gguf.py also makes CONTROL some non-special tokens that look special, e.g. "<|x|>";
       // we keep HF's flag so llama.cpp tokenizes like shardtune-tokenize.)
-      type = it->second->value("special", false) ? TokType::CONTROL : TokType::USER_DEFINED;
+      type = flag(*it->second, "special", false) ? TokType::CONTROL : TokType::USER_DEFINED;
     } else if (text.empty() || tok.token_to_id(text) != id) {
       text = "[PAD" + std::to_string(id) + "]";  // an id no token has (a hole in the vocabulary)
       type = TokType::UNUSED;
@@ -315,7 +320,11 @@ Vocab load_vocab(const std::string& spec) {
   const auto tok = load_tokenizer(spec);
   Vocab v;
   if (tok->name == "hf-bpe-bytelevel" || tok->name == "hf-bpe-sentencepiece") {
-    v = from_hf_json(*tok);
+    try {
+      v = from_hf_json(*tok);
+    } catch (const json::exception& e) {
+      ST_FAIL(tok->source + ": unexpected structure for GGUF export: " + e.what(), kSpecHint);
+    }
   } else if (tok->name == "gpt2-bpe") {
     v = from_gpt2_files(*tok);
   } else {
