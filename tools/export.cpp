@@ -1,11 +1,12 @@
 // shardtune-export: write models for other tools. One subcommand per target: `merge` (a PEFT LoRA adapter
 // merged into its Hugging Face base, streamed one tensor at a time), `checkpoint` (a trainer checkpoint as
-// an HF model or PEFT adapter); `gguf` comes with a later issue.
+// an HF model or PEFT adapter), `gguf` (a model, adapter merged or not, or a LoRA adapter as GGUF for llama.cpp).
 #include <CLI/CLI.hpp>
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/hw.h"
 #include "shardtune/export/checkpoint_export.h"
+#include "shardtune/export/gguf_model.h"
 #include "shardtune/export/merge.h"
 
 namespace {
@@ -58,16 +59,53 @@ struct CheckpointCommand {
   }
 };
 
+// Options of `gguf`.
+struct GgufCommand {
+  shardtune::exporter::GgufOptions opts;
+  std::string model, adapter, out;
+  CLI::App* app = nullptr;
+
+  void add_to(CLI::App& parent) {
+    app = parent.add_subcommand("gguf",
+                                "a model as one GGUF file for llama.cpp / Ollama / LM Studio (a LoRA adapter merged on "
+                                "the way), or with --adapter-gguf the adapter alone as a GGUF LoRA file");
+    app->add_option("--model", model, "HF folder (config.json + model.safetensors or shards) or llama2.c .bin")
+        ->required();
+    app->add_option("--adapter", adapter, "PEFT LoRA folder: merged into the model, or written alone with --adapter-gguf");
+    app->add_flag("--adapter-gguf", opts.adapter_only,
+                  "write --adapter as a GGUF LoRA adapter file (llama-cli --lora FILE) instead of merging it; "
+                  "--model is its base");
+    app->add_option("--tokenizer", opts.tokenizer,
+                    "tokenizer SPEC as for shardtune-prep (tokenizer.model, tokenizer.json, GPT-2 files); "
+                    "required for a model file");
+    app->add_option("--out", out, "output .gguf file (must not exist)")->required();
+    app->add_option("--dtype", opts.dtype, "f32, f16, bf16 or q8_0 (1-D tensors stay F32)")->capture_default_str();
+    app->add_option("--name", opts.name, "general.name (default: the model folder's name)");
+    app->add_option("--chat-template", opts.chat_template,
+                    "tokenizer.chat_template (default: the model folder's tokenizer_config.json chat_template)");
+  }
+  int run() {
+    opts.model = model;
+    opts.adapter = adapter;
+    opts.out = out;
+    shardtune::exporter::export_gguf(opts);
+    return 0;
+  }
+};
+
 }  // namespace
 
 static int run(int argc, char** argv) {
   CLI::App app{"Export models: `shardtune-export merge` merges a PEFT LoRA adapter into its base model; "
-               "`shardtune-export checkpoint` turns a trainer checkpoint into an HF model or PEFT adapter."};
+               "`shardtune-export checkpoint` turns a trainer checkpoint into an HF model or PEFT adapter; "
+               "`shardtune-export gguf` writes a GGUF file for llama.cpp."};
   app.require_subcommand(1);
   MergeCommand merge;
   merge.add_to(app);
   CheckpointCommand checkpoint;
   checkpoint.add_to(app);
+  GgufCommand gguf;
+  gguf.add_to(app);
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -75,6 +113,7 @@ static int run(int argc, char** argv) {
   }
   if (*merge.app) return merge.run();
   if (*checkpoint.app) return checkpoint.run();
+  if (*gguf.app) return gguf.run();
   return 2;
 }
 

@@ -1,6 +1,7 @@
 // shardtune-inspect: what a shard folder (manifest + shards) or one shard holds, with a decoded sample
 // whose prompt (no loss) and trained parts are marked; or what a trainer checkpoint holds
-// (inspect_checkpoint.cpp). `--verify` re-checks every shard (checkpoint file) and checksum.
+// (inspect_checkpoint.cpp), or a GGUF file's metadata and tensor table (inspect_gguf.cpp). `--verify` re-checks
+// every shard (checkpoint file) and checksum.
 #include <unistd.h>
 
 #include <CLI/CLI.hpp>
@@ -9,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "inspect_checkpoint.h"
+#include "inspect_gguf.h"
 #include "sentencepiece_tokenizer.h"
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
@@ -68,11 +70,11 @@ void print_shard(const std::string& path) {
 }
 
 int inspect_main(int argc, char** argv) {
-  CLI::App app{"shardtune-inspect: print what a shard folder, shard file or checkpoint holds"};
+  CLI::App app{"shardtune-inspect: print what a shard folder, shard file, checkpoint or GGUF file holds"};
   std::string target, tokenizer;
   int64_t sample = 0;
   bool verify = false, ids = false;
-  app.add_option("path", target, "a folder written by shardtune-prep, one .h5 shard, a checkpoint folder (step-N) or a --ckpt-dir")->required();
+  app.add_option("path", target, "a folder written by shardtune-prep, one .h5 shard, a checkpoint folder (step-N), a --ckpt-dir or a .gguf file")->required();
   app.add_option("--sample", sample, "which sample of the first shard to show")->capture_default_str();
   app.add_option("--tokenizer", tokenizer, "tokenizer for decoding (default: the one recorded in manifest.json)");
   app.add_flag("--ids", ids, "show token ids instead of text");
@@ -83,6 +85,7 @@ int inspect_main(int argc, char** argv) {
     return app.exit(e);
   }
   if (inspect::is_checkpoint_path(target)) return inspect::inspect_checkpoint(target, verify);
+  if (stdfs::is_regular_file(target) && inspect::is_gguf_path(target)) return inspect::inspect_gguf(target);
   if (stdfs::is_regular_file(target)) {
     print_shard(target);
     data::Shard s = data::read_shard(target);

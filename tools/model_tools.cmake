@@ -11,6 +11,6 @@ add_executable(shardtune-step-bench ${CMAKE_CURRENT_LIST_DIR}/bench/step_bench.c
 target_link_libraries(shardtune-step-bench PRIVATE shardtune_model shardtune_core CLI11::CLI11)
 
 # shardtune-export: `merge` (a LoRA adapter into its HF base, streamed), `checkpoint` (a trainer checkpoint
-# as an HF model / PEFT adapter); a later issue adds `gguf`.
+# as an HF model / PEFT adapter), `gguf` (GGUF model / LoRA adapter files for llama.cpp).
 add_executable(shardtune-export ${CMAKE_CURRENT_LIST_DIR}/export.cpp)
 target_link_libraries(shardtune-export PRIVATE shardtune_export shardtune_core CLI11::CLI11)

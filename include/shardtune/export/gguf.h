@@ -28,6 +28,7 @@ enum class TensorType : uint32_t { F32 = 0, F16 = 1, Q8_0 = 8, BF16 = 30 };
 // n_elements % 32 must be 0 for Q8_0, else an Error naming the tensor is thrown by the caller).
 uint64_t tensor_bytes(TensorType type, uint64_t n_elements);
 const char* type_name(TensorType type);  // "F32", "F16", "Q8_0", "BF16"
+const char* raw_type_name(uint32_t type);  // any ggml_type a file may hold ("Q4_K", ...), "?" if unknown
 
 // One metadata value: a scalar or a homogeneous array (strings, floats, ints).
 using Value = std::variant<uint8_t, int8_t, uint16_t, int16_t, uint32_t, int32_t, float, bool, std::string, uint64_t,
@@ -53,7 +54,8 @@ class Writer {
   void set(const std::string& key, Value value);
   bool has(const std::string& key) const;
 
-  // Declares a tensor (names must be unique, at most 64 bytes as ggml requires; Error otherwise).
+  // Declares a tensor (names must be unique, at most 63 bytes as ggml's GGML_MAX_NAME = 64 with the NUL
+  // requires; ne[0] a multiple of the type's block size; Error otherwise).
   void add_tensor(TensorInfo tensor);
   const std::vector<TensorInfo>& tensors() const { return tensors_; }
 
