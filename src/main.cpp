@@ -297,6 +297,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
+  train::require_sequence_data(*train_set);  // preference pairs need --objective dpo|reward (issue 11)
   // Content of every shard (each rank a share), before any sample is used and before --out exists.
   const data::VerifyResult vr =
       data::verify_data(cfg.data, {"train", "val"}, {data::parse_verify_mode(cfg.verify_data), rank, world, 0, ""});
