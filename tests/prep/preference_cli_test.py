@@ -270,7 +270,7 @@ def t_inspect(tmp):
     assert "rejected TRAINED | Rome</s>" in o, o
     p = run([INSPECT, out, "--sample", "1", "--ids"])
     assert "chosen   TRAINED | 52 257" in p.stdout, p.stdout
-    p = run([INSPECT, os.path.join(out, "train-00000.h5"), "--sample", "1"])
+    p = run([INSPECT, os.path.join(out, "train-00000.h5"), "--sample", "1", "--tokenizer", "byte"])
     assert "kind=preference" in p.stdout and "2 preference pairs (4 sequences)" in p.stdout and "rejected TRAINED | 22" in p.stdout, p.stdout
     # Verification covers the pair layout: a prompt token marked as a target, chosen and rejected
     # prompts that differ, and a prompt length out of range are each found and named.
