@@ -7,8 +7,8 @@ namespace shardtune::train {
 
 void require_sequence_data(const data::ShardSet& set) {
   ST_CHECK(set.kind() == data::DataKind::Sequence,
-           "--data '" + set.info().dir + "': this folder holds preference pairs (manifest.json kind \"preference\"); "
-           "training them needs --objective dpo|reward (issue 11), which this build does not have yet",
+           "--data '" + set.info().dir + "': this folder holds preference pairs; training them needs --objective "
+           "dpo|reward (issue 11), which this build does not have yet (manifest.json: kind \"preference\")",
            "train on a folder prepared with --format text, instruction, input_output or chat; the pairs are kept for "
            "the DPO / reward-model objectives");
 }
