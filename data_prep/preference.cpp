@@ -94,6 +94,8 @@ PairFit fit_pair(TokenizedPair& p, int64_t max_len, bool drop, std::optional<Tok
       s->mask.resize(max_len);
       response_cut = true;
     }
+  const auto plen = static_cast<size_t>(p.prompt_len);
+  if (p.chosen.tokens.size() <= plen || p.rejected.tokens.size() <= plen) return PairFit::NoResponse;
   if (p.chosen.tokens == p.rejected.tokens) return PairFit::DroppedIdentical;
   return PairFit::Truncated;
 }

@@ -23,13 +23,14 @@ struct TokenizedPair {
 // Throws RecordError when chosen and rejected tokenize identically or the prompt has no token.
 TokenizedPair build_pair(const Record& rec, const PromptTemplate& tpl, const Tokenizer& tok);
 
-enum class PairFit { Fits, Truncated, Dropped, DroppedIdentical };
+enum class PairFit { Fits, Truncated, Dropped, DroppedIdentical, NoResponse };
 
 // Applies --max-seq-len `max_len` to both sequences. Drop: a pair with a sequence longer than max_len is
 // dropped. Truncate: the prompt loses tokens from its start (its end is kept, as TRL's keep_end; a
 // leading BOS stays) until the longer sequence fits, but never below min(prompt, max_len / 2) tokens
 // (TRL's default max_prompt_length is half its max_length); then each response is cut at its end to fit.
-// `response_cut` tells whether responses were cut. A pair that truncation leaves identical is dropped.
+// `response_cut` tells whether responses were cut. A pair that truncation leaves without a response
+// token in a sequence (NoResponse) or identical (DroppedIdentical) is to be dropped.
 PairFit fit_pair(TokenizedPair& p, int64_t max_len, bool drop, std::optional<TokenId> bos, bool& response_cut);
 
 }  // namespace shardtune::prep

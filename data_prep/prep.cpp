@@ -153,11 +153,12 @@ void finish_pair(TokenizedPair&& p, const PrepOptions& opt, std::optional<TokenI
   switch (fit_pair(p, opt.max_seq_len, opt.overlong == "drop", bos, response_cut)) {
     case PairFit::Dropped: ++out.stats.dropped_overlong; return;
     case PairFit::DroppedIdentical: ++out.stats.dropped_identical; return;
+    case PairFit::NoResponse: ++out.stats.dropped_no_target; return;
     case PairFit::Truncated: ++out.stats.truncated; out.stats.truncated_response += response_cut; break;
     case PairFit::Fits: break;
   }
   const auto plen = static_cast<size_t>(p.prompt_len);
-  if (p.chosen.tokens.size() <= plen || p.rejected.tokens.size() <= plen) {  // no response token left
+  if (p.chosen.tokens.size() <= plen || p.rejected.tokens.size() <= plen) {  // no response token (append_eos off)
     ++out.stats.dropped_no_target;
     return;
   }
