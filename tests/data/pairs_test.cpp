@@ -158,6 +158,30 @@ TEST(PairSet, DamagedPairLayoutIsFound) {
   EXPECT_THROW(write_shard((len_dir / "odd.h5").string(), info, d), Error);
 }
 
+TEST(PairSet, VerificationWindowsCutBetweenPairs) {
+  // Shards of more than 2^20 tokens are verified in several read windows; for pairs the windows are cut
+  // between pairs. A clean folder passes (every pair checked, or an internal error says otherwise), and
+  // a damaged pair near the end of the big shard, in a later window, is found and named.
+  const int n = 170000;  // about 1.15M tokens per shard
+  auto clean = make_pair_folder(n);
+  VerifyResult vr = verify_data(clean.string(), {"train"}, {VerifyMode::Full, 0, 1, 2, (clean / "cache").string()});
+  EXPECT_EQ(vr.error, "");
+  EXPECT_EQ(vr.verified, 2);
+  int64_t last = 0;
+  auto bad = make_pair_folder(n, true, [&](ShardData& d) {
+    ASSERT_GT(d.num_tokens(), int64_t(1) << 20);
+    last = d.num_pairs() - 2;
+    d.loss_mask[d.offsets[2 * last + 1] + 1] = 1;  // the rejected sequence's token 1 is a prompt token
+  });
+  vr = verify_data(bad.string(), {"train"}, {VerifyMode::Full, 0, 1, 2, (bad / "cache").string()});
+  EXPECT_NE(vr.error.find("pair " + std::to_string(last) + " (sequences " + std::to_string(2 * last) + " and " +
+                          std::to_string(2 * last + 1) + "): rejected token 1 has loss_mask 1"),
+            std::string::npos)
+      << vr.error;
+  stdfs::remove_all(clean);
+  stdfs::remove_all(bad);
+}
+
 TEST(PairSet, SequenceSetRefusesPairReads) {
   auto dir = make_pair_folder(4);
   // Rewrite as a sequence folder: sequence shards, manifest without kind.
