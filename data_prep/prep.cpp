@@ -14,6 +14,7 @@
 #include <nlohmann/json.hpp>
 #include <thread>
 
+#include "chat_template.h"
 #include "inputs.h"
 #include "ordered_pool.h"
 #include "preference.h"
@@ -25,6 +26,7 @@
 #include "shardtune/core/log.h"
 #include "shardtune/data/shard.h"
 #include "shardtune/dist/mpi_runtime.h"
+#include "shardtune/tokenizer/source_files.h"
 #include "template.h"
 
 namespace shardtune::prep {
@@ -567,8 +569,25 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
     if (pairs) m["kind"] = data::kKindPreference;
     m["tokenizer"] = {{"name", tok.name}, {"source", opt.tokenizer}, {"hash", tok.hash}, {"vocab_size", tok.vocab_size()},
                       {"bos_id", info.bos_id}, {"eos_id", info.eos_id}, {"pad_id", info.pad_id}, {"add_bos", tok.add_bos}};
+    // What a model folder written later needs to carry this tokenizer in Hugging Face form: its files
+    // (absolute: the trainer may run elsewhere) and the special tokens' strings (a .model cannot be read
+    // where libtorch is loaded).
+    auto token = [&](std::optional<TokenId> id) { return id ? ojson(tok.token_text(*id)) : ojson(nullptr); };
+    m["tokenizer"]["unk_id"] = tok.unk_id.value_or(-1);
+    m["tokenizer"]["bos_token"] = token(tok.bos_id);
+    m["tokenizer"]["eos_token"] = token(tok.eos_id);
+    m["tokenizer"]["pad_token"] = token(tok.pad_id);
+    m["tokenizer"]["unk_token"] = token(tok.unk_id);
+    ojson files = ojson::array();
+    for (const auto& f : tokenizer_source_files(tok)) files.push_back({{"path", f}, {"sha256", fs::sha256_file(f)}});
+    m["tokenizer"]["files"] = files;
     m["format_kind"] = opt.format;
     m["template"] = {{"name", tpl.name}, {"source", opt.template_spec}, {"hash", tpl.hash}};
+    // The chat turns as a Hugging Face chat template (absent for text data, which used no template).
+    if (opt.format != "text") {
+      const std::string chat = hf_chat_template(tpl, tok.add_bos && tok.bos_id, tpl.append_eos && tok.eos_id);
+      if (!chat.empty()) m["template"]["chat_template"] = chat;
+    }
     m["options"] = {{"max_seq_len", opt.max_seq_len}, {"overlong", opt.overlong}, {"val_fraction", opt.val_fraction},
                     {"seed", opt.seed}, {"shard_tokens", opt.shard_tokens}, {"skip_invalid", opt.skip_invalid}};
     ojson inputs = ojson::array();

@@ -29,6 +29,7 @@ class SentencePieceTokenizer : public Tokenizer {
     if (sp_.bos_id() >= 0) bos_id = sp_.bos_id();
     if (sp_.eos_id() >= 0) eos_id = sp_.eos_id();
     if (sp_.pad_id() >= 0) pad_id = sp_.pad_id();
+    if (sp_.unk_id() >= 0) unk_id = sp_.unk_id();
     add_bos = true;
     for (int id = 0; id < sp_.GetPieceSize(); ++id)
       if (sp_.IsControl(id) || sp_.IsUnknown(id)) specials_.emplace_back(sp_.IdToPiece(id), id);

@@ -24,11 +24,13 @@ class Pattern {
   bool empty() const { return pieces_.empty(); }
   bool has_field(const std::string& name) const;
 
- private:
   struct Piece {
-    std::string text;
+    std::string text;  // literal text, or the placeholder's name
     bool is_field;
   };
+  const std::vector<Piece>& pieces() const { return pieces_; }
+
+ private:
   std::vector<Piece> pieces_;
 };
 

@@ -26,6 +26,7 @@
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/mpi_runtime.h"
 #include "shardtune/dist/watchdog.h"
+#include "shardtune/export/hf_tokenizer_files.h"
 #include "shardtune/model/adapter.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/model.h"
@@ -177,12 +178,23 @@ std::function<void(const stdfs::path&)> model_writer(const model::CausalLM& m, c
   };
 }
 
+// A checkpoint's weights and the identity of the data's tokenizer (shardtune-export checkpoint writes its
+// files from it).
+std::function<void(const stdfs::path&)> with_tokenizer(std::function<void(const stdfs::path&)> write,
+                                                       const exporter::TokenizerRecord& tok) {
+  return [write = std::move(write), tok](const stdfs::path& d) {
+    write(d);
+    exporter::write_tokenizer_record(d, tok);
+  };
+}
+
 // Writes the whole model folder under <out>.partial, syncs every file and the folder, then publishes it:
 // renamed onto --out in one step when --out is empty; when --out holds the checkpoint folder, each file
 // is renamed into --out with config.json (adapter_config.json) last, so --out never looks like a complete
 // model before it is one. A failed save removes its staging folder; one left by a killed run is named by
 // prepare_out next time.
-void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const data::DatasetInfo& info, bool inject_failure) {
+void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const exporter::TokenizerRecord& tok,
+                bool inject_failure) {
   const stdfs::path out = out_dir(cfg.out), staging = staging_dir(cfg.out);
   std::error_code made_ec;
   const bool made = stdfs::create_directory(staging, made_ec);
@@ -193,9 +205,14 @@ void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const d
   try {
     model_writer(m, cfg.save_dtype, false)(staging);
     if (inject_failure) ST_FAIL("injected failure while saving the final model (SHARDTUNE_TEST_FAIL)");
-    nlohmann::json meta = {{"tokenizer", {{"name", info.tokenizer_name}, {"source", info.tokenizer_source},
-                                          {"hash", info.tokenizer_hash}, {"bos_id", info.bos_id}, {"eos_id", info.eos_id}}}};
-    fs::write_file_atomic(staging / "shardtune_tokenizer.json", meta.dump(2) + "\n");
+    // The tokenizer in Hugging Face form (tokenizer files, tokenizer_config.json, generation_config.json for
+    // a whole model) and shardtune_tokenizer.json; never fails the run for the tokenizer's sake (it warns).
+    exporter::HfFolderOptions ho;
+    ho.model = !m.has_lora();
+    ho.model_max_length = m.config().max_position_embeddings;
+    std::error_code dir_ec;
+    if (stdfs::is_directory(cfg.model, dir_ec)) ho.base = cfg.model;
+    exporter::write_hf_tokenizer_files(staging, tok, ho);
     fs::fsync_dir_contents(staging);
     bool empty = true;
     for ([[maybe_unused]] const auto& e : stdfs::directory_iterator(out)) empty = false;
@@ -298,6 +315,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
   train::require_sequence_data(*train_set);  // preference pairs need --objective dpo|reward (issue 11)
+  // The tokenizer the data was prepared with, as its manifest says now: what the saved folders carry.
+  const exporter::TokenizerRecord tok_record = exporter::record_from_manifest(data::read_manifest(cfg.data));
   // Content of every shard (each rank a share), before any sample is used and before --out exists.
   const data::VerifyResult vr =
       data::verify_data(cfg.data, {"train", "val"}, {data::parse_verify_mode(cfg.verify_data), rank, world, 0, ""});
@@ -415,7 +434,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
       // The snapshot is taken now, on this thread; the files are written in the background.
       std::vector<checkpoint::StatePiece> pieces;
       for (const auto& p : trainer.optimizer_share()) pieces.push_back({p.param, p.start, p.exp_avg.clone(), p.exp_avg_sq.clone()});
-      async_saver.start(std::move(st), std::move(pieces), model_writer(*model, "F32", true));
+      async_saver.start(std::move(st), std::move(pieces), with_tokenizer(model_writer(*model, "F32", true), tok_record));
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       log::info("checkpoint of step " + std::to_string(done) + " is being written in the background (snapshot " +
                 std::to_string(static_cast<int>(1000 * secs)) + " ms)");
@@ -423,7 +442,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
       return secs;
     }
     const auto path = checkpoint::save(rt, ckpt_dir, st, trainer.optimizer_share(),
-                                       model_writer(*model, "F32", false), cfg.keep_last);
+                                       with_tokenizer(model_writer(*model, "F32", false), tok_record), cfg.keep_last);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log::info("checkpoint saved: " + path.string() + " (step " + std::to_string(done) + ", " +
               std::to_string(static_cast<int>(1000 * secs)) + " ms)");
@@ -537,7 +556,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   // ---- final model ----
   trainer.check_weights_finite("after the last step, before saving");
   if (rank == 0) {
-    save_final(*model, cfg, train_set->info(), injected("save"));
+    save_final(*model, cfg, tok_record, injected("save"));
     log::info(model->has_lora() ? "saved the adapter (PEFT layout: adapter_config.json + adapter_model.safetensors) to " + cfg.out
                                 : "saved the fine-tuned model (Hugging Face layout) to " + cfg.out);
   }

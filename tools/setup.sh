@@ -11,7 +11,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build ccache pkg-config git
   libtorch-dev libopenblas0-openmp libopenmpi-dev openmpi-bin libhdf5-dev libboost-serialization-dev
   libcli11-dev libgtest-dev nlohmann-json3-dev libsimdjson-dev libpcre2-dev libsentencepiece-dev libssl-dev
-  python3-torch python3-numpy python3-h5py python3-matplotlib python3-sentencepiece
+  python3-torch python3-numpy python3-h5py python3-matplotlib python3-sentencepiece python3-jinja2
 )
 
 st_install_apt() {

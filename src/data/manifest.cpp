@@ -103,6 +103,24 @@ Manifest read_manifest(const std::string& dir) {
   m.bos_id = get_id(t, "bos_id", m.path, "tokenizer");
   m.eos_id = get_id(t, "eos_id", m.path, "tokenizer");
   m.pad_id = get_id(t, "pad_id", m.path, "tokenizer");
+  m.unk_id = get_id(t, "unk_id", m.path, "tokenizer");
+  if (t.contains("add_bos")) m.add_bos = field(t, "add_bos", json::value_t::boolean, m.path, "tokenizer").get<bool>();
+  for (auto [key, dst] : {std::pair{"bos_token", &m.bos_token}, {"eos_token", &m.eos_token}, {"pad_token", &m.pad_token},
+                          {"unk_token", &m.unk_token}})
+    if (t.contains(key) && !t[key].is_null()) *dst = get_string(t, key, m.path, "tokenizer");
+  if (t.contains("files")) {
+    const json& files = field(t, "files", json::value_t::array, m.path, "tokenizer");
+    for (size_t i = 0; i < files.size(); ++i) {
+      const std::string where = "tokenizer.files[" + std::to_string(i) + "]";
+      ST_CHECK(files[i].is_object(), m.path + ": field '" + where + "' is not an object", kRerun);
+      m.tokenizer_files.push_back({get_string(files[i], "path", m.path, where), get_string(files[i], "sha256", m.path, where)});
+    }
+  }
+  if (j.contains("template")) {
+    const json& tpl = field(j, "template", json::value_t::object, m.path, "");
+    if (tpl.contains("name")) m.template_name = get_string(tpl, "name", m.path, "template");
+    if (tpl.contains("chat_template")) m.chat_template = get_string(tpl, "chat_template", m.path, "template");
+  }
   const json& shards = field(j, "shards", json::value_t::array, m.path, "");
   for (size_t i = 0; i < shards.size(); ++i) {
     const std::string where = "shards[" + std::to_string(i) + "]";

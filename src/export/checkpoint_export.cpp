@@ -12,6 +12,7 @@
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
 #include "shardtune/core/log.h"
+#include "shardtune/export/hf_tokenizer_files.h"
 #include "shardtune/export/merge.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/model.h"
@@ -24,7 +25,8 @@ namespace sm = shardtune::model;
 
 namespace {
 
-// Files a run may keep beside the weights that an exported folder carries along.
+// Files a run may keep beside the weights that an exported folder carries along (checkpoints from before
+// shardtune_tokenizer.json was written into them).
 const char* const kCarried[] = {"generation_config.json", "tokenizer.json",   "tokenizer_config.json",
                                 "special_tokens_map.json", "tokenizer.model", "vocab.json",
                                 "merges.txt",              "added_tokens.json", "shardtune_tokenizer.json"};
@@ -45,6 +47,42 @@ stdfs::path resolve_checkpoint(const stdfs::path& p) {
            "--ckpt '" + p.string() + "' is neither a checkpoint (no manifest.json) nor a checkpoint folder with `latest`",
            "give a checkpoint folder (<ckpt-dir>/step-N); `shardtune-inspect DIR --verify` lists them");
   return p / latest;
+}
+
+// The tokenizer side of the folder: from the identity the checkpoint keeps (shardtune_tokenizer.json), else
+// from the run's data manifest (older checkpoints), else whatever tokenizer files the checkpoint holds.
+void write_tokenizer(const stdfs::path& ckpt, const stdfs::path& staging, const ck::TrainerState& state,
+                     const sm::CausalLM* model) {
+  auto option = [&](const char* key) {
+    auto it = state.config.find(key);
+    return it == state.config.end() ? std::string() : it->second;
+  };
+  HfFolderOptions ho;
+  ho.model = model != nullptr;
+  std::error_code ec;
+  if (const std::string base = option("model"); !base.empty() && stdfs::is_directory(base, ec)) ho.base = base;
+  if (model) {
+    ho.model_max_length = model->config().max_position_embeddings;
+  } else if (!ho.base.empty() && stdfs::is_regular_file(ho.base / "config.json", ec)) {
+    try {
+      ho.model_max_length = sm::ModelConfig::from_file((ho.base / "config.json").string()).max_position_embeddings;
+    } catch (const std::exception&) {
+      // left out of tokenizer_config.json: the base's config.json is not what the run trained on
+    }
+  }
+  if (carry_hf_tokenizer_files(ckpt, staging, ho)) return;
+  try {
+    const std::string data = option("data");
+    ST_CHECK(!data.empty(), "the checkpoint's configuration names no --data");
+    write_hf_tokenizer_files(staging, record_from_manifest(data::read_manifest(data)), ho);
+    return;
+  } catch (const std::exception& e) {
+    log::warn("checkpoint " + ckpt.string() + " records no tokenizer and its data's manifest cannot be read (" +
+              e.what() + "): the export gets no tokenizer files");
+  }
+  for (const char* name : kCarried)
+    if (stdfs::is_regular_file(ckpt / name, ec) && !stdfs::exists(staging / name, ec))
+      stdfs::copy_file(ckpt / name, staging / name);
 }
 
 // The adapter's tensors in `dtype` (a copy when dtype is ""), as PEFT reads them.
@@ -113,8 +151,7 @@ CheckpointExportResult export_checkpoint(const CheckpointExportOptions& opts) {
       so.dtype = dtype;
       sm::save_hf(*model, staging, so);
     }
-    for (const char* name : kCarried)
-      if (stdfs::is_regular_file(ckpt / name) && !stdfs::exists(staging / name)) stdfs::copy_file(ckpt / name, staging / name);
+    write_tokenizer(ckpt, staging, state, model.get());
     fs::fsync_dir_contents(staging);
     fs::publish_dir(staging, out, "--out folder", "--out must stay an empty folder (or absent) while the export runs");
     fs::fsync_path(out.parent_path());

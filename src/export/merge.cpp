@@ -20,6 +20,7 @@
 #include "shardtune/core/hw.h"
 #include "shardtune/core/json_depth.h"
 #include "shardtune/core/log.h"
+#include "shardtune/export/hf_tokenizer_files.h"
 #include "shardtune/model/adapter.h"
 #include "shardtune/model/config.h"
 #include "shardtune/model/io.h"
@@ -32,7 +33,8 @@ namespace sm = shardtune::model;
 
 namespace {
 
-// Files of an HF model folder besides config.json and the weights that a complete export carries along.
+// Files of an HF model folder besides config.json and the weights that a complete export carries along
+// from the base, when the adapter is not ours (ours carries the data's tokenizer: hf_tokenizer_files.h).
 const char* const kCopiedFiles[] = {"generation_config.json", "tokenizer.json",   "tokenizer_config.json",
                                     "special_tokens_map.json", "tokenizer.model", "vocab.json",
                                     "merges.txt",              "added_tokens.json", "shardtune_tokenizer.json"};
@@ -60,6 +62,7 @@ struct Plan {
   bool sharded = false;                          // the base has model.safetensors.index.json
   std::vector<std::string> copied;               // other files of the base folder to copy
   std::string config_text;                       // config.json as written
+  int64_t max_positions = 0;                     // the base's context (tokenizer_config.json's model_max_length)
   uint64_t total_bytes = 0;                      // tensor bytes of the output
   int64_t total_tensors = 0;
 };
@@ -75,6 +78,7 @@ Plan plan_hf(const stdfs::path& base, const MergeOptions& o) {
   ST_CHECK(stdfs::exists(cfg_path), base.string() + ": no config.json",
            "--model takes a Hugging Face model folder (config.json + model.safetensors) or a llama2.c .bin file");
   const sm::ModelConfig mcfg = sm::ModelConfig::from_file(cfg_path.string());
+  p.max_positions = mcfg.max_position_embeddings;
   for (const auto& f : st::model_files(base)) p.files.push_back(std::make_unique<st::File>(f));
   sm::check_hf_weights(mcfg, p.files, cfg_path.string());  // the base is complete and matches its config
   p.sharded = stdfs::exists(base / "model.safetensors.index.json");
@@ -243,6 +247,12 @@ MergeResult merge_adapter(const MergeOptions& opts) {
            "the folder that holds --out must be writable (the model is written beside --out, then renamed onto it)");
   MergeResult r;
   try {
+    // The tokenizer our adapter's data was prepared with, in Hugging Face form, with the base's generation
+    // settings; an adapter PEFT wrote (no shardtune_tokenizer.json) gets the base's tokenizer files below.
+    exporter::HfFolderOptions ho;
+    ho.model_max_length = whole ? whole->config().max_position_embeddings : p.max_positions;
+    if (!whole) ho.base = base;
+    const bool carried = carry_hf_tokenizer_files(o.adapter, staging, ho).has_value();
     if (whole) {
       sm::SaveOptions so;
       so.dtype = o.dtype;
@@ -256,7 +266,8 @@ MergeResult merge_adapter(const MergeOptions& opts) {
     } else {
       r = write_hf(p, o, staging);
       fs::write_file_atomic(staging / "config.json", p.config_text);
-      for (const auto& n : p.copied) stdfs::copy_file(base / n, staging / n);
+      if (!carried)
+        for (const auto& n : p.copied) stdfs::copy_file(base / n, staging / n);
     }
     fs::fsync_dir_contents(staging);
     fs::publish_dir(staging, out, "--out folder", "--out must stay an empty folder (or absent) while the merge runs");

@@ -323,6 +323,7 @@ std::unique_ptr<Tokenizer> load_hf_json(const std::filesystem::path& file) {
   ST_CHECK(!t->add_bos || t->bos_id, ctx.file + ": add_bos is set but no BOS token could be determined",
            "add bos_token to tokenizer_config.json beside it");
 
+  t->unk_id = t->model->unk_id();
   t->name = t->model->units() == BpeUnits::Bytes ? "hf-bpe-bytelevel" : "hf-bpe-sentencepiece";
   t->source = ctx.file;
   t->hash = fs::sha256_hex(hash_input);

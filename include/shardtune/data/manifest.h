@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -23,12 +24,23 @@ struct ManifestShard {
   std::string sha256;  // "" when the manifest has none (then content verification refuses the shard)
 };
 
+struct ManifestFile {
+  std::string path, sha256;
+};
+
 struct Manifest {
   std::string path;  // .../manifest.json, for messages
   DataKind kind = DataKind::Sequence;  // "kind" (absent in manifests older than issue 11: sequence)
   std::string tokenizer_name, tokenizer_hash, tokenizer_source;
   int64_t vocab_size = 0, bos_id = -1, eos_id = -1, pad_id = -1;
   std::vector<ManifestShard> shards;  // in manifest order
+  // Optional fields (absent in manifests of older preps: empty / -1 / nullopt), what a model folder needs to
+  // carry the tokenizer in Hugging Face form (export/hf_tokenizer_files.h).
+  std::optional<bool> add_bos;
+  int64_t unk_id = -1;
+  std::string bos_token, eos_token, pad_token, unk_token;  // the special tokens' strings; "" = none
+  std::vector<ManifestFile> tokenizer_files;               // what prep read (absolute paths), in hash order
+  std::string template_name, chat_template;                // chat_template: Jinja, "" = none
 };
 
 // Reads `dir`/manifest.json (nesting depth bounded first). Throws Error naming the file and field.

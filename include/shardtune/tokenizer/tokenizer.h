@@ -44,6 +44,7 @@ class Tokenizer {
   }
 
   std::optional<TokenId> bos_id, eos_id, pad_id;
+  std::optional<TokenId> unk_id;  // the model's unknown token, where it has one (SentencePiece, HF unk_token)
   bool add_bos = false;  // convention of this tokenizer: prepend BOS to each sample (Llama yes, GPT-2 no)
   std::string name;      // e.g. "gpt2-bpe", "hf-bpe-bytelevel", "hf-bpe-sentencepiece", "sentencepiece", "byte"
   std::string source;    // the spec it was loaded from
