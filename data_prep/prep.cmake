@@ -8,7 +8,7 @@ add_custom_command(
   DEPENDS ${_tpl_files} ${CMAKE_CURRENT_SOURCE_DIR}/embed_templates.cmake
   COMMENT "Embedding prompt templates")
 
-add_library(shardtune_prep STATIC template.cpp chat_template.cpp record.cpp inputs.cpp prep.cpp ${_tpl_header})
+add_library(shardtune_prep STATIC template.cpp chat_template.cpp record.cpp preference.cpp inputs.cpp prep.cpp ${_tpl_header})
 target_include_directories(shardtune_prep PUBLIC ${CMAKE_CURRENT_SOURCE_DIR} PRIVATE ${CMAKE_CURRENT_BINARY_DIR}/generated)
 target_compile_definitions(shardtune_prep PRIVATE SHARDTUNE_VERSION="${PROJECT_VERSION}")
 target_link_libraries(shardtune_prep PUBLIC shardtune_prep_tokenizers shardtune_data shardtune_dist_mpi shardtune_core

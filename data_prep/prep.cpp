@@ -17,6 +17,7 @@
 #include "chat_template.h"
 #include "inputs.h"
 #include "ordered_pool.h"
+#include "preference.h"
 #include "record.h"
 #include "sentencepiece_tokenizer.h"
 #include "shardtune/core/error.h"
@@ -55,14 +56,28 @@ namespace {
 enum Split { kTrain = 0, kVal = 1 };
 const char* kSplitName[2] = {"train", "val"};
 
+// Counts in samples, which are pairs for preference data (truncated, dropped_* then count pairs).
 struct Stats {
   int64_t lines = 0, samples = 0, empty = 0, truncated = 0, dropped_overlong = 0, dropped_no_target = 0,
           split_pieces = 0, skipped_invalid = 0;
+  int64_t truncated_response = 0, dropped_identical = 0;  // preference data only
   void add(const Stats& o) {
     lines += o.lines; samples += o.samples; empty += o.empty; truncated += o.truncated;
     dropped_overlong += o.dropped_overlong; dropped_no_target += o.dropped_no_target;
     split_pieces += o.split_pieces; skipped_invalid += o.skipped_invalid;
+    truncated_response += o.truncated_response; dropped_identical += o.dropped_identical;
   }
+  std::vector<int64_t*> fields() {
+    return {&lines, &samples, &empty, &truncated, &dropped_overlong, &dropped_no_target, &split_pieces,
+            &skipped_invalid, &truncated_response, &dropped_identical};
+  }
+};
+
+// What one folder holds: all sequences or all pairs. Under --format auto, decided by the first line that
+// parses as a JSON object (`detected_at` names it), so every rank and thread decides the same.
+struct DataKindChoice {
+  bool pairs = false;
+  std::string detected_at;  // "" unless --format auto found a pair
 };
 
 struct Skipped {
@@ -72,8 +87,9 @@ struct Skipped {
 };
 
 struct ChunkResult {
-  std::vector<Sample> samples;
+  std::vector<Sample> samples;  // pairs: chosen then rejected
   std::vector<uint8_t> split;
+  std::vector<int64_t> prompt_len;  // per sample: the pair's prompt length on its chosen, else -1
   std::vector<Skipped> skipped;
   Stats stats;
 };
@@ -108,6 +124,7 @@ void finish_sample(Sample&& s, const PrepOptions& opt, Split split, ChunkResult&
     }
     out.samples.push_back(std::move(x));
     out.split.push_back(split);
+    out.prompt_len.push_back(-1);
     ++out.stats.samples;
   };
   if (s.tokens.size() <= L) return push(std::move(s));
@@ -132,9 +149,32 @@ void finish_sample(Sample&& s, const PrepOptions& opt, Split split, ChunkResult&
   }
 }
 
+// Applies the overlong policy to a pair; appends both sequences (or nothing) to `out`.
+void finish_pair(TokenizedPair&& p, const PrepOptions& opt, std::optional<TokenId> bos, Split split, ChunkResult& out) {
+  bool response_cut = false;
+  switch (fit_pair(p, opt.max_seq_len, opt.overlong == "drop", bos, response_cut)) {
+    case PairFit::Dropped: ++out.stats.dropped_overlong; return;
+    case PairFit::DroppedIdentical: ++out.stats.dropped_identical; return;
+    case PairFit::NoResponse: ++out.stats.dropped_no_target; return;
+    case PairFit::Truncated: ++out.stats.truncated; out.stats.truncated_response += response_cut; break;
+    case PairFit::Fits: break;
+  }
+  const auto plen = static_cast<size_t>(p.prompt_len);
+  if (p.chosen.tokens.size() <= plen || p.rejected.tokens.size() <= plen) {  // no response token (append_eos off)
+    ++out.stats.dropped_no_target;
+    return;
+  }
+  out.samples.push_back(std::move(p.chosen));
+  out.samples.push_back(std::move(p.rejected));
+  out.split.insert(out.split.end(), 2, split);
+  out.prompt_len.push_back(p.prompt_len);
+  out.prompt_len.push_back(-1);
+  ++out.stats.samples;
+}
+
 // Tokenizes one chunk of lines. A bad line throws an Error naming file:line unless --skip-invalid.
 ChunkResult process_chunk(const Chunk& c, const std::vector<const MappedFile*>& files, const PrepOptions& opt,
-                          Format format, const PromptTemplate& tpl, const Tokenizer& tok) {
+                          Format format, const DataKindChoice& kind, const PromptTemplate& tpl, const Tokenizer& tok) {
   thread_local simdjson::dom::parser parser;
   ChunkResult out;
   int64_t line = c.first_line;
@@ -156,7 +196,18 @@ ChunkResult process_chunk(const Chunk& c, const std::vector<const MappedFile*>& 
       }
       if (opt.overlong == "split" && rec.format != Format::Text)
         throw RecordError{"--overlong split applies to plain text, but this line is " + std::string(format_name(rec.format))};
-      finish_sample(build_sample(rec, tpl, tok), opt, choose_split(opt.seed, c.file, this_line, opt.val_fraction), out);
+      if ((rec.format == Format::Preference) != kind.pairs)
+        throw RecordError{kind.pairs ? "this line is " + std::string(format_name(rec.format)) +
+                                           " data, but this folder holds preference pairs (detected from " +
+                                           kind.detected_at + "); one folder holds one kind of data"
+                                     : std::string("this line is a preference pair (\"chosen\"/\"rejected\"), but this "
+                                                   "folder holds sequences (the first line is not a pair); prepare "
+                                                   "pairs in their own folder with --format preference")};
+      const Split split = choose_split(opt.seed, c.file, this_line, opt.val_fraction);
+      if (kind.pairs)
+        finish_pair(build_pair(rec, tpl, tok), opt, tok.add_bos ? tok.bos_id : std::nullopt, split, out);
+      else
+        finish_sample(build_sample(rec, tpl, tok), opt, split, out);
     } catch (const RecordError& e) {
       std::string where = files[c.file]->path() + ":" + std::to_string(this_line);
       if (!opt.skip_invalid)
@@ -172,6 +223,7 @@ ChunkResult process_chunk(const Chunk& c, const std::vector<const MappedFile*>& 
 struct Spool {
   std::unique_ptr<FILE, int (*)(FILE*)> tok{nullptr, &std::fclose}, msk{nullptr, &std::fclose};
   std::vector<int64_t> lens;
+  std::vector<int64_t> prompt_lens;  // preference data: one per pair
   std::vector<char> tok_buf, msk_buf;
   std::string base;
 
@@ -198,6 +250,8 @@ struct Spool {
     msk.reset();
     std::string lens_bytes(reinterpret_cast<const char*>(lens.data()), lens.size() * sizeof(int64_t));
     fs::write_file_atomic(base + ".len", lens_bytes);
+    std::string plen_bytes(reinterpret_cast<const char*>(prompt_lens.data()), prompt_lens.size() * sizeof(int64_t));
+    fs::write_file_atomic(base + ".plen", plen_bytes);
   }
 };
 
@@ -205,18 +259,19 @@ std::string spool_base(const stdfs::path& staging, int rank, int split) {
   return (staging / (".spool-" + std::to_string(rank) + "-" + kSplitName[split])).string();
 }
 
-std::vector<int64_t> read_lens(const std::string& base) {
-  std::string bytes = fs::read_file(base + ".len");
+std::vector<int64_t> read_lens(const std::string& base, const char* ext = ".len") {
+  std::string bytes = fs::read_file(base + ext);
   std::vector<int64_t> v(bytes.size() / sizeof(int64_t));
   std::memcpy(v.data(), bytes.data(), v.size() * sizeof(int64_t));
   return v;
 }
 
-// A shard is a contiguous range of the global sample stream of one split.
+// A shard is a contiguous range of the global sample stream of one split (pairs: of its pair stream,
+// so a pair never straddles two shards).
 struct ShardPlan {
   int split;
   int index;  // within the split
-  int64_t first, last;  // global sample range [first, last)
+  int64_t first, last;  // global sample (pair) range [first, last)
   int64_t tokens;
 };
 
@@ -257,7 +312,33 @@ std::string json_array_of(const std::vector<std::string>& v) { return ojson(v).d
 
 int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt, const stdfs::path& staging,
                               const stdfs::path& out_dir, const Tokenizer& tok, const PromptTemplate& tpl, Stats stats,
-                              const std::vector<Skipped>& skipped, const std::vector<std::unique_ptr<MappedFile>>& mapped);
+                              const std::vector<Skipped>& skipped, const std::vector<std::unique_ptr<MappedFile>>& mapped,
+                              bool pairs);
+
+// --format auto: the kind of the first line (in input order) that parses as a JSON object.
+DataKindChoice choose_kind(const PrepOptions& opt, const std::vector<const MappedFile*>& files) {
+  DataKindChoice k;
+  if (opt.format == "preference") k.pairs = true;
+  if (opt.format != "auto") return k;
+  simdjson::dom::parser parser;
+  for (const MappedFile* f : files) {
+    std::string_view v = f->view();
+    size_t pos = v.substr(0, 3) == "\xEF\xBB\xBF" ? 3 : 0;
+    for (int64_t line = 1; pos < v.size(); ++line) {
+      size_t nl = v.find('\n', pos);
+      std::string_view text = v.substr(pos, (nl == std::string_view::npos ? v.size() : nl) - pos);
+      pos = nl == std::string_view::npos ? v.size() : nl + 1;
+      if (blank(text)) continue;
+      simdjson::dom::element doc;
+      if (parser.parse(text.data(), text.size(), true).get(doc) || !doc.is_object()) continue;  // reported later
+      simdjson::dom::object obj = doc.get_object().value_unsafe();
+      k.pairs = !obj["chosen"].error() || !obj["rejected"].error();
+      if (k.pairs) k.detected_at = f->path() + ":" + std::to_string(line);
+      return k;
+    }
+  }
+  return k;
+}
 
 }  // namespace
 
@@ -293,6 +374,7 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
   std::unique_ptr<Tokenizer> tok;
   PromptTemplate tpl;
   std::vector<std::unique_ptr<MappedFile>> mapped;
+  DataKindChoice kind;
   int failed = 0;
   try {
     tok = load_tokenizer_any(opt.tokenizer);
@@ -304,6 +386,7 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
       files.push_back(mapped.back().get());
     }
     check_distinct_inputs(files);
+    kind = choose_kind(opt, files);
     std::vector<Chunk> chunks = plan_chunks(files, rank, world, 256 << 10);
     uint64_t my_bytes = 0;
     for (const auto& c : chunks) my_bytes += c.text.size();
@@ -313,10 +396,13 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
     log::Progress progress("prep", my_bytes, "B");
     uint64_t done_bytes = 0;
     std::function<ChunkResult(size_t)> work = [&](size_t i) {
-      return process_chunk(chunks[i], files, opt, format, tpl, *tok);
+      return process_chunk(chunks[i], files, opt, format, kind, tpl, *tok);
     };
     std::function<void(size_t, ChunkResult&&)> consume = [&](size_t i, ChunkResult&& r) {
-      for (size_t k = 0; k < r.samples.size(); ++k) spools[r.split[k]].append(r.samples[k]);
+      for (size_t k = 0; k < r.samples.size(); ++k) {
+        spools[r.split[k]].append(r.samples[k]);
+        if (r.prompt_len[k] >= 0) spools[r.split[k]].prompt_lens.push_back(r.prompt_len[k]);
+      }
       stats.add(r.stats);
       for (auto& s : r.skipped) skipped.push_back(std::move(s));
       done_bytes += chunks[i].text.size();
@@ -365,7 +451,7 @@ int run_prep(const PrepOptions& opt, const dist::MpiRuntime& rt) {
     return 1;
   }
   try {
-    return write_shards_and_manifest(opt, rt, staging, out_dir, *tok, tpl, stats, skipped, mapped);
+    return write_shards_and_manifest(opt, rt, staging, out_dir, *tok, tpl, stats, skipped, mapped, kind.pairs);
   } catch (const std::exception& e) {
     std::fprintf(stderr, "shardtune-prep [rank %d]: %s\n  nothing was published\n", rank, describe(e).c_str());
     std::error_code ec;
@@ -379,11 +465,13 @@ namespace {
 int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt, const stdfs::path& staging,
                               const stdfs::path& out_dir, const Tokenizer& tok, const PromptTemplate& tpl,
                               Stats stats, const std::vector<Skipped>& skipped,
-                              const std::vector<std::unique_ptr<MappedFile>>& mapped) {
+                              const std::vector<std::unique_ptr<MappedFile>>& mapped, bool pairs) {
   const int rank = rt.rank(), world = rt.world();
+  const int64_t unit = pairs ? 2 : 1;  // sequences per sample
   // ---- phase 2: cut the global stream into shards; rank k % world writes shard k --------------------
   std::vector<std::vector<int64_t>> lens(world * 2);    // [rank * 2 + split]: sample lengths of that spool
   std::vector<std::vector<int64_t>> starts(world * 2);  // token offset of each sample in it (prefix sums)
+  std::vector<std::vector<int64_t>> plens(world * 2);   // pairs: prompt length of each pair of that spool
   std::vector<ShardPlan> plans;
   std::vector<int64_t> split_total_samples(2, 0);
   for (int s = 0; s < 2; ++s) {
@@ -393,7 +481,15 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
       auto& st = starts[r * 2 + s];
       st.assign(1, 0);
       for (int64_t n : L) st.push_back(st.back() + n);
-      all.insert(all.end(), L.begin(), L.end());
+      if (pairs) {
+        plens[r * 2 + s] = read_lens(spool_base(staging, r, s), ".plen");
+        ST_CHECK(L.size() == 2 * plens[r * 2 + s].size(), "internal: spool of rank " + std::to_string(r) + " holds " +
+                                                              std::to_string(L.size()) + " sequences for " +
+                                                              std::to_string(plens[r * 2 + s].size()) + " pairs");
+        for (size_t i = 0; i < L.size(); i += 2) all.push_back(L[i] + L[i + 1]);  // shards are cut between pairs
+      } else {
+        all.insert(all.end(), L.begin(), L.end());
+      }
     }
     split_total_samples[s] = static_cast<int64_t>(all.size());
     for (auto& p : plan_shards(s, all, opt.shard_tokens)) plans.push_back(p);
@@ -407,18 +503,24 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
   info.pad_id = tok.pad_id.value_or(-1);
   info.template_name = opt.format == "text" ? "" : tpl.name;
   info.source_files = json_array_of(opt.inputs);
+  if (pairs) info.kind = data::kKindPreference;
 
   std::string my_shards;  // "index\tsha256\tloss_tokens\n" per shard written here
   for (size_t k = rank; k < plans.size(); k += world) {
     const ShardPlan& p = plans[k];
     data::ShardData d;
     // Walk the ranks' spools of this split; sample g of the split lives in the rank whose range holds g.
+    // Ranges here count sequences (pair k = sequences 2k, 2k+1).
     int64_t g0 = 0;
     for (int r = 0; r < world; ++r) {
       const auto& L = lens[r * 2 + p.split];
       int64_t g1 = g0 + static_cast<int64_t>(L.size());
-      int64_t a = std::max(p.first, g0), b = std::min(p.last, g1);
+      int64_t a = std::max(p.first * unit, g0), b = std::min(p.last * unit, g1);
       if (a < b) {
+        if (pairs) {
+          const auto& pl = plens[r * 2 + p.split];
+          d.prompt_lens.insert(d.prompt_lens.end(), pl.begin() + (a - g0) / 2, pl.begin() + (b - g0) / 2);
+        }
         const auto& st = starts[r * 2 + p.split];
         const int64_t tok_from = st[a - g0], count = st[b - g0] - tok_from;
         for (int64_t i = a - g0; i < b - g0; ++i) d.offsets.push_back(d.offsets.back() + L[i]);
@@ -436,9 +538,7 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
 
   // ---- phase 3: totals and manifest (rank 0), then publish ---------------------------------------
   std::vector<std::string> shard_lines = rt.allgather(my_shards);
-  for (int64_t* f : {&stats.lines, &stats.samples, &stats.empty, &stats.truncated, &stats.dropped_overlong,
-                     &stats.dropped_no_target, &stats.split_pieces, &stats.skipped_invalid})
-    *f = rt.allreduce_sum(*f);
+  for (int64_t* f : stats.fields()) *f = rt.allreduce_sum(*f);
   ojson my_skipped = ojson::array();
   for (const auto& s : skipped)
     if (my_skipped.size() < 1000) my_skipped.push_back({{"file", opt.inputs[s.file]}, {"line", s.line}, {"error", s.error}});
@@ -464,6 +564,9 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
     m["format"] = "shardtune-manifest";
     m["format_version"] = 1;
     m["created_by"] = "shardtune-prep " SHARDTUNE_VERSION;
+    // Absent (older manifests, and sequence data still) = "sequence". For "preference" every sample
+    // count below (counts.*samples, shards[].samples) counts pairs; tokens count both sequences.
+    if (pairs) m["kind"] = data::kKindPreference;
     m["tokenizer"] = {{"name", tok.name}, {"source", opt.tokenizer}, {"hash", tok.hash}, {"vocab_size", tok.vocab_size()},
                       {"bos_id", info.bos_id}, {"eos_id", info.eos_id}, {"pad_id", info.pad_id}, {"add_bos", tok.add_bos}};
     // What a model folder written later needs to carry this tokenizer in Hugging Face form: its files
@@ -514,6 +617,11 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
                    {"dropped_no_target", stats.dropped_no_target},
                    {"split_pieces", stats.split_pieces},
                    {"skipped_invalid", stats.skipped_invalid}};
+    if (pairs) {
+      m["counts"]["sequences"] = stats.samples * 2;
+      m["counts"]["truncated_response"] = stats.truncated_response;  // of the truncated pairs, those whose responses were cut too
+      m["counts"]["dropped_identical"] = stats.dropped_identical;    // identical once truncated
+    }
     ojson sk = ojson::array();
     for (const auto& block : all_skipped)
       for (auto& e : ojson::parse(block))
@@ -523,17 +631,24 @@ int write_shards_and_manifest(const PrepOptions& opt, const dist::MpiRuntime& rt
 
     for (int r = 0; r < world; ++r)
       for (int s = 0; s < 2; ++s)
-        for (const char* ext : {".tok", ".msk", ".len"}) stdfs::remove(spool_base(staging, r, s) + ext);
+        for (const char* ext : {".tok", ".msk", ".len", ".plen"}) stdfs::remove(spool_base(staging, r, s) + ext);
     fs::write_file_atomic(staging / "manifest.json", m.dump(2) + "\n");
     fs::publish_dir(staging, out_dir);
     if (!opt.quiet) {
+      const std::string what = pairs ? " pair(s)" : " sample(s)";
       log::info("wrote " + std::to_string(plans.size()) + " shard(s) to " + out_dir.string() + ": " +
                 std::to_string(split_total_samples[0]) + " train / " + std::to_string(split_total_samples[1]) +
-                " val samples, " + std::to_string(tokens[0] + tokens[1]) + " tokens");
+                (pairs ? " val preference pairs, " : " val samples, ") + std::to_string(tokens[0] + tokens[1]) + " tokens");
       if (stats.skipped_invalid) log::info("skipped " + std::to_string(stats.skipped_invalid) + " invalid line(s); see manifest.json");
-      if (stats.truncated) log::info("truncated " + std::to_string(stats.truncated) + " sample(s) to --max-seq-len");
-      if (stats.dropped_overlong + stats.dropped_no_target)
-        log::info("dropped " + std::to_string(stats.dropped_overlong + stats.dropped_no_target) + " sample(s) (overlong or no target tokens)");
+      if (stats.truncated)
+        log::info("truncated " + std::to_string(stats.truncated) + what + " to --max-seq-len" +
+                  (pairs ? " (prompt first, keeping its end; " + std::to_string(stats.truncated_response) +
+                               " with responses cut too)" : ""));
+      if (stats.dropped_overlong + stats.dropped_no_target + stats.dropped_identical)
+        log::info("dropped " + std::to_string(stats.dropped_overlong + stats.dropped_no_target + stats.dropped_identical) +
+                  what + " (" + std::to_string(stats.dropped_overlong) + " overlong, " +
+                  std::to_string(stats.dropped_no_target) + " with no target tokens" +
+                  (pairs ? ", " + std::to_string(stats.dropped_identical) + " identical once truncated" : "") + ")");
     }
   }
   rt.barrier();

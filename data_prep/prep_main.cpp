@@ -16,10 +16,10 @@ int prep_main(int argc, char** argv) {
   app.set_config("--config", "", "TOML file with the same keys as the long options");
   app.allow_config_extras(CLI::config_extras_mode::error);
   app.add_option("--input", o.inputs, "JSONL input file (repeatable); lines: {\"text\"}, {\"instruction\",\"input\",\"output\"}, "
-                 "{\"input\",\"output\"} or {\"messages\":[{\"role\",\"content\"}]}")->required();
+                 "{\"input\",\"output\"}, {\"messages\":[{\"role\",\"content\"}]} or pairs {\"prompt\",\"chosen\",\"rejected\"}")->required();
   app.add_option("--output", o.output, "folder to create (must not exist or be empty)")->required();
   app.add_option("--tokenizer", o.tokenizer, "tokenizer.json, SentencePiece .model, GPT-2 encoder.json,vocab.bpe (or a folder), or 'byte'")->required();
-  app.add_option("--format", o.format, "auto|text|instruction|input_output|chat")->capture_default_str();
+  app.add_option("--format", o.format, "auto|text|instruction|input_output|chat|preference (prompt/chosen/rejected pairs)")->capture_default_str();
   app.add_option("--template", o.template_spec, "prompt template: built-in name (alpaca, chatml, plain) or JSON file")->capture_default_str();
   app.add_option("--max-seq-len", o.max_seq_len, "longest sample in tokens, including BOS/EOS")->capture_default_str();
   app.add_option("--overlong", o.overlong, "what to do with longer samples: truncate|drop|split (split: text only)")->capture_default_str();

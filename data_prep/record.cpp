@@ -15,7 +15,8 @@ Format parse_format(const std::string& s) {
   if (s == "instruction") return Format::Instruction;
   if (s == "input_output") return Format::InputOutput;
   if (s == "chat") return Format::Chat;
-  ST_FAIL("unknown --format '" + s + "'", "use one of auto, text, instruction, input_output, chat");
+  if (s == "preference") return Format::Preference;
+  ST_FAIL("unknown --format '" + s + "'", "use one of auto, text, instruction, input_output, chat, preference");
 }
 
 const char* format_name(Format f) {
@@ -25,6 +26,7 @@ const char* format_name(Format f) {
     case Format::Instruction: return "instruction";
     case Format::InputOutput: return "input_output";
     case Format::Chat: return "chat";
+    case Format::Preference: return "preference";
   }
   return "?";
 }
@@ -78,6 +80,95 @@ bool bom_is_the_error(simdjson::dom::parser& parser, std::string_view line) {
   return !parser.parse(s.data(), s.size(), true).get(doc);
 }
 
+// A message list (field `name`), each {"role", "content"} with a known role.
+std::vector<Message> parse_messages(simdjson::dom::element m, const std::string& name) {
+  if (!m.is_array()) bad("field \"" + name + "\" must be an array, found " + type_name(m.type()));
+  std::vector<Message> out;
+  size_t i = 0;
+  simdjson::dom::array items = m.get_array().value_unsafe();  // a named copy: the result temporary dies
+  for (simdjson::dom::element item : items) {
+    std::string ctx = name + "[" + std::to_string(i++) + "]: ";
+    if (!item.is_object()) bad(ctx + "must be an object, found " + type_name(item.type()));
+    simdjson::dom::object mo = item.get_object().value_unsafe();
+    Message msg{get_string(mo, "role", true, ctx), get_string(mo, "content", true, ctx)};
+    if (msg.role != "system" && msg.role != "user" && msg.role != "assistant")
+      bad(ctx + "unknown role \"" + msg.role + "\" (expected system, user or assistant)");
+    out.push_back(std::move(msg));
+  }
+  return out;
+}
+
+// The preference forms: {"prompt": str, "chosen": str, "rejected": str}; {"chosen": [msgs],
+// "rejected": [msgs]} (the shared leading messages are the prompt); {"prompt": [msgs], "chosen": [msgs]
+// or {msg}, "rejected": likewise} (TRL's conversational form: prompt + chosen is the conversation).
+PairFields parse_pair(simdjson::dom::object obj) {
+  using T = simdjson::dom::element_type;
+  auto get = [&](const char* key) {
+    auto f = obj[key];
+    if (f.error()) bad(std::string("missing field \"") + key + "\"");
+    return f.value_unsafe();
+  };
+  simdjson::dom::element chosen = get("chosen"), rejected = get("rejected");
+  PairFields p;
+  if (chosen.type() == T::STRING) {
+    if (rejected.type() != T::STRING)
+      bad(std::string("field \"rejected\" must be a string like \"chosen\", found ") + type_name(rejected.type()));
+    auto pr = obj["prompt"];
+    if (pr.error()) bad("missing field \"prompt\" (\"chosen\" and \"rejected\" are strings, so the prompt is its own field)");
+    if (!pr.value_unsafe().is_string())
+      bad(std::string("field \"prompt\" must be a string like \"chosen\", found ") + type_name(pr.value_unsafe().type()));
+    p.prompt = std::string(pr.value_unsafe().get_string().value_unsafe());
+    p.chosen = std::string(chosen.get_string().value_unsafe());
+    p.rejected = std::string(rejected.get_string().value_unsafe());
+    return p;
+  }
+  // Chat forms: a single message object stands for a one-message list.
+  auto messages_of = [&](simdjson::dom::element el, const char* name) {
+    if (el.type() == T::OBJECT) {
+      simdjson::dom::object mo = el.get_object().value_unsafe();
+      const std::string ctx = std::string(name) + ": ";
+      Message msg{get_string(mo, "role", true, ctx), get_string(mo, "content", true, ctx)};
+      if (msg.role != "assistant") bad(ctx + "a single message must have role \"assistant\", found \"" + msg.role + "\"");
+      return std::vector<Message>{msg};
+    }
+    if (el.type() != T::ARRAY)
+      bad(std::string("field \"") + name + "\" must be a string, a message list or an assistant message object, found " +
+          type_name(el.type()));
+    return parse_messages(el, name);
+  };
+  std::vector<Message> c = messages_of(chosen, "chosen"), r = messages_of(rejected, "rejected");
+  std::vector<Message> prompt;
+  auto pr = obj["prompt"];
+  if (!pr.error()) {
+    if (!pr.value_unsafe().is_array())
+      bad(std::string("field \"prompt\" must be a message list when \"chosen\" holds messages, found ") +
+          type_name(pr.value_unsafe().type()));
+    prompt = parse_messages(pr.value_unsafe(), "prompt");
+  }
+  c.insert(c.begin(), prompt.begin(), prompt.end());
+  r.insert(r.begin(), prompt.begin(), prompt.end());
+  for (auto [conv, name] : {std::pair{&c, "chosen"}, std::pair{&r, "rejected"}}) {
+    if (conv->empty()) bad(std::string("\"") + name + "\" has no messages");
+    if (conv->back().role != "assistant")
+      bad(std::string("the last message of \"") + name + "\" must be the assistant's response, found role \"" +
+          conv->back().role + "\"");
+  }
+  if (c.size() != r.size())
+    bad("\"chosen\" and \"rejected\" must share every message before their last (the prompt), but they have " +
+        std::to_string(c.size()) + " and " + std::to_string(r.size()) + " messages");
+  for (size_t i = 0; i + 1 < c.size(); ++i)
+    if (c[i].role != r[i].role || c[i].content != r[i].content)
+      bad("\"chosen\" and \"rejected\" must share every message before their last (the prompt), but message " +
+          std::to_string(i) + " of the conversation differs");
+  if (c.size() < 2) bad("no prompt: \"chosen\" and \"rejected\" hold only the response (give the shared prompt messages, or a \"prompt\" message list)");
+  p.chat = true;
+  p.chosen_message = c.back();
+  p.rejected_message = r.back();
+  c.pop_back();
+  p.prompt_messages = std::move(c);
+  return p;
+}
+
 }  // namespace
 
 Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format want) {
@@ -98,7 +189,9 @@ Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format
 
   Format f = want;
   if (f == Format::Auto) {
-    if (has(obj, "messages"))
+    if (has(obj, "chosen") || has(obj, "rejected"))  // no other format has these keys
+      f = Format::Preference;
+    else if (has(obj, "messages"))
       f = Format::Chat;
     else if (has(obj, "instruction"))
       f = Format::Instruction;
@@ -126,30 +219,16 @@ Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format
     case Format::Chat: {
       auto msgs = obj["messages"];
       if (msgs.error()) bad("missing field \"messages\"");
-      simdjson::dom::element m = msgs.value_unsafe();
-      if (!m.is_array()) bad(std::string("field \"messages\" must be an array, found ") + type_name(m.type()));
-      size_t i = 0;
-      bool any_assistant = false;
-      simdjson::dom::array items = m.get_array().value_unsafe();  // a named copy: the result temporary dies
-      for (simdjson::dom::element item : items) {
-        std::string ctx = "messages[" + std::to_string(i++) + "]: ";
-        if (!item.is_object()) bad(ctx + "must be an object, found " + type_name(item.type()));
-        simdjson::dom::object mo = item.get_object().value_unsafe();
-        Message msg{get_string(mo, "role", true, ctx), get_string(mo, "content", true, ctx)};
-        if (msg.role != "system" && msg.role != "user" && msg.role != "assistant")
-          bad(ctx + "unknown role \"" + msg.role + "\" (expected system, user or assistant)");
-        any_assistant |= msg.role == "assistant";
-        r.messages.push_back(std::move(msg));
-      }
-      if (!any_assistant) bad("\"messages\" has no assistant message, so there is nothing to train on");
+      r.messages = parse_messages(msgs.value_unsafe(), "messages");
+      if (std::none_of(r.messages.begin(), r.messages.end(), [](const Message& m) { return m.role == "assistant"; }))
+        bad("\"messages\" has no assistant message, so there is nothing to train on");
       break;
     }
+    case Format::Preference: r.pair = parse_pair(obj); break;
     case Format::Auto: break;
   }
   return r;
 }
-
-namespace {
 
 // Encodes runs: trusted text is split at the tokenizer's special-token strings; all plain text between
 // specials is joined and encoded in one call (so template and field text tokenize as one string).
@@ -202,8 +281,6 @@ void encode_runs(const std::vector<Run>& runs, const Tokenizer& tok, uint8_t mas
   flush();
 }
 
-}  // namespace
-
 Sample build_sample(const Record& rec, const PromptTemplate& tpl, const Tokenizer& tok) {
   Sample s;
   if (tok.add_bos && tok.bos_id) {
@@ -247,6 +324,8 @@ Sample build_sample(const Record& rec, const PromptTemplate& tpl, const Tokenize
         if (turn.has_response) encode_runs(turn.response.render(f), tok, m.role == "assistant" ? 1 : 0, s);
       }
       break;
+    case Format::Preference:
+      throw RecordError{"internal: a preference pair is built by build_pair, not build_sample"};
     case Format::Auto: break;
   }
   if (tpl.append_eos && tok.eos_id) {

@@ -314,6 +314,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
+  train::require_sequence_data(*train_set);  // preference pairs need --objective dpo|reward (issue 11)
   // The tokenizer the data was prepared with, as its manifest says now: what the saved folders carry.
   const exporter::TokenizerRecord tok_record = exporter::record_from_manifest(data::read_manifest(cfg.data));
   // Content of every shard (each rank a share), before any sample is used and before --out exists.

@@ -3,6 +3,7 @@
 
 #include <algorithm>
 #include <mutex>
+#include <tuple>
 
 #include "h5.h"
 #include "layout.h"
@@ -21,6 +22,7 @@ struct ShardSet::Shard {
   std::string path;
   H5 file{-1, H5Fclose}, tokens{-1, H5Dclose}, mask{-1, H5Dclose};
   std::vector<int64_t> offsets;
+  std::vector<int64_t> prompt_lens;  // preference shards: one per pair
 };
 
 ShardSet::~ShardSet() {
@@ -34,6 +36,7 @@ std::unique_ptr<ShardSet> ShardSet::open(const std::string& dir, const std::stri
   DatasetInfo& info = set->info_;
   info.dir = dir;
   info.split = split;
+  info.kind = m.kind;
   info.tokenizer_name = m.tokenizer_name;
   info.tokenizer_hash = m.tokenizer_hash;
   info.tokenizer_source = m.tokenizer_source;
@@ -59,10 +62,13 @@ std::unique_ptr<ShardSet> ShardSet::open(const std::string& dir, const std::stri
              "shard '" + sh->path + "' was made with another tokenizer than manifest.json says", rerun);
     ST_CHECK(si.split == split, "shard '" + sh->path + "' holds split '" + si.split + "', manifest.json says '" + split + "'",
              rerun);
+    ST_CHECK(si.kind == kind_name(m.kind),
+             "shard '" + sh->path + "' holds " + si.kind + " data, manifest.json says kind '" + kind_name(m.kind) + "'", rerun);
     sh->file = H5(H5Fopen(sh->path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
     ST_CHECK(sh->file.ok(), "cannot open HDF5 file '" + sh->path + "'");
     // Rank, type and length of every dataset and the offsets, before anything is read by sample.
-    ShardLayout layout = check_shard_layout(sh->file.get(), sh->path, s.samples);
+    ShardLayout layout = check_shard_layout(sh->file.get(), sh->path, s.sequences);
+    if (m.kind == DataKind::Preference) sh->prompt_lens = check_pair_layout(sh->file.get(), sh->path, layout.offsets);
     ST_CHECK(layout.num_tokens == s.tokens,
              "shard '" + sh->path + "' holds " + std::to_string(layout.num_tokens) + " tokens, manifest.json says " +
                  std::to_string(s.tokens), rerun);
@@ -71,6 +77,7 @@ std::unique_ptr<ShardSet> ShardSet::open(const std::string& dir, const std::stri
     ST_CHECK(sh->tokens.ok() && sh->mask.ok(), "shard '" + sh->path + "': cannot open /tokens or /loss_mask");
     sh->offsets = std::move(layout.offsets);
     info.num_samples += s.samples;
+    info.num_sequences += s.sequences;
     info.num_tokens += s.tokens;
     info.num_loss_tokens += s.loss_tokens;
     set->first_sample_.push_back(info.num_samples);
@@ -79,7 +86,19 @@ std::unique_ptr<ShardSet> ShardSet::open(const std::string& dir, const std::stri
   return set;
 }
 
+namespace {
+void require_kind(const DatasetInfo& info, DataKind want, const char* call) {
+  if (info.kind == want) return;
+  if (want == DataKind::Sequence)
+    ST_FAIL("ShardSet::" + std::string(call) + ": '" + info.dir + "' holds preference pairs (manifest.json kind \"preference\")",
+            "read its pairs with read_pair (data/dataset.h)");
+  ST_FAIL("ShardSet::" + std::string(call) + ": '" + info.dir + "' holds sequences, not preference pairs",
+          "prepare the data with shardtune-prep --format preference");
+}
+}  // namespace
+
 int64_t ShardSet::length(int64_t sample) const {
+  require_kind(info_, DataKind::Sequence, "length");
   ST_CHECK(sample >= 0 && sample < info_.num_samples, "sample " + std::to_string(sample) + " out of range");
   size_t s = std::upper_bound(first_sample_.begin(), first_sample_.end(), sample) - first_sample_.begin() - 1;
   int64_t i = sample - first_sample_[s];
@@ -87,6 +106,7 @@ int64_t ShardSet::length(int64_t sample) const {
 }
 
 void ShardSet::read(int64_t sample, std::vector<int32_t>& tokens, std::vector<uint8_t>& mask) const {
+  require_kind(info_, DataKind::Sequence, "read");
   ST_CHECK(sample >= 0 && sample < info_.num_samples, "sample " + std::to_string(sample) + " out of range");
   size_t s = std::upper_bound(first_sample_.begin(), first_sample_.end(), sample) - first_sample_.begin() - 1;
   const Shard& sh = *shards_[s];
@@ -108,6 +128,55 @@ void ShardSet::read(int64_t sample, std::vector<int32_t>& tokens, std::vector<ui
   }
   // A last guard when content verification was skipped (--verify-data off): names shard and sample.
   check_token_chunk(tokens.data(), mask.data(), count, sh.offsets[i], sh.offsets, info_.vocab_size, sh.path);
+}
+
+int64_t ShardSet::prompt_len(int64_t pair) const {
+  require_kind(info_, DataKind::Preference, "prompt_len");
+  ST_CHECK(pair >= 0 && pair < info_.num_samples, "pair " + std::to_string(pair) + " out of range");
+  size_t s = std::upper_bound(first_sample_.begin(), first_sample_.end(), pair) - first_sample_.begin() - 1;
+  return shards_[s]->prompt_lens[pair - first_sample_[s]];
+}
+
+std::pair<int64_t, int64_t> ShardSet::pair_lengths(int64_t pair) const {
+  require_kind(info_, DataKind::Preference, "pair_lengths");
+  ST_CHECK(pair >= 0 && pair < info_.num_samples, "pair " + std::to_string(pair) + " out of range");
+  size_t s = std::upper_bound(first_sample_.begin(), first_sample_.end(), pair) - first_sample_.begin() - 1;
+  const auto& o = shards_[s]->offsets;
+  const int64_t i = 2 * (pair - first_sample_[s]);
+  return {o[i + 1] - o[i], o[i + 2] - o[i + 1]};
+}
+
+void ShardSet::read_pair(int64_t pair, PairSample& out) const {
+  require_kind(info_, DataKind::Preference, "read_pair");
+  ST_CHECK(pair >= 0 && pair < info_.num_samples, "pair " + std::to_string(pair) + " out of range");
+  size_t s = std::upper_bound(first_sample_.begin(), first_sample_.end(), pair) - first_sample_.begin() - 1;
+  const Shard& sh = *shards_[s];
+  const int64_t p = pair - first_sample_[s];
+  const int64_t a = sh.offsets[2 * p], mid = sh.offsets[2 * p + 1], b = sh.offsets[2 * p + 2];
+  // Both sequences are adjacent in the file: one read of [a, b).
+  hsize_t start = static_cast<hsize_t>(a), count = static_cast<hsize_t>(b - a);
+  std::vector<int32_t> ids(count);
+  std::vector<uint8_t> mask(count);
+  {
+    std::lock_guard<std::mutex> lock(hdf5_mutex());
+    QuietHdf5 quiet;
+    H5 mem(H5Screate_simple(1, &count, nullptr), H5Sclose);
+    for (auto [ds, type, dst] : {std::tuple{sh.tokens.get(), H5T_NATIVE_INT32, static_cast<void*>(ids.data())},
+                                 std::tuple{sh.mask.get(), H5T_NATIVE_UINT8, static_cast<void*>(mask.data())}}) {
+      H5 space(H5Dget_space(ds), H5Sclose);
+      H5Sselect_hyperslab(space.get(), H5S_SELECT_SET, &start, nullptr, &count, nullptr);
+      ST_CHECK(H5Dread(ds, type, mem.get(), space.get(), H5P_DEFAULT, dst) >= 0,
+               "shard '" + sh.path + "': cannot read pair " + std::to_string(p) + " (truncated or corrupt file?)",
+               "verify the folder with shardtune-inspect --verify");
+    }
+  }
+  check_token_chunk(ids.data(), mask.data(), count, a, sh.offsets, info_.vocab_size, sh.path);
+  check_pair_chunk(ids.data(), mask.data(), a, sh.offsets, sh.prompt_lens, p, p + 1, sh.path);
+  out.prompt_len = sh.prompt_lens[p];
+  out.chosen.assign(ids.begin(), ids.begin() + (mid - a));
+  out.chosen_mask.assign(mask.begin(), mask.begin() + (mid - a));
+  out.rejected.assign(ids.begin() + (mid - a), ids.end());
+  out.rejected_mask.assign(mask.begin() + (mid - a), mask.end());
 }
 
 namespace {
@@ -202,6 +271,19 @@ HostBatch make_batch(const std::vector<std::vector<int32_t>>& tokens, const std:
   for (int64_t r = 0; r < b.B; ++r)  // padding forms one more document per row
     for (int64_t t = fill[r]; t < seq_len; ++t) b.doc_ids[r * seq_len + t] = docs[r];
   return b;
+}
+
+HostBatch make_pair_batch(const std::vector<PairSample>& pairs, int64_t seq_len, int64_t pad_id) {
+  std::vector<std::vector<int32_t>> tokens(2 * pairs.size());
+  std::vector<std::vector<uint8_t>> masks(2 * pairs.size());
+  const size_t n = pairs.size();
+  for (size_t i = 0; i < n; ++i) {
+    tokens[i] = pairs[i].chosen;
+    masks[i] = pairs[i].chosen_mask;
+    tokens[n + i] = pairs[i].rejected;
+    masks[n + i] = pairs[i].rejected_mask;
+  }
+  return make_batch(tokens, masks, seq_len, false, pad_id);
 }
 
 }  // namespace shardtune::data

@@ -33,4 +33,15 @@ ShardLayout check_shard_layout(hid_t file, const std::string& path, int64_t expe
 int64_t check_token_chunk(const int32_t* ids, const uint8_t* mask, size_t n, int64_t first,
                           const std::vector<int64_t>& offsets, int64_t vocab, const std::string& path);
 
+// Preference shards: checks /prompt_lens (int64, 1-D, one entry per pair; the sequence count must be
+// even) and reads it; each prompt length must lie in [1, shorter sequence of its pair). Throws Error
+// naming the file, dataset and pair.
+std::vector<int64_t> check_pair_layout(hid_t file, const std::string& path, const std::vector<int64_t>& offsets);
+
+// Pair content of pairs [pair_begin, pair_end), whose tokens are ids/mask from position `first` of
+// /tokens on: mask 0 on each prompt and 1 on each response, and the chosen and rejected prompts equal.
+void check_pair_chunk(const int32_t* ids, const uint8_t* mask, int64_t first, const std::vector<int64_t>& offsets,
+                      const std::vector<int64_t>& prompt_lens, int64_t pair_begin, int64_t pair_end,
+                      const std::string& path);
+
 }  // namespace shardtune::data

@@ -52,6 +52,8 @@ int64_t get_id(const json& obj, const std::string& key, const std::string& mpath
 
 }  // namespace
 
+const char* kind_name(DataKind k) { return k == DataKind::Preference ? "preference" : "sequence"; }
+
 void check_relative_path(const std::string& file, const std::string& where) {
   const stdfs::path p(file);
   ST_CHECK(!file.empty() && !p.is_absolute() && !p.has_root_path(),
@@ -86,6 +88,13 @@ Manifest read_manifest(const std::string& dir) {
   ST_CHECK(j.is_object(), m.path + ": not a JSON object", kRerun);
   ST_CHECK(get_string(j, "format", m.path, "") == "shardtune-manifest" && get_int(j, "format_version", m.path, "", 0) == 1,
            "'" + m.path + "' is not a version-1 shardtune manifest", "re-run shardtune-prep with this version");
+  if (j.contains("kind")) {
+    const std::string kind = get_string(j, "kind", m.path, "");
+    ST_CHECK(kind == "sequence" || kind == "preference",
+             m.path + ": field 'kind' is '" + kind + "', this build reads 'sequence' and 'preference'",
+             "re-run shardtune-prep with this version of shardtune");
+    m.kind = kind == "preference" ? DataKind::Preference : DataKind::Sequence;
+  }
   const json& t = field(j, "tokenizer", json::value_t::object, m.path, "");
   m.tokenizer_name = get_string(t, "name", m.path, "tokenizer");
   m.tokenizer_hash = get_string(t, "hash", m.path, "tokenizer");
@@ -125,6 +134,9 @@ Manifest read_manifest(const std::string& dir) {
     sh.samples = get_int(s, "samples", m.path, where, 0);
     sh.tokens = get_int(s, "tokens", m.path, where, 0);
     sh.loss_tokens = get_int(s, "loss_tokens", m.path, where, 0);
+    sh.kind = m.kind;
+    ST_CHECK(sh.samples <= INT64_MAX / 2, m.path + ": field '" + where + ".samples' is too large", kRerun);
+    sh.sequences = m.kind == DataKind::Preference ? 2 * sh.samples : sh.samples;
     if (s.contains("sha256")) sh.sha256 = get_string(s, "sha256", m.path, where);
     m.shards.push_back(std::move(sh));
   }

@@ -6,6 +6,7 @@
 #include <algorithm>
 #include <cstring>
 #include <numeric>
+#include <tuple>
 
 #include "h5.h"
 #include "layout.h"
@@ -105,6 +106,11 @@ ShardInfo read_info(hid_t file, const std::string& path) {
   info.pad_id = read_int_attr(file, "pad_id", path);
   info.template_name = read_string_attr(file, "template", path);
   info.source_files = read_string_attr(file, "source_files", path);
+  if (has_attr(file, "kind")) info.kind = read_string_attr(file, "kind", path);
+  ST_CHECK(info.kind == kKindSequence || info.kind == kKindPreference,
+           "shard '" + path + "' has kind '" + info.kind + "', this build reads '" + kKindSequence + "' and '" +
+               kKindPreference + "'",
+           "re-run shardtune-prep with this version of shardtune");
   return info;
 }
 
@@ -128,6 +134,10 @@ void write_shard(const std::string& path, const ShardInfo& info, const ShardData
            "internal: inconsistent shard data for '" + path + "'");
   ST_CHECK(d.offsets.front() == 0 && std::is_sorted(d.offsets.begin(), d.offsets.end()),
            "internal: shard offsets for '" + path + "' are not monotone");
+  const bool pairs = info.kind == kKindPreference;
+  ST_CHECK(!pairs || (d.num_samples() % 2 == 0 && static_cast<int64_t>(d.prompt_lens.size()) == d.num_pairs()),
+           "internal: preference shard '" + path + "' needs an even sequence count and one prompt length per pair");
+  ST_CHECK(pairs || d.prompt_lens.empty(), "internal: prompt lengths given for the sequence shard '" + path + "'");
   QuietHdf5 quiet;
   // No object timestamps and fixed library-version bounds: the same data gives the same bytes.
   H5 fcpl(H5Pcreate(H5P_FILE_CREATE), H5Pclose);
@@ -141,6 +151,7 @@ void write_shard(const std::string& path, const ShardInfo& info, const ShardData
   write_dataset(file.get(), dcpl.get(), "tokens", H5T_STD_I32LE, H5T_NATIVE_INT32, d.tokens);
   write_dataset(file.get(), dcpl.get(), "offsets", H5T_STD_I64LE, H5T_NATIVE_INT64, d.offsets);
   write_dataset(file.get(), dcpl.get(), "loss_mask", H5T_STD_U8LE, H5T_NATIVE_UINT8, d.loss_mask);
+  if (pairs) write_dataset(file.get(), dcpl.get(), "prompt_lens", H5T_STD_I64LE, H5T_NATIVE_INT64, d.prompt_lens);
   write_string_attr(file.get(), "format", kShardMagic);
   write_int_attr(file.get(), "format_version", kShardVersion);
   write_string_attr(file.get(), "split", info.split);
@@ -154,6 +165,10 @@ void write_shard(const std::string& path, const ShardInfo& info, const ShardData
   write_string_attr(file.get(), "source_files", info.source_files);
   write_int_attr(file.get(), "num_samples", d.num_samples());
   write_int_attr(file.get(), "num_tokens", d.num_tokens());
+  if (pairs) {
+    write_string_attr(file.get(), "kind", info.kind);
+    write_int_attr(file.get(), "num_pairs", d.num_pairs());
+  }
   ST_CHECK(H5Fflush(file.get(), H5F_SCOPE_GLOBAL) >= 0, "cannot flush shard '" + path + "' (disk full?)");
 }
 
@@ -260,6 +275,53 @@ int64_t check_token_chunk(const int32_t* ids, const uint8_t* mask, size_t n, int
   return ones;
 }
 
+std::vector<int64_t> check_pair_layout(hid_t file, const std::string& path, const std::vector<int64_t>& offsets) {
+  const std::string rerun = "the shard is corrupt; re-run shardtune-prep";
+  const std::string where = "shard '" + path + "': ";
+  const int64_t n = static_cast<int64_t>(offsets.size()) - 1;
+  ST_CHECK(n % 2 == 0, where + "a preference shard holds " + std::to_string(n) +
+                           " sequences, an odd number (each pair is a chosen and a rejected sequence)", rerun);
+  hsize_t file_size = 0;
+  ST_CHECK(H5Fget_filesize(file, &file_size) >= 0, where + "cannot get the file size");
+  const hsize_t np = check_dataset(file, "prompt_lens", 8, true, "int64", path, file_size);
+  ST_CHECK(static_cast<int64_t>(np) == n / 2, where + "dataset '/prompt_lens' has " + std::to_string(np) +
+                                                  " entries for " + std::to_string(n / 2) + " pairs", rerun);
+  if (has_attr(file, "num_pairs"))
+    ST_CHECK(read_int_attr(file, "num_pairs", path) == n / 2,
+             where + "attribute 'num_pairs' is " + std::to_string(read_int_attr(file, "num_pairs", path)) +
+                 " but the datasets hold " + std::to_string(n / 2) + " pairs", rerun);
+  std::vector<int64_t> pl = read_dataset<int64_t>(file, "prompt_lens", H5T_NATIVE_INT64, path);
+  for (int64_t p = 0; p < n / 2; ++p) {
+    const int64_t shorter = std::min(offsets[2 * p + 1] - offsets[2 * p], offsets[2 * p + 2] - offsets[2 * p + 1]);
+    ST_CHECK(pl[p] >= 1 && pl[p] < shorter,
+             where + "pair " + std::to_string(p) + " has prompt length " + std::to_string(pl[p]) +
+                 ", outside [1, " + std::to_string(shorter) + ") (its shorter sequence has " + std::to_string(shorter) +
+                 " tokens)", rerun);
+  }
+  return pl;
+}
+
+void check_pair_chunk(const int32_t* ids, const uint8_t* mask, int64_t first, const std::vector<int64_t>& offsets,
+                      const std::vector<int64_t>& prompt_lens, int64_t pair_begin, int64_t pair_end,
+                      const std::string& path) {
+  const std::string rerun = "the shard is corrupt; re-run shardtune-prep";
+  for (int64_t p = pair_begin; p < pair_end; ++p) {
+    const int64_t plen = prompt_lens[p];
+    const int64_t c = offsets[2 * p] - first, r = offsets[2 * p + 1] - first, end = offsets[2 * p + 2] - first;
+    const std::string at = "shard '" + path + "': pair " + std::to_string(p) + " (sequences " + std::to_string(2 * p) +
+                           " and " + std::to_string(2 * p + 1) + ")";
+    for (auto [a, b, name] : {std::tuple{c, r, "chosen"}, std::tuple{r, end, "rejected"}})
+      for (int64_t t = a; t < b; ++t)
+        ST_CHECK(mask[t] == (t - a >= plen ? 1 : 0),
+                 at + ": " + name + " token " + std::to_string(t - a) + " has loss_mask " + std::to_string(mask[t]) +
+                     ", but the prompt is its first " + std::to_string(plen) + " tokens (mask 0) and the rest is the response (mask 1)",
+                 rerun);
+    ST_CHECK(std::equal(ids + c, ids + c + plen, ids + r),
+             at + ": the chosen and rejected sequences differ within their shared prompt of " + std::to_string(plen) + " tokens",
+             rerun);
+  }
+}
+
 ShardInfo read_shard_info(const std::string& path) {
   H5 file = open_for_read(path);
   QuietHdf5 quiet;
@@ -282,6 +344,10 @@ Shard read_shard(const std::string& path, int64_t expect_vocab) {
            where + "/tokens or /loss_mask changed size while being read", rerun);
   ST_CHECK(s.info.vocab_size > 0, where + "vocab_size attribute is not positive", rerun);
   check_token_chunk(d.tokens.data(), d.loss_mask.data(), d.tokens.size(), 0, d.offsets, s.info.vocab_size, path);
+  if (s.info.kind == kKindPreference) {
+    s.data.prompt_lens = check_pair_layout(file.get(), path, d.offsets);
+    check_pair_chunk(d.tokens.data(), d.loss_mask.data(), 0, d.offsets, d.prompt_lens, 0, d.num_pairs(), path);
+  }
   if (expect_vocab > 0)
     ST_CHECK(s.info.vocab_size == expect_vocab,
              where + "was tokenized with vocab size " + std::to_string(s.info.vocab_size) + " (" +

@@ -67,10 +67,27 @@ bool stamp_of(const std::string& path, FileStamp& out) {
 }
 
 json record_of(const FileStamp& st, const ManifestShard& s, int64_t vocab) {
-  return {{"format", "shardtune-verified"}, {"version", kRecordVersion}, {"path", st.real_path},
-          {"size", st.size}, {"inode", st.inode}, {"device", st.device}, {"mtime_ns", st.mtime_ns},
-          {"ctime_ns", st.ctime_ns}, {"sha256", s.sha256}, {"vocab_size", vocab}, {"samples", s.samples},
-          {"tokens", s.tokens}, {"loss_tokens", s.loss_tokens}};
+  json r = {{"format", "shardtune-verified"}, {"version", kRecordVersion}, {"path", st.real_path},
+            {"size", st.size}, {"inode", st.inode}, {"device", st.device}, {"mtime_ns", st.mtime_ns},
+            {"ctime_ns", st.ctime_ns}, {"sha256", s.sha256}, {"vocab_size", vocab}, {"samples", s.samples},
+            {"tokens", s.tokens}, {"loss_tokens", s.loss_tokens}};
+  // Only pair shards name their kind, so the records of sequence shards stay what they were.
+  if (s.kind == DataKind::Preference) r["kind"] = kind_name(s.kind);
+  return r;
+}
+
+// Read windows over /tokens: [cuts[k], cuts[k+1]) of about kChunk tokens. For pair shards the cuts fall
+// between pairs (a pair longer than kChunk is one window), so each pair is checked whole.
+std::vector<int64_t> read_windows(const std::vector<int64_t>& offsets, int64_t num_tokens, bool pairs) {
+  std::vector<int64_t> cuts{0};
+  if (!pairs) {
+    for (int64_t at = static_cast<int64_t>(kChunk); at < num_tokens; at += static_cast<int64_t>(kChunk)) cuts.push_back(at);
+  } else {
+    for (size_t i = 2; i + 1 <= offsets.size(); i += 2)
+      if (offsets[i] - cuts.back() > static_cast<int64_t>(kChunk) && offsets[i - 2] > cuts.back()) cuts.push_back(offsets[i - 2]);
+  }
+  if (num_tokens > cuts.back()) cuts.push_back(num_tokens);
+  return cuts;
 }
 
 // One record per (file identity, manifest facts, vocabulary checked): the name is a hash of all of it.
@@ -128,19 +145,25 @@ uint64_t verify_shard(const ManifestShard& s, int64_t vocab) {
            "re-run shardtune-prep (it records one), or pass --verify-data off to train without content checks");
   OpenShard sh;
   ShardLayout layout;
+  const bool pairs = s.kind == DataKind::Preference;
+  std::vector<int64_t> prompt_lens;
   {
     std::lock_guard<std::mutex> lock(hdf5_mutex());
     QuietHdf5 quiet;
     ST_CHECK(H5Fis_hdf5(s.path.c_str()) > 0, "'" + s.path + "' is not a readable HDF5 file",
              "check the path; re-run shardtune-prep");
     const ShardInfo si = read_shard_info(s.path);  // magic, version, attributes
+    ST_CHECK(si.kind == kind_name(s.kind),
+             where + " holds " + si.kind + " data, manifest.json says kind '" + kind_name(s.kind) + "'",
+             "the folder mixes outputs of different prep runs; re-run shardtune-prep");
     ST_CHECK(si.vocab_size == vocab && si.split == s.split,
              where + " has vocab_size " + std::to_string(si.vocab_size) + " and split '" + si.split +
                  "', manifest.json says " + std::to_string(vocab) + " and '" + s.split + "'",
              "the folder mixes outputs of different prep runs; re-run shardtune-prep");
     sh.file = std::make_unique<H5>(H5Fopen(s.path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT), H5Fclose);
     ST_CHECK(sh.file->ok(), "cannot open HDF5 file '" + s.path + "'");
-    layout = check_shard_layout(sh.file->get(), s.path, s.samples);
+    layout = check_shard_layout(sh.file->get(), s.path, s.sequences);
+    if (pairs) prompt_lens = check_pair_layout(sh.file->get(), s.path, layout.offsets);
     sh.tokens = std::make_unique<H5>(H5Dopen2(sh.file->get(), "tokens", H5P_DEFAULT), H5Dclose);
     sh.mask = std::make_unique<H5>(H5Dopen2(sh.file->get(), "loss_mask", H5P_DEFAULT), H5Dclose);
     ST_CHECK(sh.tokens->ok() && sh.mask->ok(), where + ": cannot open /tokens or /loss_mask");
@@ -148,11 +171,15 @@ uint64_t verify_shard(const ManifestShard& s, int64_t vocab) {
   ST_CHECK(layout.num_tokens == s.tokens, where + " holds " + std::to_string(layout.num_tokens) +
                                               " tokens, manifest.json says " + std::to_string(s.tokens),
            "the folder mixes outputs of different prep runs; re-run shardtune-prep");
-  std::vector<int32_t> ids(std::min<hsize_t>(kChunk, std::max<int64_t>(1, layout.num_tokens)));
+  const std::vector<int64_t> cuts = read_windows(layout.offsets, layout.num_tokens, pairs);
+  int64_t widest = 1;
+  for (size_t k = 1; k < cuts.size(); ++k) widest = std::max(widest, cuts[k] - cuts[k - 1]);
+  std::vector<int32_t> ids(static_cast<size_t>(widest));
   std::vector<uint8_t> mask(ids.size());
   int64_t ones = 0;
-  for (hsize_t start = 0; start < static_cast<hsize_t>(layout.num_tokens); start += kChunk) {
-    hsize_t count = std::min<hsize_t>(kChunk, static_cast<hsize_t>(layout.num_tokens) - start);
+  int64_t next_pair = 0;  // pair shards: the first pair not yet checked
+  for (size_t k = 0; k + 1 < cuts.size(); ++k) {
+    hsize_t start = static_cast<hsize_t>(cuts[k]), count = static_cast<hsize_t>(cuts[k + 1] - cuts[k]);
     {
       std::lock_guard<std::mutex> lock(hdf5_mutex());
       QuietHdf5 quiet;
@@ -167,7 +194,16 @@ uint64_t verify_shard(const ManifestShard& s, int64_t vocab) {
       }
     }
     ones += check_token_chunk(ids.data(), mask.data(), count, static_cast<int64_t>(start), layout.offsets, vocab, s.path);
+    if (pairs) {  // the pairs that end inside this window (all of them start in it: windows cut between pairs)
+      int64_t end_pair = next_pair;
+      while (end_pair < static_cast<int64_t>(prompt_lens.size()) && layout.offsets[2 * end_pair + 2] <= cuts[k + 1]) ++end_pair;
+      check_pair_chunk(ids.data(), mask.data(), cuts[k], layout.offsets, prompt_lens, next_pair, end_pair, s.path);
+      next_pair = end_pair;
+    }
   }
+  ST_CHECK(!pairs || next_pair == static_cast<int64_t>(prompt_lens.size()),
+           "internal: " + where + ": " + std::to_string(next_pair) + " of " + std::to_string(prompt_lens.size()) +
+               " pairs content-checked");
   ST_CHECK(ones == s.loss_tokens, where + " holds " + std::to_string(ones) + " trained tokens (loss_mask 1), manifest.json says " +
                                       std::to_string(s.loss_tokens), "the shard is damaged; re-run shardtune-prep");
   std::string digest = fs::sha256_file(s.path);

@@ -1,7 +1,17 @@
 // Step prefetching (one step ahead, one background thread) and validation batches.
 #include "shardtune/train/loader.h"
 
+#include "shardtune/core/error.h"
+
 namespace shardtune::train {
+
+void require_sequence_data(const data::ShardSet& set) {
+  ST_CHECK(set.kind() == data::DataKind::Sequence,
+           "--data '" + set.info().dir + "': this folder holds preference pairs; training them needs --objective "
+           "dpo|reward (issue 11), which this build does not have yet (manifest.json: kind \"preference\")",
+           "train on a folder prepared with --format text, instruction, input_output or chat; the pairs are kept for "
+           "the DPO / reward-model objectives");
+}
 
 namespace {
 data::HostBatch read_batch(data::ShardSet& set, const std::vector<int64_t>& ids, const LoaderPlan& p, bool pack) {
@@ -30,7 +40,8 @@ std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler&
 }
 
 StepLoader::StepLoader(data::ShardSet& set, LoaderPlan plan, int64_t consumed, int64_t steps)
-    : set_(set), plan_(plan), sampler_(set.size(), plan.seed), next_consumed_(consumed), steps_left_(steps) {
+    : set_(set), plan_(plan), sampler_((require_sequence_data(set), set.size()), plan.seed), next_consumed_(consumed),
+      steps_left_(steps) {
   thread_ = std::thread([this] { run(); });
 }
 
@@ -80,6 +91,7 @@ std::vector<data::HostBatch> StepLoader::next() {
 }
 
 std::vector<data::HostBatch> read_eval(data::ShardSet& set, const LoaderPlan& p, int64_t batches) {
+  require_sequence_data(set);
   std::vector<data::HostBatch> out;
   const int64_t n = std::min(set.size(), batches * p.global_batch);
   std::vector<int64_t> mine;

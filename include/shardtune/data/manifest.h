@@ -9,11 +9,18 @@
 
 namespace shardtune::data {
 
+// What a folder's samples are. Sequence: one token sequence per sample (today's SFT data). Preference
+// (issue 11): one (chosen, rejected) pair per sample, stored as two consecutive sequences (docs/FORMAT.md).
+enum class DataKind { Sequence, Preference };
+const char* kind_name(DataKind k);  // "sequence" | "preference"
+
 struct ManifestShard {
   std::string file;  // relative to the folder; never absolute, never with a ".." component
   std::string path;  // folder / file
   std::string split;
-  int64_t samples = 0, tokens = 0, loss_tokens = 0;
+  DataKind kind = DataKind::Sequence;  // the manifest's kind
+  int64_t samples = 0, tokens = 0, loss_tokens = 0;  // samples: pairs for preference data
+  int64_t sequences = 0;  // sequences stored in the shard: samples, or 2 x samples for preference data
   std::string sha256;  // "" when the manifest has none (then content verification refuses the shard)
 };
 
@@ -23,6 +30,7 @@ struct ManifestFile {
 
 struct Manifest {
   std::string path;  // .../manifest.json, for messages
+  DataKind kind = DataKind::Sequence;  // "kind" (absent in manifests older than issue 11: sequence)
   std::string tokenizer_name, tokenizer_hash, tokenizer_source;
   int64_t vocab_size = 0, bos_id = -1, eos_id = -1, pad_id = -1;
   std::vector<ManifestShard> shards;  // in manifest order

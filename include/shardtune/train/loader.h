@@ -24,6 +24,10 @@ struct LoaderPlan {
   int accum() const { return static_cast<int>(global_batch / (micro_batch * world)); }
 };
 
+// Throws Error unless `set` holds sequences: the trainer trains sequences (SFT) only, so a preference
+// folder (issue 11) is refused until --objective dpo|reward exists. StepLoader and read_eval call it.
+void require_sequence_data(const data::ShardSet& set);
+
 // This rank's micro-batches of the global batch that starts at stream position `consumed`.
 std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler& sampler, const LoaderPlan& p,
                                        int64_t consumed);
