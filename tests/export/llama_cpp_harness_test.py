@@ -3,7 +3,8 @@
 writer: a GGUF v3 written here by hand (a random GQA Llama, tied embeddings, a tiny SentencePiece-style
 vocabulary with byte tokens) must give, in the real llama.cpp, the greedy ids of the numpy forward below
 (llama.cpp's rope on adjacent pairs, as GGUF stores Q/K) with top1-top2 logit margins close to numpy's,
-and llama.cpp's tokenization of a few strings the ids the vocabulary implies.
+llama.cpp's tokenization of a few strings the ids the vocabulary implies, and base + a hand-written GGUF
+LoRA adapter (--lora) the greedy ids of the merged numpy model.
 Usage: llama_cpp_harness_test.py CASE   (exit 77 = skipped: node-llama-cpp not installed)"""
 import os
 import struct
@@ -130,6 +131,44 @@ def t_greedy(tmp):
     assert got["ids"] == want, "llama.cpp's greedy ids differ from the numpy forward"
     for step, (m, r) in enumerate(zip(got["margins"], margins)):
         assert m is not None and abs(m - r) <= 0.05 + 0.02 * abs(r), f"step {step}: margin {m} vs numpy {r}"
+
+
+def random_lora(seed=1, r=4):
+    """GGUF LoRA tensors (llama.cpp's layout: lora_a ne [in, r] = PEFT's A [r, in]; lora_b ne [r, out] = B [out, r])."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for i in range(L):
+        for name, (o, n) in {"attn_q": (D, D), "attn_v": (KV * HD, D), "ffn_down": (D, F)}.items():
+            out[f"blk.{i}.{name}.weight.lora_a"] = (rng.standard_normal((r, n)) * 0.3).astype(np.float32)
+            out[f"blk.{i}.{name}.weight.lora_b"] = (rng.standard_normal((o, r)) * 0.3).astype(np.float32)
+    return out
+
+
+def t_lora(tmp):
+    """--lora: llama.cpp's base + GGUF LoRA adapter gives the greedy ids of the merged numpy model."""
+    llama_cpp.require()
+    w, lora, r, alpha = random_llama(), random_lora(), 4, 8.0
+    base, adapter = os.path.join(tmp, "m.gguf"), os.path.join(tmp, "lora.gguf")
+    write_model(base, w)
+    kv = [("general.architecture", "str", "llama"), ("general.type", "str", "adapter"), ("adapter.type", "str", "lora"),
+          ("adapter.lora.alpha", "f32", alpha)]
+    with open(adapter, "wb") as f:
+        f.write(gguf_bytes(kv, list(lora.items())))
+    merged = dict(w)
+    for k in lora:
+        if k.endswith(".lora_a"):
+            t = k[: -len(".lora_a")]
+            merged[t] = w[t] + (alpha / r) * (lora[t + ".lora_b"] @ lora[k])
+    prompt, n = [1, 270, 5, 80, 200], 10
+    ids, want = list(prompt), []
+    for _ in range(n):
+        want.append(int(np.argmax(forward(merged, ids))))
+        ids.append(want[-1])
+    got = llama_cpp.greedy(base, prompt, n, lora=adapter)["ids"]
+    plain = llama_cpp.greedy(base, prompt, n)["ids"]
+    print("llama.cpp + lora:", got, "\nnumpy merged:    ", want, "\nllama.cpp base:  ", plain)
+    assert plain != want, "the adapter must change the continuation for this check to mean anything"
+    assert got == want, "llama.cpp with the GGUF LoRA adapter differs from the merged numpy model"
 
 
 def t_tokenize(tmp):
