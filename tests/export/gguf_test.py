@@ -63,6 +63,14 @@ MODELS = {
                                             rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                                           "high_freq_factor": 4.0,
                                                           "original_max_position_embeddings": 32}),
+    # attention_bias (q/k biases permuted like their rows) and an explicit head_dim != hidden / heads.
+    "llama_bias_headdim": lambda: R.llama_cfg(vocab_size=32000, hidden_size=64, intermediate_size=128,
+                                              num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                              attention_bias=True),
+    # llama.cpp's "qwen2" (NeoX RoPE: no permutation), q/k/v biases.
+    "qwen2": lambda: R.llama_cfg(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=32000,
+                                 hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
+                                 rope_theta=1000000.0),
     "gpt2": lambda: {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "vocab_size": 50257, "n_embd": 64,
                      "n_layer": 2, "n_head": 4, "n_positions": 128, "n_ctx": 128, "n_inner": None,
                      "layer_norm_epsilon": 1e-5, "activation_function": "gelu_new", "tie_word_embeddings": True},
@@ -162,13 +170,18 @@ def check_layout(cfg, gguf, dtype):
         assert meta["general.architecture"] == '"gpt2"'
         assert len(table) == 4 + 12 * cfg["n_layer"], len(table)
     else:
-        hd = C // cfg["num_attention_heads"]
+        a = "qwen2" if cfg["model_type"] == "qwen2" else "llama"
+        assert meta["general.architecture"] == f'"{a}"'
+        hd = cfg.get("head_dim") or C // cfg["num_attention_heads"]
         assert table["blk.1.attn_k.weight"] == (want_t, [C, cfg["num_key_value_heads"] * hd])
         assert table["blk.0.ffn_down.weight"] == (want_t, [cfg["intermediate_size"], C])
         assert table["blk.0.attn_norm.weight"][0] == "F32"
-        assert meta["llama.attention.head_count_kv"] == str(cfg["num_key_value_heads"])
-        assert meta["llama.block_count"] == "2" and meta["llama.embedding_length"] == str(C)
-        assert meta["llama.rope.dimension_count"] == str(hd)
+        if cfg.get("attention_bias") or a == "qwen2":
+            assert table["blk.0.attn_q.bias"] == ("F32", [cfg["num_attention_heads"] * hd])
+        assert meta[f"{a}.attention.head_count_kv"] == str(cfg["num_key_value_heads"])
+        assert meta[f"{a}.block_count"] == "2" and meta[f"{a}.embedding_length"] == str(C)
+        assert meta[f"{a}.rope.dimension_count"] == str(hd)
+        assert (f"{a}.attention.key_length" in meta) == (hd * cfg["num_attention_heads"] != C)
         llama3 = (cfg.get("rope_scaling") or {}).get("rope_type") == "llama3"
         assert ("rope_freqs.weight" in table) == llama3
     ft = {"f32": "0", "f16": "1", "q8_0": "7", "bf16": "32"}[dtype]
@@ -207,6 +220,14 @@ def t_llama_mha_tied(tmp):
 
 def t_llama_mqa_llama3(tmp):
     greedy_case(tmp, "llama_mqa_llama3", dtypes=("f32",))
+
+
+def t_llama_bias_headdim(tmp):
+    greedy_case(tmp, "llama_bias_headdim", dtypes=("f32",))
+
+
+def t_qwen2(tmp):
+    greedy_case(tmp, "qwen2", dtypes=("f32",))
 
 
 def t_gpt2(tmp):
