@@ -261,10 +261,16 @@ at::Tensor llama3_rope_factors(const sm::ModelConfig& c) {
 // never straddle a chunk). Refuses values the type cannot hold (F16 and the Q8_0 scale overflow at 65504).
 void emit(const at::Tensor& x, TensorType type, const std::string& name, const gguf::ByteSink& out) {
   const at::Tensor c = x.contiguous();
-  ST_CHECK(at::isfinite(c).all().item<bool>(),
-           "tensor '" + name + "' holds NaN or Inf", "the model comes from a diverged run or is damaged; use another checkpoint");
+  // min and max in one pass without a temporary as large as the tensor (NaN propagates into them, Inf is one).
+  double amax = 0.0;
+  if (c.numel()) {
+    const auto [mn, mx] = at::aminmax(c);
+    const double lo = mn.item<double>(), hi = mx.item<double>();
+    ST_CHECK(std::isfinite(lo) && std::isfinite(hi), "tensor '" + name + "' holds NaN or Inf",
+             "the model comes from a diverged run or is damaged; use another checkpoint");
+    amax = std::max(-lo, hi);
+  }
   if (type == TensorType::F16 || type == TensorType::Q8_0) {
-    const double amax = c.numel() ? c.abs().max().item<double>() : 0.0;
     const double limit = type == TensorType::F16 ? 65504.0 : 65504.0 * 127.0;
     ST_CHECK(amax <= limit, "tensor '" + name + "' does not fit " + gguf::type_name(type) + ": its largest magnitude " +
                                 std::to_string(amax) + " exceeds " + std::to_string(limit),

@@ -16,6 +16,7 @@ Usage: gguf_test.py CASE   (exit 77 = skipped: no node-llama-cpp, no ../shared t
 import json
 import os
 import re
+import subprocess
 import sys
 
 import torch
@@ -345,6 +346,58 @@ def t_inspect_corrupt(tmp):
     assert p.returncode != 0 and "blk.0.attn_norm.weight" in p.stderr and "offset" in p.stderr, p.stderr
 
 
+def run_measured(args):
+    """Runs `args`; its peak RSS in bytes (ru_maxrss of exactly this child)."""
+    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    err = p.stderr.read()
+    _, status, usage = os.wait4(p.pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, f"{args} failed:\n{err.decode()[-3000:]}"
+    return usage.ru_maxrss * 1024
+
+
+def write_constant_model(out, cfg):
+    """An HF folder of constant 0.01 weights written in 4 MiB pieces (never whole in this process's memory)."""
+    os.makedirs(out)
+    json.dump(cfg, open(os.path.join(out, "config.json"), "w"))
+    header, off = {"__metadata__": {"format": "pt"}}, 0
+    for n, shape in R.param_shapes(cfg).items():
+        nbytes = 4 * int(torch.tensor(shape).prod())
+        header[n] = {"dtype": "F32", "shape": list(shape), "data_offsets": [off, off + nbytes]}
+        off += nbytes
+    h = json.dumps(header).encode()
+    h += b" " * ((8 - len(h) % 8) % 8)
+    chunk = torch.full((1 << 20,), 0.01).numpy().tobytes()
+    with open(os.path.join(out, "model.safetensors"), "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h)
+        left = off
+        while left:
+            f.write(chunk[:min(left, len(chunk))])
+            left -= min(left, len(chunk))
+    return off
+
+
+def t_memory(tmp):
+    """Streaming: exporting a ~600 MB model peaks at less than a tiny model's export + 3 x its largest tensor."""
+    spec = llama2_spec()
+    _, _, small = make_model(tmp, "llama_mha_tied")
+    baseline = run_measured([EXPORT, "gguf", "--model", small, "--tokenizer", spec, "--out", os.path.join(tmp, "s.gguf")])
+    cfg = R.llama_cfg(vocab_size=32000, hidden_size=512, intermediate_size=8192, num_hidden_layers=10,
+                      num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=True)
+    big = os.path.join(tmp, "big")
+    total = write_constant_model(big, cfg)
+    largest = 4 * 32000 * 512
+    out = os.path.join(tmp, "big.gguf")
+    peak = run_measured([EXPORT, "gguf", "--model", big, "--tokenizer", spec, "--out", out, "--dtype", "f16"])
+    table, _ = inspect(out)
+    assert len(table) == 2 + 9 * 10, len(table)
+    os.remove(out)
+    mb = 1 << 20
+    print(f"memory: model {total / mb:.0f} MB, largest tensor {largest / mb:.0f} MB; peak RSS {peak / mb:.0f} MB, "
+          f"tiny-export baseline {baseline / mb:.0f} MB, growth {(peak - baseline) / mb:.0f} MB")
+    assert peak < baseline + 3 * largest, \
+        f"peak RSS {peak / mb:.0f} MB >= baseline {baseline / mb:.0f} MB + 3 x largest tensor {largest / mb:.0f} MB"
+
+
 def expect_error(tmp, args, needle, out):
     p = run([EXPORT, "gguf", *args, "--out", out], ok=False)
     assert p.returncode != 0, f"{args}: exit 0\n{p.stdout}"
@@ -386,6 +439,18 @@ def t_errors(tmp):
     R.save_hf(c3, R.random_weights(c3, 1, BLOCK_STD), other)
     expect_error(tmp, ["--model", other, "--adapter", adapter, "--tokenizer", spec], "adapter", out)
     expect_error(tmp, ["--model", model, "--adapter-gguf"], "--adapter", out)
+    # NaN in a weight; a weight f16 cannot hold (f32 takes it).
+    nan = os.path.join(tmp, "nan")
+    W2 = dict(W)
+    W2["model.layers.1.mlp.up_proj.weight"] = W["model.layers.1.mlp.up_proj.weight"].clone()
+    W2["model.layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    R.save_hf(cfg, W2, nan)
+    expect_error(tmp, ["--model", nan, "--tokenizer", spec, "--dtype", "f32"], "blk.1.ffn_up.weight' holds NaN", out)
+    huge = os.path.join(tmp, "huge")
+    W2["model.layers.1.mlp.up_proj.weight"][3, 5] = 1e6
+    R.save_hf(cfg, W2, huge)
+    expect_error(tmp, ["--model", huge, "--tokenizer", spec, "--dtype", "f16"], "does not fit F16", out)
+    export(huge, out, "--tokenizer", spec, "--dtype", "f32")
 
 
 if __name__ == "__main__":
