@@ -94,6 +94,7 @@ class WeightSource {
     if (auto it = by_name_.find(name); it != by_name_.end()) return it->second.second->shape;
     return params_.at(name).sizes().vec();
   }
+  // A copy (fp32), the mapped pages released: for tensors that are changed on the way.
   at::Tensor get(const std::string& name) const {
     if (auto it = by_name_.find(name); it != by_name_.end()) {
       at::Tensor x = sm::to_tensor(*it->second.first, *it->second.second);
@@ -101,6 +102,20 @@ class WeightSource {
       return x.to(at::kFloat);
     }
     return params_.at(name).detach().to(at::kFloat).clone();
+  }
+  // Read-only: an F32 tensor of a safetensors file viewed in place (no copy; the caller releases it once
+  // written), anything else as get() makes it.
+  at::Tensor view(const std::string& name) const {
+    if (auto it = by_name_.find(name); it != by_name_.end()) {
+      const st::TensorInfo& t = *it->second.second;
+      const uint8_t* p = it->second.first->data(t);
+      if (t.dtype == st::DType::F32 && reinterpret_cast<uintptr_t>(p) % alignof(float) == 0)
+        return at::from_blob(const_cast<uint8_t*>(p), t.shape, at::TensorOptions().dtype(at::kFloat));
+    }
+    return get(name);
+  }
+  void release(const std::string& name) const {
+    if (auto it = by_name_.find(name); it != by_name_.end()) it->second.first->release(*it->second.second);
   }
 
  private:
@@ -282,6 +297,7 @@ void emit(const at::Tensor& x, TensorType type, const std::string& name, const g
   const size_t rows_per_chunk = std::max<size_t>(1, (size_t(1) << 20) / std::max<size_t>(row, 1));
   const size_t chunk = rows_per_chunk * row;
   std::vector<unsigned char> buf;
+  if (type == TensorType::F32) return out(src, n * sizeof(float));  // already the bytes to write
   for (size_t i = 0; i < n; i += chunk) {
     const size_t k = std::min(chunk, n - i);
     const size_t bytes = gguf::tensor_bytes(type, k);
@@ -488,14 +504,15 @@ GgufResult export_gguf(const GgufOptions& opts) {
       } else if (pp->lora_part) {
         const sm::LoraPair& lp = adapter.at(pp->lora_module);
         x = (pp->lora_part == 'A' ? lp.A : lp.B).to(at::kFloat);
+      } else if (pp->lora_module.empty()) {
+        x = src.view(pp->hf);  // transform() copies only where it permutes or transposes
       } else {
         x = src.get(pp->hf);
-        if (!pp->lora_module.empty()) {
-          x.add_(sm::lora_delta(adapter.at(pp->lora_module), scale, acfg.fan_in_fan_out));  // as `merge`, in fp32
-          ++r.merged;
-        }
+        x.add_(sm::lora_delta(adapter.at(pp->lora_module), scale, acfg.fan_in_fan_out));  // as `merge`, in fp32
+        ++r.merged;
       }
       emit(transform(x, pp->map), pp->type, pp->map.gguf, sink);
+      if (!pp->hf.empty()) src.release(pp->hf);
     };
     w.add_tensor(std::move(t));
   }
