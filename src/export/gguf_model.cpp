@@ -234,7 +234,7 @@ struct Planned {
   Mapped map;
   std::vector<int64_t> shape;  // torch shape after the transform
   TensorType type = TensorType::F32;
-  std::string lora_module;  // merge: adapter module to add; adapter file: "A"/"B" part below
+  std::string lora_module;  // the adapter module: added to the weight (merge), or whose A/B this is (adapter file)
   char lora_part = 0;       // adapter file: 'A' or 'B'
   at::Tensor computed;      // rope_freqs
 };
@@ -469,7 +469,10 @@ GgufResult export_gguf(const GgufOptions& opts) {
   w.set("general.architecture", arch);
   w.set("general.type", std::string(opts.adapter_only ? "adapter" : "model"));
   std::string name = opts.name;
-  if (name.empty()) name = normalized(opts.adapter_only ? opts.adapter : model).stem().string();
+  if (name.empty()) {  // the folder's name ("my.model" stays whole), or a file's without its extension
+    const stdfs::path from = normalized(opts.adapter_only ? opts.adapter : model);
+    name = (stdfs::is_directory(from) ? from.filename() : from.stem()).string();
+  }
   w.set("general.name", name);
   w.set("general.file_type", file_type_of(want));
   w.set("general.quantization_version", uint32_t{2});
