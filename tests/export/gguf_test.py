@@ -306,6 +306,16 @@ def t_q8_0(tmp):
     print(f"q8_0: llama.cpp's greedy token is the fp32 reference's top-1 on {agree}/{total} steps "
           f"({100.0 * agree / total:.1f}%)")
     assert agree >= 0.95 * total, f"q8_0 top-1 agreement {agree}/{total} < 95%"
+    # Rows that are not whole Q8_0 blocks (ffn_down's 80 inputs) fall back to F16; llama.cpp loads the mix.
+    odd = os.path.join(tmp, "odd")
+    c2 = dict(cfg, intermediate_size=80)
+    R.save_hf(c2, R.random_weights(c2, 1, BLOCK_STD), odd)
+    out2 = os.path.join(tmp, "odd.gguf")
+    p = export(odd, out2, "--tokenizer", llama2_spec(), "--dtype", "q8_0")
+    assert "written as F16 instead of Q8_0" in p.stdout + p.stderr, p.stdout
+    table, _ = inspect(out2)
+    assert table["blk.0.ffn_down.weight"] == ("F16", [80, 64]) and table["blk.0.ffn_up.weight"][0] == "Q8_0", table
+    assert len(llama_cpp.greedy(out2, [1, 2, 3], 4)["ids"]) == 4
 
 
 def t_bf16(tmp):
