@@ -94,6 +94,7 @@ class WeightSource {
     if (auto it = by_name_.find(name); it != by_name_.end()) return it->second.second->shape;
     return params_.at(name).sizes().vec();
   }
+  // A copy (fp32), the mapped pages released: for tensors that are changed on the way.
   at::Tensor get(const std::string& name) const {
     if (auto it = by_name_.find(name); it != by_name_.end()) {
       at::Tensor x = sm::to_tensor(*it->second.first, *it->second.second);
@@ -101,6 +102,20 @@ class WeightSource {
       return x.to(at::kFloat);
     }
     return params_.at(name).detach().to(at::kFloat).clone();
+  }
+  // Read-only: an F32 tensor of a safetensors file viewed in place (no copy; the caller releases it once
+  // written), anything else as get() makes it.
+  at::Tensor view(const std::string& name) const {
+    if (auto it = by_name_.find(name); it != by_name_.end()) {
+      const st::TensorInfo& t = *it->second.second;
+      const uint8_t* p = it->second.first->data(t);
+      if (t.dtype == st::DType::F32 && reinterpret_cast<uintptr_t>(p) % alignof(float) == 0)
+        return at::from_blob(const_cast<uint8_t*>(p), t.shape, at::TensorOptions().dtype(at::kFloat));
+    }
+    return get(name);
+  }
+  void release(const std::string& name) const {
+    if (auto it = by_name_.find(name); it != by_name_.end()) it->second.first->release(*it->second.second);
   }
 
  private:
@@ -219,7 +234,7 @@ struct Planned {
   Mapped map;
   std::vector<int64_t> shape;  // torch shape after the transform
   TensorType type = TensorType::F32;
-  std::string lora_module;  // merge: adapter module to add; adapter file: "A"/"B" part below
+  std::string lora_module;  // the adapter module: added to the weight (merge), or whose A/B this is (adapter file)
   char lora_part = 0;       // adapter file: 'A' or 'B'
   at::Tensor computed;      // rope_freqs
 };
@@ -261,10 +276,16 @@ at::Tensor llama3_rope_factors(const sm::ModelConfig& c) {
 // never straddle a chunk). Refuses values the type cannot hold (F16 and the Q8_0 scale overflow at 65504).
 void emit(const at::Tensor& x, TensorType type, const std::string& name, const gguf::ByteSink& out) {
   const at::Tensor c = x.contiguous();
-  ST_CHECK(at::isfinite(c).all().item<bool>(),
-           "tensor '" + name + "' holds NaN or Inf", "the model comes from a diverged run or is damaged; use another checkpoint");
+  // min and max in one pass without a temporary as large as the tensor (NaN propagates into them, Inf is one).
+  double amax = 0.0;
+  if (c.numel()) {
+    const auto [mn, mx] = at::aminmax(c);
+    const double lo = mn.item<double>(), hi = mx.item<double>();
+    ST_CHECK(std::isfinite(lo) && std::isfinite(hi), "tensor '" + name + "' holds NaN or Inf",
+             "the model comes from a diverged run or is damaged; use another checkpoint");
+    amax = std::max(-lo, hi);
+  }
   if (type == TensorType::F16 || type == TensorType::Q8_0) {
-    const double amax = c.numel() ? c.abs().max().item<double>() : 0.0;
     const double limit = type == TensorType::F16 ? 65504.0 : 65504.0 * 127.0;
     ST_CHECK(amax <= limit, "tensor '" + name + "' does not fit " + gguf::type_name(type) + ": its largest magnitude " +
                                 std::to_string(amax) + " exceeds " + std::to_string(limit),
@@ -276,6 +297,7 @@ void emit(const at::Tensor& x, TensorType type, const std::string& name, const g
   const size_t rows_per_chunk = std::max<size_t>(1, (size_t(1) << 20) / std::max<size_t>(row, 1));
   const size_t chunk = rows_per_chunk * row;
   std::vector<unsigned char> buf;
+  if (type == TensorType::F32) return out(src, n * sizeof(float));  // already the bytes to write
   for (size_t i = 0; i < n; i += chunk) {
     const size_t k = std::min(chunk, n - i);
     const size_t bytes = gguf::tensor_bytes(type, k);
@@ -447,7 +469,10 @@ GgufResult export_gguf(const GgufOptions& opts) {
   w.set("general.architecture", arch);
   w.set("general.type", std::string(opts.adapter_only ? "adapter" : "model"));
   std::string name = opts.name;
-  if (name.empty()) name = normalized(opts.adapter_only ? opts.adapter : model).stem().string();
+  if (name.empty()) {  // the folder's name ("my.model" stays whole), or a file's without its extension
+    const stdfs::path from = normalized(opts.adapter_only ? opts.adapter : model);
+    name = (stdfs::is_directory(from) ? from.filename() : from.stem()).string();
+  }
   w.set("general.name", name);
   w.set("general.file_type", file_type_of(want));
   w.set("general.quantization_version", uint32_t{2});
@@ -482,14 +507,15 @@ GgufResult export_gguf(const GgufOptions& opts) {
       } else if (pp->lora_part) {
         const sm::LoraPair& lp = adapter.at(pp->lora_module);
         x = (pp->lora_part == 'A' ? lp.A : lp.B).to(at::kFloat);
+      } else if (pp->lora_module.empty()) {
+        x = src.view(pp->hf);  // transform() copies only where it permutes or transposes
       } else {
         x = src.get(pp->hf);
-        if (!pp->lora_module.empty()) {
-          x.add_(sm::lora_delta(adapter.at(pp->lora_module), scale, acfg.fan_in_fan_out));  // as `merge`, in fp32
-          ++r.merged;
-        }
+        x.add_(sm::lora_delta(adapter.at(pp->lora_module), scale, acfg.fan_in_fan_out));  // as `merge`, in fp32
+        ++r.merged;
       }
       emit(transform(x, pp->map), pp->type, pp->map.gguf, sink);
+      if (!pp->hf.empty()) src.release(pp->hf);
     };
     w.add_tensor(std::move(t));
   }
