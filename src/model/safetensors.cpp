@@ -253,7 +253,7 @@ void StreamWriter::write_all(const void* data, uint64_t nbytes) {
   const auto* p = static_cast<const char*>(data);
   while (nbytes > 0) {
     // Hash mode: small pieces, each hashed right after write() copied it (still in the CPU cache: about a
-    // third less CPU time than hashing large blocks); the disk writes each chunk while this thread goes on.
+    // quarter less CPU time than hashing large blocks); the disk writes each chunk while this thread goes on.
     const uint64_t limit = hash_ ? kHashPiece : uint64_t(1) << 30;
     const ssize_t w = ::write(fd_, p, size_t(std::min<uint64_t>(nbytes, limit)));
     if (w < 0 && errno == EINTR) continue;
