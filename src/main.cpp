@@ -155,36 +155,56 @@ void prepare_out(const dist::MpiRuntime& rt, const std::string& out, const std::
 
 // The model (or adapter) files of a run, as the final save and every checkpoint write them. With
 // `snapshot` (--async-save) the tensors are copied now and the writer may run later on another thread;
-// otherwise it reads the live model when called.
-std::function<void(const stdfs::path&)> model_writer(const model::CausalLM& m, const std::string& dtype, bool snapshot) {
+// otherwise it reads the live model when called. A checkpoint gives each rank a share (part `part` of
+// `parts`: model::SaveOptions; the adapter is small and written by part 0 alone); the final save writes the
+// whole model (parts 0).
+checkpoint::WeightsWriter model_writer(const model::CausalLM& m, const std::string& dtype, bool snapshot, int part = 0,
+                                       int parts = 0) {
   at::NoGradGuard no_grad;
   if (m.has_lora()) {
     // LoRA/QLoRA: the adapter alone, in PEFT layout (the base is --model, unchanged).
+    if (part != 0) return [](const stdfs::path&, std::vector<shardtune::st::WrittenFile>*) {};
     model::AdapterWeights w = m.lora_weights();
     if (snapshot)
       for (auto& [k, p] : w) p = {p.A.detach().clone(), p.B.detach().clone()};
-    return [cfg = m.lora_config(), w](const stdfs::path& d) {
+    return [cfg = m.lora_config(), w](const stdfs::path& d, std::vector<shardtune::st::WrittenFile>* written) {
       model::write_adapter_config(d, cfg);
       model::write_adapter_weights(d, w);
+      if (written)
+        for (const char* n : {"adapter_config.json", "adapter_model.safetensors"}) written->push_back({n, 0, ""});
     };
   }
   auto params = m.hf_parameters();
-  if (snapshot)
-    for (auto& [k, t] : params) t = t.detach().clone();
   model::SaveOptions so;
   so.dtype = dtype;
-  return [cfg = m.config(), params, dtypes = m.source_dtypes, so](const stdfs::path& d) {
-    model::save_hf(cfg, params, dtypes, d, so);
+  so.part = part;
+  so.parts = parts;
+  if (snapshot) {
+    // Only this share's tensors are copied; the others stand in by shape and dtype (save_hf reads no data of theirs).
+    std::vector<bool> read(params.size(), false);
+    for (size_t i : model::save_hf_reads(params, m.source_dtypes, so)) read[i] = true;
+    for (size_t i = 0; i < params.size(); ++i) {
+      at::Tensor& t = params[i].second;
+      t = read[i] ? t.detach().clone() : at::empty(t.sizes(), t.options().device(at::kMeta));
+    }
+  }
+  return [cfg = m.config(), params, dtypes = m.source_dtypes, so](const stdfs::path& d,
+                                                                  std::vector<shardtune::st::WrittenFile>* written) {
+    model::SaveOptions o = so;
+    o.written = written;
+    model::save_hf(cfg, params, dtypes, d, o);
   };
 }
 
 // A checkpoint's weights and the identity of the data's tokenizer (shardtune-export checkpoint writes its
 // files from it).
-std::function<void(const stdfs::path&)> with_tokenizer(std::function<void(const stdfs::path&)> write,
-                                                       const exporter::TokenizerRecord& tok) {
-  return [write = std::move(write), tok](const stdfs::path& d) {
-    write(d);
+// Every rank writes its share of the weights; rank 0 alone writes the record (one small file).
+checkpoint::WeightsWriter with_tokenizer(checkpoint::WeightsWriter write, const exporter::TokenizerRecord& tok, int rank) {
+  return [write = std::move(write), tok, rank](const stdfs::path& d, std::vector<st::WrittenFile>* written) {
+    write(d, written);
+    if (rank != 0) return;
     exporter::write_tokenizer_record(d, tok);
+    if (written) written->push_back({exporter::kTokenizerRecordFile, 0, ""});  // in the manifest like every file
   };
 }
 
@@ -203,7 +223,7 @@ void save_final(const model::CausalLM& m, const train::TrainConfig& cfg, const e
   ST_CHECK(made, "cannot save: the staging folder '" + staging.string() + "' already exists",
            "another run is saving to the same --out? remove the folder once no run uses it");
   try {
-    model_writer(m, cfg.save_dtype, false)(staging);
+    model_writer(m, cfg.save_dtype, false)(staging, nullptr);
     if (inject_failure) ST_FAIL("injected failure while saving the final model (SHARDTUNE_TEST_FAIL)");
     // The tokenizer in Hugging Face form (tokenizer files, tokenizer_config.json, generation_config.json for
     // a whole model) and shardtune_tokenizer.json; never fails the run for the tokenizer's sake (it warns).
@@ -434,7 +454,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
       // The snapshot is taken now, on this thread; the files are written in the background.
       std::vector<checkpoint::StatePiece> pieces;
       for (const auto& p : trainer.optimizer_share()) pieces.push_back({p.param, p.start, p.exp_avg.clone(), p.exp_avg_sq.clone()});
-      async_saver.start(std::move(st), std::move(pieces), with_tokenizer(model_writer(*model, "F32", true), tok_record));
+      async_saver.start(std::move(st), std::move(pieces), with_tokenizer(model_writer(*model, "F32", true, rank, world), tok_record, rank));
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       log::info("checkpoint of step " + std::to_string(done) + " is being written in the background (snapshot " +
                 std::to_string(static_cast<int>(1000 * secs)) + " ms)");
@@ -442,7 +462,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
       return secs;
     }
     const auto path = checkpoint::save(rt, ckpt_dir, st, trainer.optimizer_share(),
-                                       with_tokenizer(model_writer(*model, "F32", false), tok_record), cfg.keep_last);
+                                       with_tokenizer(model_writer(*model, "F32", false, rank, world), tok_record, rank), cfg.keep_last);
     const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
     log::info("checkpoint saved: " + path.string() + " (step " + std::to_string(done) + ", " +
               std::to_string(static_cast<int>(1000 * secs)) + " ms)");

@@ -2,6 +2,9 @@
 // state I/O: files.cpp), optimizer state re-partitioned on load, the resume compatibility check (checkpoint.h).
 #include "shardtune/checkpoint/checkpoint.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
@@ -30,10 +33,16 @@ std::string rank_file(int rank) {
   return buf;
 }
 
-std::string file_line(const stdfs::path& p) {
-  std::error_code ec;
-  const auto size = stdfs::file_size(p, ec);
-  return p.filename().string() + " " + std::to_string(ec ? 0 : size) + " " + fs::sha256_file(p);
+// Asks the kernel to start writing `p`'s dirty pages to disk (a hint: fsync still follows).
+void start_writeback(const stdfs::path& p) {
+#ifdef __linux__
+  const int fd = ::open(p.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;  // fsync_path reports it
+  (void)::sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE);
+  ::close(fd);
+#else
+  (void)p;
+#endif
 }
 
 // Phase 1 (collective): rank 0 creates the temporary folder. Empty path: this step is already saved.
@@ -66,10 +75,11 @@ stdfs::path begin_save(const dist::MpiRuntime& rt, const stdfs::path& dir, int64
 }
 
 // Phase 2 (local, no collectives: may run on a background thread): this rank's files. Returns the error
-// ("" if none) and "name bytes sha256" lines of the files written.
+// ("" if none) and "name bytes sha256" lines of the files written. The big files are hashed from memory
+// while they are written, and the kernel starts writing each chunk to disk at once (st::StreamWriter's
+// hash mode), so the disk works while the CPU hashes and copies; the fsyncs at the end wait for what is left.
 std::pair<std::string, std::string> write_local(const stdfs::path& tmp, int rank, int world, const TrainerState& state,
-                                                const std::vector<StatePiece>& mine,
-                                                const std::function<void(const stdfs::path&)>& write_weights) {
+                                                const std::vector<StatePiece>& mine, const WeightsWriter& write_weights) {
   // Test hook: SHARDTUNE_TEST_FAIL="RANK:ckpt" fails that rank's part of every save, "RANK:ckptSTEP" of
   // the save at that step (fault tests).
   const char* fail = std::getenv("SHARDTUNE_TEST_FAIL");
@@ -77,26 +87,38 @@ std::pair<std::string, std::string> write_local(const stdfs::path& tmp, int rank
   const bool inject = fail && (fail == hook || fail == hook + std::to_string(state.step));
   std::string err, lines;
   try {
-    std::vector<std::pair<std::string, at::Tensor>> tensors;
-    for (const auto& p : mine) {
-      const std::string key = p.param + "@" + std::to_string(p.start);
-      tensors.emplace_back("exp_avg/" + key, p.exp_avg.contiguous());
-      tensors.emplace_back("exp_avg_sq/" + key, p.exp_avg_sq.contiguous());
-    }
+    std::vector<st::TensorRef> tensors;
+    for (const auto& p : mine)
+      for (const auto& [what, t] : {std::pair{"exp_avg/", &p.exp_avg}, std::pair{"exp_avg_sq/", &p.exp_avg_sq}}) {
+        ST_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->dim() == 1 && t->device().is_cpu(),
+                 "internal: optimizer state pieces must be contiguous 1-D fp32 CPU tensors");
+        tensors.push_back({what + p.param + "@" + std::to_string(p.start), st::DType::F32, {t->numel()},
+                           t->data_ptr(), uint64_t(t->nbytes())});
+      }
     const stdfs::path f = tmp / rank_file(rank);
     if (inject) ST_FAIL("injected failure writing " + f.string() + " (SHARDTUNE_TEST_FAIL)");
-    model::write_safetensors(f, tensors, {{"format", "pt"}, {"rank", std::to_string(rank)}, {"world", std::to_string(world)}});
-    fs::fsync_path(f);
-    lines = file_line(f);
+    std::vector<st::WrittenFile> files;
+    files.push_back(st::write_file_hashed(
+        f, tensors, {{"format", "pt"}, {"rank", std::to_string(rank)}, {"world", std::to_string(world)}}));
+    write_weights(tmp, &files);
     if (rank == 0) {
-      write_weights(tmp);
       write_state(tmp / kStateFile, state);
-      for (const auto& e : stdfs::directory_iterator(tmp)) {
-        const std::string n = e.path().filename().string();
-        if (!e.is_regular_file() || n.rfind("optimizer-rank", 0) == 0) continue;
-        fs::fsync_path(e.path());
-        lines += "\n" + file_line(e.path());
+      files.push_back({kStateFile, 0, ""});
+    }
+    // Each rank lists only its own files: the folder also holds the other ranks' (some half written).
+    // Writeback of all of them first, so that the first fsync's journal commit covers every file's blocks
+    // and the later fsyncs find little to do (one commit instead of one per small file).
+    for (const auto& w : files) start_writeback(tmp / w.name);
+    for (auto& w : files) {
+      const stdfs::path p = tmp / w.name;
+      fs::fsync_path(p);
+      if (w.sha256.empty()) {  // small files (trainer state, adapter): read back
+        w.bytes = stdfs::file_size(p);
+        w.sha256 = fs::sha256_file(p);
       }
+      ST_CHECK(stdfs::file_size(p) == w.bytes, p.string() + ": " + std::to_string(stdfs::file_size(p)) +
+                                                   " bytes on disk, " + std::to_string(w.bytes) + " written");
+      lines += (lines.empty() ? "" : "\n") + w.name + " " + std::to_string(w.bytes) + " " + w.sha256;
     }
   } catch (const std::exception& e) {
     err = "rank " + std::to_string(rank) + ": " + e.what();
@@ -127,8 +149,10 @@ stdfs::path commit(const dist::MpiRuntime& rt, const stdfs::path& dir, const std
       const nlohmann::json manifest = {{"format", kManifestFormat}, {"version", kFormatVersion}, {"step", state.step},
                                        {"consumed_samples", state.consumed_samples}, {"world", state.world},
                                        {"files", files}};
+      // Every other file was fsynced by the rank that wrote it before it reported success.
       fs::write_file_atomic(tmp / kManifestFile, manifest.dump(1) + "\n");
-      fs::fsync_dir_contents(tmp);
+      fs::fsync_path(tmp / kManifestFile);
+      fs::fsync_path(tmp);
       stdfs::rename(tmp, final_dir);
       fs::fsync_path(dir);
       fs::write_file_atomic(dir / "latest", name + "\n");
@@ -163,8 +187,7 @@ stdfs::path commit(const dist::MpiRuntime& rt, const stdfs::path& dir, const std
 }  // namespace
 
 stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const TrainerState& state,
-                 const std::vector<StatePiece>& mine, const std::function<void(const stdfs::path&)>& write_weights,
-                 int keep_last) {
+                 const std::vector<StatePiece>& mine, const WeightsWriter& write_weights, int keep_last) {
   const stdfs::path tmp = begin_save(rt, dir, state.step);
   if (tmp.empty()) return dir / step_dir_name(state.step);
   return commit(rt, dir, tmp, state, write_local(tmp, rt.rank(), rt.world(), state, mine, write_weights), keep_last);
@@ -177,7 +200,7 @@ AsyncSaver::~AsyncSaver() {
   if (thread_.joinable()) thread_.join();  // an unwinding run: the save is not committed (previous stays latest)
 }
 
-void AsyncSaver::start(TrainerState state, std::vector<StatePiece> pieces, std::function<void(const stdfs::path&)> write_weights) {
+void AsyncSaver::start(TrainerState state, std::vector<StatePiece> pieces, WeightsWriter write_weights) {
   finish();
   tmp_ = begin_save(rt_, dir_, state.step);
   if (tmp_.empty()) return;

@@ -15,30 +15,28 @@
 #include "shardtune/core/error.h"
 
 namespace shardtune::fs {
-namespace {
 
-struct DigestCtx {
-  EVP_MD_CTX* ctx = EVP_MD_CTX_new();
-  DigestCtx() { EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr); }
-  ~DigestCtx() { EVP_MD_CTX_free(ctx); }
-  DigestCtx(const DigestCtx&) = delete;
-  DigestCtx& operator=(const DigestCtx&) = delete;
-  void update(const void* p, size_t n) { EVP_DigestUpdate(ctx, p, n); }
-  std::string hex() {
-    unsigned char md[EVP_MAX_MD_SIZE];
-    unsigned int len = 0;
-    EVP_DigestFinal_ex(ctx, md, &len);
-    static const char* digits = "0123456789abcdef";
-    std::string out;
-    for (unsigned i = 0; i < len; ++i) {
-      out.push_back(digits[md[i] >> 4]);
-      out.push_back(digits[md[i] & 15]);
-    }
-    return out;
+Sha256::Sha256() : ctx_(EVP_MD_CTX_new()) {
+  ST_CHECK(ctx_ && EVP_DigestInit_ex(static_cast<EVP_MD_CTX*>(ctx_), EVP_sha256(), nullptr) == 1,
+           "OpenSSL: cannot set up SHA-256");
+}
+
+Sha256::~Sha256() { EVP_MD_CTX_free(static_cast<EVP_MD_CTX*>(ctx_)); }
+
+void Sha256::update(const void* data, size_t n) { EVP_DigestUpdate(static_cast<EVP_MD_CTX*>(ctx_), data, n); }
+
+std::string Sha256::hex() {
+  unsigned char md[EVP_MAX_MD_SIZE];
+  unsigned int len = 0;
+  EVP_DigestFinal_ex(static_cast<EVP_MD_CTX*>(ctx_), md, &len);
+  static const char* digits = "0123456789abcdef";
+  std::string out;
+  for (unsigned i = 0; i < len; ++i) {
+    out.push_back(digits[md[i] >> 4]);
+    out.push_back(digits[md[i] & 15]);
   }
-};
-
-}  // namespace
+  return out;
+}
 
 std::string read_file(const stdfs::path& path) {
   std::ifstream in(path, std::ios::binary);
@@ -50,7 +48,7 @@ std::string read_file(const stdfs::path& path) {
 }
 
 std::string sha256_hex(std::string_view data) {
-  DigestCtx d;
+  Sha256 d;
   d.update(data.data(), data.size());
   return d.hex();
 }
@@ -58,7 +56,7 @@ std::string sha256_hex(std::string_view data) {
 std::string sha256_file(const stdfs::path& path) {
   std::unique_ptr<FILE, int (*)(FILE*)> f(std::fopen(path.c_str(), "rb"), &std::fclose);
   ST_CHECK(f != nullptr, "cannot open '" + path.string() + "': " + std::strerror(errno));
-  DigestCtx d;
+  Sha256 d;
   std::string buf(1 << 20, '\0');
   size_t n;
   while ((n = std::fread(buf.data(), 1, buf.size(), f.get())) > 0) d.update(buf.data(), n);

@@ -8,6 +8,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
+#include <tuple>
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
@@ -346,25 +347,66 @@ void save_hf(const CausalLM& model, const stdfs::path& dir, const SaveOptions& o
   save_hf(model.config(), model.hf_parameters(), model.source_dtypes, dir, opts);
 }
 
-void save_hf(const ModelConfig& config, const std::vector<std::pair<std::string, at::Tensor>>& params,
-             const std::map<std::string, std::string>& source_dtypes, const stdfs::path& dir, const SaveOptions& opts) {
-  stdfs::create_directories(dir);
-  for (const auto& e : stdfs::directory_iterator(dir)) {
-    const std::string n = e.path().filename().string();
-    if (n == "model.safetensors" || n == "model.safetensors.index.json" ||
-        (n.rfind("model-", 0) == 0 && ends_with(n, ".safetensors")))
-      stdfs::remove(e.path());
-  }
-  std::vector<at::Tensor> keep;
-  std::vector<st::TensorRef> refs;
-  std::map<std::string, int> dtype_count;
+namespace {
+// The dtype each parameter is saved in (opts.dtype, else as loaded, F32 if new).
+std::vector<std::string> save_dtypes(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                                     const std::map<std::string, std::string>& source_dtypes, const SaveOptions& opts) {
+  std::vector<std::string> out;
   for (const auto& [name, p] : params) {
     std::string dt = opts.dtype;
     if (dt.empty()) {
       auto it = source_dtypes.find(name);
       dt = it == source_dtypes.end() ? "F32" : it->second;
     }
+    out.push_back(dt);
+  }
+  return out;
+}
+}  // namespace
+
+std::vector<size_t> save_hf_reads(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                                  const std::map<std::string, std::string>& source_dtypes, const SaveOptions& opts) {
+  size_t first = 0, last = params.size();
+  if (opts.parts >= 1) {
+    const auto dts = save_dtypes(params, source_dtypes, opts);
+    std::vector<uint64_t> nbytes;
+    for (size_t i = 0; i < params.size(); ++i)
+      nbytes.push_back(uint64_t(params[i].second.numel()) * st::dtype_size(st::parse_dtype(dts[i], "save dtype")));
+    std::tie(first, last) = st::part_range(nbytes, opts.part, opts.parts);
+  }
+  std::vector<size_t> out;
+  for (size_t i = first; i < last; ++i) out.push_back(i);
+  return out;
+}
+
+void save_hf(const ModelConfig& config, const std::vector<std::pair<std::string, at::Tensor>>& params,
+             const std::map<std::string, std::string>& source_dtypes, const stdfs::path& dir, const SaveOptions& opts) {
+  const bool share = opts.parts >= 1;
+  stdfs::create_directories(dir);
+  if (!share)
+    for (const auto& e : stdfs::directory_iterator(dir)) {
+      const std::string n = e.path().filename().string();
+      if (n == "model.safetensors" || n == "model.safetensors.index.json" ||
+          (n.rfind("model-", 0) == 0 && ends_with(n, ".safetensors")))
+        stdfs::remove(e.path());
+    }
+  const auto dts = save_dtypes(params, source_dtypes, opts);
+  const auto reads = save_hf_reads(params, source_dtypes, opts);
+  std::vector<at::Tensor> keep;
+  std::vector<st::TensorRef> refs;
+  std::map<std::string, int> dtype_count;
+  size_t r = 0;
+  for (size_t i = 0; i < params.size(); ++i) {
+    const auto& [name, p] = params[i];
+    const std::string& dt = dts[i];
     const st::DType d = st::parse_dtype(dt, "save dtype");
+    dtype_count[dt]++;
+    if (r == reads.size() || reads[r] != i) {  // another writer's tensor: its name and size only
+      refs.push_back({name, d, p.sizes().vec(), nullptr, uint64_t(p.numel()) * st::dtype_size(d)});
+      continue;
+    }
+    ++r;
+    // No copy when the tensor already is contiguous on the CPU in this dtype (checkpoints: fp32 weights).
     keep.push_back(p.detach().to(at::kCPU, to_scalar_type(d)).contiguous());
     const at::Tensor& c = keep.back();
     // A narrower dtype overflows to Inf silently (F16 holds at most 65504): never save a model that
@@ -374,15 +416,24 @@ void save_hf(const ModelConfig& config, const std::vector<std::pair<std::string,
                   std::to_string(p.detach().abs().max().item<double>()) + " becomes Inf",
               "save with --save-dtype BF16 or F32 (F16's largest value is 65504)");
     refs.push_back({name, d, c.sizes().vec(), c.data_ptr(), uint64_t(c.nbytes())});
-    dtype_count[dt]++;
   }
   ModelConfig cfg = config;
   std::string major = "F32";
   for (const auto& [d, n] : dtype_count)
     if (n > dtype_count[major]) major = d;
   cfg.torch_dtype = major == "BF16" ? "bfloat16" : major == "F16" ? "float16" : "float32";
-  fs::write_file_atomic(dir / "config.json", cfg.to_json().dump(2) + "\n");
-  st::write_sharded(dir, "model", refs, opts.max_shard_bytes, {{"format", "pt"}});
+  if (!share) {
+    fs::write_file_atomic(dir / "config.json", cfg.to_json().dump(2) + "\n");
+    st::write_sharded(dir, "model", refs, opts.max_shard_bytes, {{"format", "pt"}});
+    return;
+  }
+  std::vector<st::WrittenFile> files = st::write_part(dir, "model", refs, opts.part, opts.parts, {{"format", "pt"}});
+  if (opts.part == 0) {
+    const std::string text = cfg.to_json().dump(2) + "\n";
+    fs::write_file_atomic(dir / "config.json", text);
+    files.push_back({"config.json", text.size(), fs::sha256_hex(text)});
+  }
+  if (opts.written) opts.written->insert(opts.written->end(), files.begin(), files.end());
 }
 
 int merge_lora(CausalLM& model, const stdfs::path& adapter_dir) {

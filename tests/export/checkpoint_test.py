@@ -90,7 +90,10 @@ def t_bf16_base(tmp):
     c.model = f"{tmp}/model-bf16"
     _, out = c.train(2, 2, zero=1, steps=STEPS, extra=SAVE)
     ckpt = f"{out}/checkpoints/step-{STEPS:08d}"
-    assert all(v[0] == "F32" for v in raw_tensors(f"{ckpt}/model.safetensors").values())  # checkpoints hold fp32
+    # Checkpoints hold fp32; with 2 ranks the weights are two HF shards, one written by each rank.
+    shards = json.load(open(f"{ckpt}/model.safetensors.index.json"))["weight_map"]
+    assert sorted(set(shards.values())) == ["model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"], shards
+    assert all(v[0] == "F32" for f in set(shards.values()) for v in raw_tensors(f"{ckpt}/{f}").values())
     export(ckpt, f"{tmp}/e")
     T = same_tensors(f"{tmp}/e/model.safetensors", f"{out}/model.safetensors", "bf16 base")
     assert all(v[0] == "BF16" for v in T.values())

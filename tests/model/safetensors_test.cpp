@@ -1,12 +1,15 @@
-// Torch-free safetensors reader/writer: round trip, sharding, and every header validation error.
+// Torch-free safetensors reader/writer: round trip, sharding, every header validation error, and the
+// checkpoint writers (hashing while writing, a model shared out over several writers).
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <string>
 
 #include "shardtune/core/error.h"
+#include "shardtune/core/fs.h"
 #include "shardtune/model/safetensors.h"
 
 namespace st = shardtune::st;
@@ -204,4 +207,118 @@ TEST(model_safetensors, StreamWriterWritesTensorByTensorAndChecksOrder) {
   size_t left = 0;
   for (const auto& e : stdfs::directory_iterator(d)) left += e.path().filename() != "s.safetensors";
   EXPECT_EQ(left, 0u);
+}
+
+TEST(model_safetensors, HashedWriteDigestIsTheFilesSha256) {
+  const auto d = tmp_dir("hashed");
+  // Odd sizes, over two writeback chunks in all, so chunk boundaries fall inside tensors and the header.
+  const uint64_t n = st::StreamWriter::kWritebackChunk / 2 + 12345;
+  std::vector<std::vector<uint8_t>> data(5);
+  std::vector<st::TensorRef> refs;
+  for (size_t i = 0; i < data.size(); ++i) {
+    data[i].resize(n + i);
+    for (size_t k = 0; k < data[i].size(); ++k) data[i][k] = uint8_t((k * 131 + i * 7) >> 3);
+    refs.push_back({"t" + std::to_string(i), st::DType::U8, {int64_t(n + i)}, data[i].data(), n + i});
+  }
+  const st::WrittenFile w = st::write_file_hashed(d / "h.safetensors", refs, {{"format", "pt"}});
+  EXPECT_EQ(w.name, "h.safetensors");
+  EXPECT_EQ(w.bytes, stdfs::file_size(d / "h.safetensors"));
+  EXPECT_EQ(w.sha256, shardtune::fs::sha256_file(d / "h.safetensors"));  // the independent, read-back digest
+  EXPECT_EQ(w.sha256.size(), 64u);
+  st::File f(d / "h.safetensors");
+  for (size_t i = 0; i < data.size(); ++i)
+    EXPECT_EQ(std::memcmp(f.data(f.at("t" + std::to_string(i))), data[i].data(), data[i].size()), 0) << i;
+  // The same bytes as the plain writer, and no temporary file left.
+  st::write_file(d / "plain.safetensors", refs, {{"format", "pt"}});
+  EXPECT_EQ(shardtune::fs::sha256_file(d / "plain.safetensors"), w.sha256);
+  EXPECT_EQ(std::distance(stdfs::directory_iterator(d), stdfs::directory_iterator()), 2);
+  // Incremental SHA-256 in uneven pieces equals the one-shot digest (and the FIPS 180-2 "abc" vector).
+  shardtune::fs::Sha256 h;
+  const std::string text = "abc";
+  h.update(text.data(), 1);
+  h.update(text.data() + 1, 2);
+  EXPECT_EQ(h.hex(), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  EXPECT_EQ(shardtune::fs::sha256_hex(text), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
+  // sha256() before finish() is an error, not an empty digest.
+  st::StreamWriter early(d / "e.safetensors", refs, {}, true);
+  EXPECT_THROW(early.sha256(), shardtune::Error);
+}
+
+TEST(model_safetensors, PartRangeIsContiguousBalancedAndCoversEveryTensor) {
+  using R = std::pair<size_t, size_t>;
+  EXPECT_EQ(st::part_range({10, 10, 10, 10}, 0, 2), R(0, 2));
+  EXPECT_EQ(st::part_range({10, 10, 10, 10}, 1, 2), R(2, 4));
+  // One big tensor: alone in its part, the small ones in the other.
+  EXPECT_EQ(st::part_range({100, 1, 1, 1}, 0, 2), R(0, 1));
+  EXPECT_EQ(st::part_range({100, 1, 1, 1}, 1, 2), R(1, 4));
+  EXPECT_EQ(st::part_range({1, 1, 100}, 0, 2), R(0, 2));
+  // More parts than tensors: some parts are empty; one part takes everything.
+  EXPECT_EQ(st::part_range({5, 5}, 0, 4).first, st::part_range({5, 5}, 0, 4).second);
+  EXPECT_EQ(st::part_range({5, 5, 5}, 0, 1), R(0, 3));
+  EXPECT_EQ(st::part_range({0, 0}, 0, 3), R(0, 2));
+  EXPECT_EQ(st::part_range({0, 0}, 2, 3).first, st::part_range({0, 0}, 2, 3).second);
+  EXPECT_THROW(st::part_range({1}, 2, 2), shardtune::Error);
+  // Any split: the parts follow each other and cover [0, n); no part exceeds its 1/parts by more than a tensor.
+  const std::vector<uint64_t> sizes = {7, 300, 12, 12, 90, 1, 1, 64, 64, 64, 5, 200};
+  uint64_t total = 0, largest = 0;
+  for (auto b : sizes) total += b, largest = std::max(largest, b);
+  for (int parts = 1; parts <= 14; ++parts) {
+    size_t at = 0;
+    for (int k = 0; k < parts; ++k) {
+      const auto [a, b] = st::part_range(sizes, k, parts);
+      if (a == b) continue;
+      EXPECT_EQ(a, at) << parts << " " << k;
+      uint64_t bytes = 0;
+      for (size_t i = a; i < b; ++i) bytes += sizes[i];
+      EXPECT_LE(bytes, total / uint64_t(parts) + largest) << parts << " " << k;
+      at = b;
+    }
+    EXPECT_EQ(at, sizes.size()) << parts;
+  }
+}
+
+TEST(model_safetensors, WritePartsFormOneShardedModelThatLoadsBack) {
+  const auto d = tmp_dir("parts");
+  std::vector<std::vector<float>> data;
+  std::vector<st::TensorRef> all;
+  for (int i = 0; i < 7; ++i) {
+    data.emplace_back(size_t(100 + 50 * i));
+    for (size_t k = 0; k < data.back().size(); ++k) data.back()[k] = float(i) + float(k) / 1000;
+  }
+  for (int i = 0; i < 7; ++i)
+    all.push_back({"w" + std::to_string(i), st::DType::F32, {int64_t(data[i].size())}, data[i].data(), data[i].size() * 4});
+  std::vector<st::WrittenFile> written;
+  for (int part = 0; part < 3; ++part) {
+    // Each writer is given only its own tensors' data, as a checkpoint's ranks (the others: no pointer).
+    std::vector<st::TensorRef> refs = all;
+    const auto [a, b] = st::part_range({400, 600, 800, 1000, 1200, 1400, 1600}, part, 3);
+    for (size_t i = 0; i < refs.size(); ++i)
+      if (i < a || i >= b) refs[i].data = nullptr;
+    const auto files = st::write_part(d, "model", refs, part, 3, {{"format", "pt"}});
+    EXPECT_EQ(files.size(), part == 0 ? 2u : 1u) << part;  // part 0 also the index
+    written.insert(written.end(), files.begin(), files.end());
+  }
+  for (const auto& w : written) {
+    EXPECT_EQ(w.bytes, stdfs::file_size(d / w.name)) << w.name;
+    EXPECT_EQ(w.sha256, shardtune::fs::sha256_file(d / w.name)) << w.name;
+  }
+  EXPECT_TRUE(stdfs::exists(d / "model-00003-of-00003.safetensors"));
+  const auto files = st::model_files(d);
+  ASSERT_EQ(files.size(), 3u);
+  size_t found = 0;
+  for (const auto& p : files) {
+    st::File f(p);
+    for (const auto& t : f.tensors()) {
+      const size_t i = size_t(std::stoi(t.name.substr(1)));
+      EXPECT_EQ(std::memcmp(f.data(t), data[i].data(), data[i].size() * 4), 0) << t.name;
+      ++found;
+    }
+  }
+  EXPECT_EQ(found, all.size());
+  // One writer: the plain single file, no index.
+  const auto one = tmp_dir("parts_one");
+  const auto single = st::write_part(one, "model", all, 0, 1);
+  ASSERT_EQ(single.size(), 1u);
+  EXPECT_EQ(single[0].name, "model.safetensors");
+  EXPECT_FALSE(stdfs::exists(one / "model.safetensors.index.json"));
 }

@@ -194,7 +194,9 @@ def t_ckpt_fallback(tmp):
                 f.seek(-3, 2)
                 f.write(bytes([b[0] ^ 0x10]))
         elif damage == "truncate":
-            p = f"{newest}/model.safetensors"
+            # 2 ranks: the weights are HF shards, one per rank (model-00001-of-00002.safetensors, ...).
+            assert not os.path.exists(f"{newest}/model.safetensors"), os.listdir(newest)
+            p = f"{newest}/model-00001-of-00002.safetensors"
             os.truncate(p, os.path.getsize(p) - 100)
         else:
             os.remove(f"{newest}/manifest.json")

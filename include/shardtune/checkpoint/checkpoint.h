@@ -4,7 +4,9 @@
 // checkpoint written by N ranks resumes on M. Format and guarantees: docs/CHECKPOINTS.md.
 //
 //   <ckpt-dir>/step-00000120/
-//     config.json + model.safetensors       full fine-tuning: every trainable weight, fp32
+//     config.json + model.safetensors       full fine-tuning: every trainable weight, fp32; with N > 1 ranks
+//       (or model-0000k-of-0000N.safetensors   in HF's sharded layout, each rank writing the weights of one
+//        + model.safetensors.index.json)      share, so that every rank writes about 1/N of the bytes
 //     adapter_config.json + adapter_model.safetensors    LoRA / QLoRA: the adapter (a PEFT folder)
 //     optimizer-rank00000.safetensors ...   AdamW exp_avg / exp_avg_sq, each rank the elements it owns:
 //                                           "exp_avg/<param>@<first element>" [length] (and exp_avg_sq/)
@@ -26,6 +28,7 @@
 #include <vector>
 
 #include "shardtune/checkpoint/files.h"
+#include "shardtune/model/safetensors.h"
 
 namespace shardtune::dist {
 class MpiRuntime;
@@ -43,13 +46,19 @@ struct StatePiece {
   at::Tensor exp_avg, exp_avg_sq;
 };
 
-// Collective (every rank, same step). Writes <dir>/step-N: `write_weights(folder)` runs on rank 0,
-// every rank writes `mine`; then rank 0 commits and keeps the newest `keep_last` (0 = all). On a failure
-// anywhere (a full disk, a removed folder) the temporary folder is removed and every rank throws an
-// Error naming the rank, the file and the previous checkpoint, which is left as it was.
+// This rank's share of the model (or adapter) files: writes them into `folder` (which every rank writes at
+// once: only its own files, nothing removed) and lists each one in *written, with its SHA-256 when it was
+// hashed while written ("" otherwise: the checkpoint hashes that file by reading it). The checkpoint
+// fsyncs every listed file. The share is bound when the writer is made (model::SaveOptions::part/parts).
+using WeightsWriter = std::function<void(const stdfs::path& folder, std::vector<st::WrittenFile>* written)>;
+
+// Collective (every rank, same step). Writes <dir>/step-N: every rank writes `mine` and runs
+// `write_weights` (its share of the weights), rank 0 also the trainer state; each file is hashed from
+// memory while it is written where the writer can. Then rank 0 commits and keeps the newest `keep_last`
+// (0 = all). On a failure anywhere (a full disk, a removed folder) the temporary folder is removed and
+// every rank throws an Error naming the rank, the file and the previous checkpoint, which is left as it was.
 stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const TrainerState& state,
-                 const std::vector<StatePiece>& mine, const std::function<void(const stdfs::path&)>& write_weights,
-                 int keep_last);
+                 const std::vector<StatePiece>& mine, const WeightsWriter& write_weights, int keep_last);
 
 // --async-save: the files of a save are written by a background thread while training goes on, from a
 // snapshot taken at a step boundary (the pieces and what write_weights captures must be copies); the
@@ -63,7 +72,7 @@ class AsyncSaver {
   AsyncSaver& operator=(const AsyncSaver&) = delete;
 
   // Collective: finishes the save in flight, then starts this one.
-  void start(TrainerState state, std::vector<StatePiece> pieces, std::function<void(const stdfs::path&)> write_weights);
+  void start(TrainerState state, std::vector<StatePiece> pieces, WeightsWriter write_weights);
   // Collective (one scalar all-reduce while a save is in flight): commits it if every rank is done.
   // Returns the committed folder, or empty.
   stdfs::path poll();

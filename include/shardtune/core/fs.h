@@ -12,6 +12,22 @@ namespace shardtune::fs {
 namespace stdfs = std::filesystem;
 
 std::string read_file(const stdfs::path& path);  // throws Error naming the path
+
+// Incremental SHA-256: update() with the bytes in order, then hex() once (lowercase hex digest), so a
+// writer can hash what it writes from memory instead of reading the file back.
+class Sha256 {
+ public:
+  Sha256();
+  ~Sha256();
+  Sha256(const Sha256&) = delete;
+  Sha256& operator=(const Sha256&) = delete;
+  void update(const void* data, size_t n);
+  std::string hex();
+
+ private:
+  void* ctx_;  // EVP_MD_CTX (OpenSSL stays out of this header)
+};
+
 std::string sha256_hex(std::string_view data);
 std::string sha256_file(const stdfs::path& path);
 

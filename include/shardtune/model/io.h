@@ -31,7 +31,17 @@ void check_hf_weights(const ModelConfig& cfg, const std::vector<std::unique_ptr<
 struct SaveOptions {
   uint64_t max_shard_bytes = 0;  // 0: one model.safetensors; else shards + model.safetensors.index.json
   std::string dtype;             // "" = each tensor's dtype as loaded (F32 if new); or "F32" | "BF16" | "F16"
+  // A checkpoint's share: with parts >= 1, `parts` writers (the ranks) write one folder at the same time
+  // and this call writes part `part` (st::write_part: whole tensors, about equal bytes; part 0 also
+  // config.json and the index), hashing as it writes; nothing in the folder is removed and max_shard_bytes
+  // is not used. Every file written is listed in *written when given (the caller fsyncs them).
+  int part = 0, parts = 0;
+  std::vector<st::WrittenFile>* written = nullptr;
 };
+// The indices of `params` whose data save_hf(..., opts) reads: every one, or a share's (--async-save
+// copies only these; the others may be placeholders of the right shape and dtype, e.g. on the meta device).
+std::vector<size_t> save_hf_reads(const std::vector<std::pair<std::string, at::Tensor>>& params,
+                                  const std::map<std::string, std::string>& source_dtypes, const SaveOptions& opts);
 // Throws Error naming the first weight holding NaN or Inf (with how many of each), `when` saying where it
 // was found (e.g. "in model/ as loaded"). The trainer checks at start and before saving; generate at load.
 void check_weights_finite(const CausalLM& model, const std::string& when, const std::string& hint);
