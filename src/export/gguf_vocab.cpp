@@ -31,7 +31,7 @@ const char* const kLlama3Regex =
 
 const char* const kSpecHint =
     "GGUF export takes a SentencePiece .model, a Hugging Face tokenizer.json (byte-level BPE as GPT-2 / Llama 3, or "
-    "SentencePiece-style BPE as Llama 2 / Mistral) or GPT-2's encoder.json,vocab.bpe; see docs/FORMAT.md";
+    "SentencePiece-style BPE as Llama 2 / Mistral), GPT-2's encoder.json,vocab.bpe or byte; see docs/FORMAT.md";
 
 struct Vocab {
   std::string model;                  // tokenizer.ggml.model: "llama" | "gpt2"
