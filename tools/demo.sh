@@ -10,11 +10,14 @@
 #   5. LoRA: train an adapter for the same task on the same ranks (--method lora, the base frozen), merge it
 #      into a full model (shardtune-export merge), and evaluate both ways: the base with the adapter applied
 #      unmerged (shardtune-generate --adapter) and the merged model must give the same exact-match score;
-#   6. write the loss curves (train + validation, every run) to demo-out/loss.png.
+#   6. export the tuned model to GGUF (shardtune-export gguf, f16, byte tokenizer) and, where node-llama-cpp is
+#      installed (tools/setup.sh st_install_llama_cpp; the step is skipped otherwise), show the real llama.cpp's
+#      greedy answers to DEMO_GGUF_N held-out prompts next to shardtune-generate's and whether they agree;
+#   7. write the loss curves (train + validation, every run) to demo-out/loss.png.
 # Knobs (environment): DEMO_DIR (output folder, default demo-out/), DEMO_TASK (upper|reverse),
 # DEMO_PRETRAIN_STEPS (0: no pre-training), DEMO_STEPS (fine-tune), DEMO_EVAL_N (held-out prompts),
 # DEMO_NP (ranks: 1, 2 or 4; default 2), DEMO_SKIP_BUILD=1 (use the binaries already in BUILD_DIR),
-# DEMO_LORA=0 (skip the LoRA part), DEMO_LORA_STEPS, DEMO_LORA_R, DEMO_LORA_LR.
+# DEMO_LORA=0 (skip the LoRA part), DEMO_LORA_STEPS, DEMO_LORA_R, DEMO_LORA_LR, DEMO_GGUF_N (0: no GGUF step).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 if [ "${DEMO_SKIP_BUILD:-0}" = 1 ]; then
@@ -22,6 +25,8 @@ if [ "${DEMO_SKIP_BUILD:-0}" = 1 ]; then
 else
   st_install_apt
   st_build
+  # llama.cpp for the GGUF step (node-llama-cpp, ~85 MB): the demo runs without it.
+  st_install_llama_cpp || echo "demo: node-llama-cpp did not install: the llama.cpp step will be skipped"
 fi
 
 OUT="${DEMO_DIR:-$ROOT/demo-out}"
@@ -34,6 +39,7 @@ LORA="${DEMO_LORA:-1}"
 LORA_STEPS="${DEMO_LORA_STEPS:-800}"
 LORA_R="${DEMO_LORA_R:-64}"
 LORA_LR="${DEMO_LORA_LR:-2e-3}"
+GGUF_N="${DEMO_GGUF_N:-2}"
 PY=/usr/bin/python3   # Debian's python3 with python3-torch/numpy/h5py/matplotlib (tools/setup.sh installs them)
 MPIRUN=(mpirun -np "$NP")
 [ "$(id -u)" -eq 0 ] && MPIRUN+=(--allow-run-as-root)
@@ -46,7 +52,7 @@ EXPORT="$BUILD_DIR/tools/shardtune-export"
 # Outputs of a previous run are replaced (shardtune itself never overwrites: each run gets new folders).
 mkdir -p "$OUT"
 rm -rf "$OUT"/{base-init,base,tuned,lora,merged,corpus-shards,shards} "$OUT"/*.jsonl \
-  "$OUT"/{eval.json,eval-lora.json,summary.txt,summary-lora.txt,loss.png}
+  "$OUT"/{eval.json,eval-lora.json,summary.txt,summary-lora.txt,loss.png,tuned.gguf}
 T0=$SECONDS
 stage() { echo; echo "== demo [$((SECONDS - T0)) s]: $*"; }
 
@@ -133,6 +139,17 @@ PYEOF
   LORA_SUMMARY="LoRA: $(cat "$OUT/summary-lora.txt")"
 fi
 
+if [ "$GGUF_N" -gt 0 ] && [ -x "$EXPORT" ]; then
+  stage "export the tuned model to GGUF for llama.cpp / Ollama / LM Studio -> $OUT/tuned.gguf (f16)"
+  "$EXPORT" gguf --model "$OUT/tuned" --tokenizer byte --dtype f16 --out "$OUT/tuned.gguf"
+  "$BUILD_DIR/tools/shardtune-inspect" "$OUT/tuned.gguf" | tail -1
+  stage "the same held-out prompts in the real llama.cpp (node-llama-cpp) and shardtune-generate (greedy)"
+  ST_LLAMA_CPP="$BUILD_DIR/node_llama/node_modules" $PY "$ROOT/tools/demo/llama_cpp_answer.py" \
+    --gguf "$OUT/tuned.gguf" --model "$OUT/tuned" --generate "$GEN" --heldout "$OUT/heldout.jsonl" --n "$GGUF_N" ||
+    echo "demo: llama.cpp's answers or tokens differ from shardtune-generate's (see above)" >&2
+  echo "run it in llama.cpp: llama-completion -m $OUT/tuned.gguf -no-cnv -p \"\$(printf '$([ "$TASK" = upper ] && echo Uppercase || echo Reverse):\\nkelp\\n')\" -n 8 --temp 0   (README: The demo)"
+fi
+
 stage "loss curves -> $OUT/loss.png"
 $PY "$ROOT/tools/demo/plot_loss.py" "$OUT/loss.png" --title "shardtune demo: loss curves ($NP MPI ranks, CPU)" \
   --note "$SUMMARY${LORA_SUMMARY:+
@@ -141,6 +158,6 @@ $LORA_SUMMARY}" "${PLOTS[@]}"
 stage "done in $((SECONDS - T0)) s (after the build)"
 echo "$SUMMARY"
 [ -n "$LORA_SUMMARY" ] && echo "$LORA_SUMMARY"
-echo "outputs in $OUT: base/ and tuned/ (HF models), pretrain.jsonl + finetune.jsonl (metrics), eval.json, loss.png"
+echo "outputs in $OUT: base/ and tuned/ (HF models), pretrain.jsonl + finetune.jsonl (metrics), eval.json, loss.png$([ -f "$OUT/tuned.gguf" ] && echo ", tuned.gguf")"
 [ "$LORA" != 0 ] && echo "  LoRA: lora/ (PEFT adapter), lora.jsonl (metrics), eval-lora.json$([ -d "$OUT/merged" ] && echo ", merged/ (HF model)")"
 true

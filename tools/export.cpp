@@ -76,7 +76,7 @@ struct GgufCommand {
                   "write --adapter as a GGUF LoRA adapter file (llama-cli --lora FILE) instead of merging it; "
                   "--model is its base");
     app->add_option("--tokenizer", opts.tokenizer,
-                    "tokenizer SPEC as for shardtune-prep (tokenizer.model, tokenizer.json, GPT-2 files); "
+                    "tokenizer SPEC as for shardtune-prep (tokenizer.model, tokenizer.json, GPT-2 files, byte); "
                     "required for a model file");
     app->add_option("--out", out, "output .gguf file (must not exist)")->required();
     app->add_option("--dtype", opts.dtype, "f32, f16, bf16 or q8_0 (1-D tensors stay F32)")->capture_default_str();

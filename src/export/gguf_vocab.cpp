@@ -1,8 +1,7 @@
 // Tokenizer metadata for GGUF (tokenizer.ggml.*), as declared in include/shardtune/export/gguf_vocab.h.
 // Each tokenizer kind becomes one Vocab (tokens, types, scores or merges, special ids); `finish` pads it to
-// the model's vocabulary and writes the keys llama.cpp reads. What llama.cpp cannot reproduce (the byte
-// tokenizer, a pre-tokenizer or normalizer it has no form for) is an Error before anything is set on the
-// writer. Where this file departs from llama.cpp's convert_hf_to_gguf.py it says why (docs/FORMAT.md).
+// the model's vocabulary and writes the keys llama.cpp reads. What llama.cpp cannot reproduce (a
+// pre-tokenizer or normalizer it has no form for) is an Error before anything is set on the writer. Where this file departs from llama.cpp's convert_hf_to_gguf.py it says why (docs/FORMAT.md).
 #include "shardtune/export/gguf_vocab.h"
 
 #include <nlohmann/json.hpp>
@@ -32,7 +31,7 @@ const char* const kLlama3Regex =
 
 const char* const kSpecHint =
     "GGUF export takes a SentencePiece .model, a Hugging Face tokenizer.json (byte-level BPE as GPT-2 / Llama 3, or "
-    "SentencePiece-style BPE as Llama 2 / Mistral) or GPT-2's encoder.json,vocab.bpe; see docs/FORMAT.md";
+    "SentencePiece-style BPE as Llama 2 / Mistral), GPT-2's encoder.json,vocab.bpe or byte; see docs/FORMAT.md";
 
 struct Vocab {
   std::string model;                  // tokenizer.ggml.model: "llama" | "gpt2"
@@ -305,13 +304,55 @@ Vocab from_gpt2_files(const Tokenizer& tok) {
   return v;
 }
 
+// ---- the byte tokenizer ----
+
+// GPT-2's bytes_to_unicode (as tokenizer/unicode.cpp): printable Latin-1 bytes stand for themselves, the
+// others (controls, space, 0x7F-0xA0, 0xAD) for U+0100 onwards, in byte order.
+std::string byte_level_char(int b) {
+  const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
+  uint32_t cp = static_cast<uint32_t>(b);
+  if (!printable) {
+    cp = 256;
+    for (int c = 0; c < b; ++c)
+      if (!((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF))) ++cp;
+  }
+  std::string s;  // cp < 0x800: two UTF-8 bytes at most
+  if (cp < 0x80) {
+    s += static_cast<char>(cp);
+  } else {
+    s += static_cast<char>(0xC0 | (cp >> 6));
+    s += static_cast<char>(0x80 | (cp & 0x3F));
+  }
+  return s;
+}
+
+// ids 0..255 = the bytes, then <s>, </s>, <pad>. As a byte-level BPE ("gpt2") with one token per byte and no
+// merges, llama.cpp maps every byte of any text to its own token, whatever its pre-tokenizer splits. (The
+// SentencePiece form, <0xXX> byte tokens in a "llama" vocabulary, cannot: llama.cpp's "llama" tokenizer
+// rewrites each space as U+2581 before it falls back to bytes, so " " would become E2 96 81; see
+// docs/FORMAT.md.) The specials are CONTROL: matched only when special tokens are parsed, as in
+// shardtune-tokenize --parse-special.
+Vocab from_byte(const Tokenizer& tok) {
+  ST_CHECK(tok.vocab_size() == 259 && tok.bos_id == 256 && tok.eos_id == 257 && tok.pad_id == 258,
+           "the byte tokenizer is not ids 0..255 = bytes, <s>=256, </s>=257, <pad>=258 as the GGUF exporter expects",
+           "update src/export/gguf_vocab.cpp with src/tokenizer/byte_tokenizer.cpp");
+  Vocab v;
+  v.model = "gpt2";
+  v.pre = "gpt-2";
+  for (int b = 0; b < 256; ++b) {
+    v.tokens.push_back(byte_level_char(b));
+    v.types.push_back(static_cast<int32_t>(TokType::NORMAL));
+  }
+  for (TokenId id = 256; id < 259; ++id) {
+    v.tokens.push_back(tok.token_text(id));
+    v.types.push_back(static_cast<int32_t>(TokType::CONTROL));
+  }
+  return v;  // no merges: every token is one byte
+}
+
 // ---- common ----
 
 Vocab load_vocab(const std::string& spec) {
-  ST_CHECK(spec != "byte", "the byte tokenizer has no GGUF form: llama.cpp only knows vocabularies such as "
-                           "SentencePiece and BPE, and GGUF has no byte-level-ids vocabulary",
-           "prepare the data with a SentencePiece .model or a Hugging Face tokenizer.json (e.g. --tokenizer "
-           "llama2-tokenizer.model), train on it, and export with the same --tokenizer");
   if (ends_with(spec, ".model")) return from_sentencepiece(spec);
   if (stdfs::is_directory(spec) && !stdfs::exists(stdfs::path(spec) / "tokenizer.json") &&
       stdfs::exists(stdfs::path(spec) / "tokenizer.model"))
@@ -327,6 +368,8 @@ Vocab load_vocab(const std::string& spec) {
     }
   } else if (tok->name == "gpt2-bpe") {
     v = from_gpt2_files(*tok);
+  } else if (tok->name == "byte") {
+    v = from_byte(*tok);
   } else {
     ST_FAIL("tokenizer '" + spec + "' (" + tok->name + ") has no GGUF form", kSpecHint);
   }

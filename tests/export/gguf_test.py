@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """shardtune-export gguf checked by the real llama.cpp (npm node-llama-cpp, through llama_cpp.py): random-weight
-Llamas (GQA and not, tied and untied, Llama 3 RoPE scaling) with the real Llama-2 SentencePiece tokenizer and a
-GPT-2 model with the GPT-2 BPE files; llama.cpp's greedy continuation of the same prompt ids equals
+Llamas (GQA and not, tied and untied, Llama 3 RoPE scaling) with the real Llama-2 SentencePiece tokenizer, a Llama
+with the byte tokenizer (vocabulary padded to 288), and a GPT-2 model with the GPT-2 BPE files; llama.cpp's greedy continuation of the same prompt ids equals
 shardtune-generate's (f32 and f16 files); a merged-adapter GGUF and base + GGUF LoRA adapter give the tokens of
 the model `shardtune-export merge` writes; q8_0 keeps the top-1 of an independent fp32 forward
 (tests/model/reference.py) on >= 95% of llama.cpp's greedy steps; shardtune-inspect reads every file back; bad
@@ -68,6 +68,9 @@ MODELS = {
     "llama_bias_headdim": lambda: R.llama_cfg(vocab_size=32000, hidden_size=64, intermediate_size=128,
                                               num_attention_heads=4, num_key_value_heads=2, head_dim=8,
                                               attention_bias=True),
+    # The byte tokenizer (a merge-less byte-level BPE in GGUF) on an embedding padded to a multiple of 32.
+    "llama_byte": lambda: R.llama_cfg(vocab_size=288, hidden_size=64, intermediate_size=128,
+                                      num_attention_heads=4, num_key_value_heads=2),
     # llama.cpp's "qwen2" (NeoX RoPE: no permutation), q/k/v biases.
     "qwen2": lambda: R.llama_cfg(architectures=["Qwen2ForCausalLM"], model_type="qwen2", vocab_size=32000,
                                  hidden_size=64, intermediate_size=128, num_attention_heads=4, num_key_value_heads=2,
@@ -102,6 +105,8 @@ def make_model(tmp, kind, seed=1, unpermute=False):
 
 
 def spec_for(cfg):
+    if cfg["vocab_size"] == 288:
+        return "byte"
     return gpt2_spec() if cfg["model_type"] == "gpt2" else llama2_spec()
 
 
@@ -225,6 +230,10 @@ def t_llama_mqa_llama3(tmp):
 
 def t_llama_bias_headdim(tmp):
     greedy_case(tmp, "llama_bias_headdim", dtypes=("f32",))
+
+
+def t_llama_byte(tmp):
+    greedy_case(tmp, "llama_byte")
 
 
 def t_qwen2(tmp):
@@ -433,8 +442,16 @@ def t_errors(tmp):
     c2 = dict(cfg, vocab_size=1000)
     R.save_hf(c2, R.random_weights(c2, 1, BLOCK_STD), small)
     expect_error(tmp, ["--model", small, "--tokenizer", spec], "vocab", out)
-    # A tokenizer GGUF cannot express (the byte tokenizer).
-    expect_error(tmp, ["--model", model, "--tokenizer", "byte"], "byte", out)
+    # A tokenizer GGUF cannot express: a byte-level BPE tokenizer.json whose Split regex llama.cpp has no
+    # tokenizer.ggml.pre for.
+    odd_tok = os.path.join(tmp, "odd_tokenizer.json")
+    with open(odd_tok, "w") as f:
+        json.dump({"model": {"type": "BPE", "vocab": {chr(c): c - 97 for c in range(97, 123)}, "merges": []},
+                   "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+                       {"type": "Split", "pattern": {"Regex": "\\p{L}+|\\s+"}, "behavior": "Isolated"},
+                       {"type": "ByteLevel", "add_prefix_space": False, "use_regex": False}]},
+                   "decoder": {"type": "ByteLevel"}}, f)
+    expect_error(tmp, ["--model", model, "--tokenizer", odd_tok], "has no llama.cpp tokenizer.ggml.pre", out)
     # Bad --dtype, missing tokenizer, existing output.
     expect_error(tmp, ["--model", model, "--tokenizer", spec, "--dtype", "q4"], "--dtype", out)
     expect_error(tmp, ["--model", model], "--tokenizer", out)

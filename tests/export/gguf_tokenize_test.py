@@ -7,7 +7,9 @@ llama.cpp (node-llama-cpp, vocab_only) tokenizes every line of the Unicode corpu
 (the tokenizer prep used), line for line. BOS id and add_bos must agree too. Mismatching lines are printed with
 their text and both id lists. KNOWN lists divergences of llama.cpp itself, each with the reason; they are
 reported, not failed, and a KNOWN line that starts to match is reported too.
-Usage: gguf_tokenize_test.py CASE   (CASE: llama2_model mistral_json gpt2_files llama3_json; exit 77 = skipped)
+The byte tokenizer (CASE byte, always available) is a merge-less byte-level BPE: every line must come back as
+its UTF-8 bytes, which shardtune-tokenize --tokenizer byte gives (and this script checks too).
+Usage: gguf_tokenize_test.py CASE   (CASE: llama2_model mistral_json gpt2_files llama3_json byte; exit 77 = skipped)
 Env: ST_TOKENIZE, ST_VOCAB_FILE (the two binaries), ST_SHARED, ST_NODE_REFS, ST_LLAMA_CPP, ST_SOURCE."""
 import os
 import subprocess
@@ -37,6 +39,8 @@ def spec_of(case):
     if case == "llama3_json":
         p = os.path.join(nl, "@lenml", "tokenizer-llama3", "models", "tokenizer.json")
         return p, [p]
+    if case == "byte":
+        return "byte", []
     raise ValueError(case)
 
 
@@ -85,6 +89,9 @@ def compare(case, tmp):
             want_bos = None if meta["bos_id"] == "none" else int(meta["bos_id"])
             assert theirs["bos"] == want_bos, f"BOS: llama.cpp {theirs['bos']}, shardtune-tokenize {want_bos}"
             assert theirs["add_bos"] == (meta["add_bos"] == "true"), f"add_bos: llama.cpp {theirs['add_bos']}, ours {meta['add_bos']}"
+        if case == "byte" and not special:
+            # independent of shardtune-tokenize: the ids are the UTF-8 bytes
+            assert mine == [list(t.encode("utf-8")) for t in lines], "shardtune-tokenize --tokenizer byte is not the bytes"
         for i, (text, a, b) in enumerate(zip(lines, mine, theirs["lines"])):
             total += 1
             key = (case, special, text)
@@ -116,6 +123,10 @@ def t_gpt2_files(tmp):
 
 def t_llama3_json(tmp):
     compare("llama3_json", tmp)
+
+
+def t_byte(tmp):
+    compare("byte", tmp)
 
 
 if __name__ == "__main__":

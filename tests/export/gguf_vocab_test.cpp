@@ -2,7 +2,8 @@
 // Llama 2 model (tests/fixtures/llama2_sp_pieces.json, written by sp_model_fixture.py: every piece hashed,
 // a sample spelled out), malformed protobufs, and add_tokenizer_metadata for each tokenizer kind (written to
 // a vocab-only GGUF and read back): token lists, types, scores/merges, special ids, padding to the model's
-// vocabulary, and the errors (byte tokenizer, too small a model, unknown pre-tokenizer) that set nothing.
+// vocabulary, the byte tokenizer as a merge-less byte-level BPE, and the errors (too small a model, unknown
+// pre-tokenizer) that set nothing.
 // Tests needing ../shared or the npm tokenizers skip when those are absent.
 #include <gtest/gtest.h>
 
@@ -12,6 +13,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <set>
 
 #include "shardtune/core/error.h"
 #include "shardtune/core/fs.h"
@@ -213,10 +215,41 @@ TEST(GgufVocab, PaddedToTheModelVocabularyAndRefusedWhenLarger) {
   EXPECT_FALSE(w.has("tokenizer.ggml.model")) << "nothing may be set on an error";
 }
 
-TEST(GgufVocab, ByteTokenizerHasNoGgufForm) {
+TEST(GgufVocab, ByteTokenizerIsByteLevelBpeWithoutMerges) {
+  // One byte-level token per byte (GPT-2's bytes_to_unicode), no merges: llama.cpp maps every byte to its id.
+  const Meta m = metadata("byte", 288);  // a model padded to a multiple of 32
+  EXPECT_EQ(m.get<std::string>("tokenizer.ggml.model"), "gpt2");
+  EXPECT_EQ(m.get<std::string>("tokenizer.ggml.pre"), "gpt-2");
+  const auto& tokens = m.get<std::vector<std::string>>("tokenizer.ggml.tokens");
+  const auto& types = m.get<std::vector<int32_t>>("tokenizer.ggml.token_type");
+  ASSERT_EQ(tokens.size(), 288u);
+  EXPECT_EQ(tokens[0], "\xc4\x80");     // U+0100: the first non-printable byte
+  EXPECT_EQ(tokens[10], "\xc4\x8a");    // "Ċ" (newline)
+  EXPECT_EQ(tokens[32], "\xc4\xa0");    // "Ġ" (space), as in GPT-2's vocabulary
+  EXPECT_EQ(tokens['a'], "a");
+  EXPECT_EQ(tokens[0x7f], "\xc4\xa1");  // U+0121
+  EXPECT_EQ(tokens[0xad], "\xc5\x83");  // U+0143: the last one
+  EXPECT_EQ(tokens[0xe9], "\xc3\xa9");  // "é" stands for itself
+  EXPECT_EQ(tokens[255], "\xc3\xbf");
+  EXPECT_EQ(tokens[256], "<s>");
+  EXPECT_EQ(tokens[257], "</s>");
+  EXPECT_EQ(tokens[258], "<pad>");
+  EXPECT_EQ(tokens[259], "[PAD259]");
+  std::set<std::string> distinct(tokens.begin(), tokens.end());
+  EXPECT_EQ(distinct.size(), tokens.size());
+  for (int id = 0; id < 256; ++id) EXPECT_EQ(types[id], 1) << id;  // NORMAL
+  for (int id = 256; id < 259; ++id) EXPECT_EQ(types[id], 3) << id;  // CONTROL
+  EXPECT_EQ(types[287], 5);  // UNUSED padding
+  EXPECT_TRUE(m.get<std::vector<std::string>>("tokenizer.ggml.merges").empty());
+  EXPECT_FALSE(m.has("tokenizer.ggml.scores"));
+  EXPECT_FALSE(m.has("tokenizer.ggml.unknown_token_id"));
+  EXPECT_EQ(m.get<uint32_t>("tokenizer.ggml.bos_token_id"), 256u);
+  EXPECT_EQ(m.get<uint32_t>("tokenizer.ggml.eos_token_id"), 257u);
+  EXPECT_EQ(m.get<uint32_t>("tokenizer.ggml.padding_token_id"), 258u);
+  EXPECT_TRUE(m.get<bool>("tokenizer.ggml.add_bos_token"));
   gguf::Writer w;
-  const std::string err = error_of("byte", 259, &w);
-  EXPECT_NE(err.find("byte tokenizer has no GGUF form"), std::string::npos) << err;
+  const std::string err = error_of("byte", 258, &w);
+  EXPECT_NE(err.find("has 259 tokens but the model's embedding has only 258 rows"), std::string::npos) << err;
   EXPECT_FALSE(w.has("tokenizer.ggml.tokens"));
 }
 

@@ -87,7 +87,7 @@ async function main() {
     const n = Number(pos[3]);
     if (!Number.isInteger(n) || n < 1) fail(`N must be a positive integer: ${pos[3]}`);
     const model = await llama.loadModel({ modelPath });
-    const ctxOpts = { contextSize: Math.max(64, prompt.length + n + 8), batchSize: Math.max(16, prompt.length), threads: 2 };
+    const ctxOpts = { contextSize: Math.max(64, prompt.length + n + 8), batchSize: Math.max(16, prompt.length), threads: Number(process.env.ST_LLAMA_THREADS || 1) };
     if (flags.lora) {
       if (!fs.existsSync(flags.lora)) fail(`${flags.lora}: no such file`);
       ctxOpts.lora = { adapters: [{ filePath: flags.lora, scale: flags["lora-scale"] ? Number(flags["lora-scale"]) : 1 }] };
