@@ -1,0 +1,90 @@
+// DPO objective: one forward of the policy over the 2n rows of a pair batch (chosen, then rejected), one
+// no-grad forward of the reference, per-sequence target log-probs (model/logps.h), the per-pair loss and
+// the TRL-named metrics (summed here; the trainer divides by the global pair count).
+#include "shardtune/train/preference.h"
+
+#include <torch/csrc/autograd/grad_mode.h>
+
+#include "shardtune/core/error.h"
+#include "shardtune/data/dataset.h"
+#include "shardtune/model/io.h"
+#include "shardtune/model/logps.h"
+
+namespace shardtune::train {
+
+at::Tensor dpo_losses(const DpoOptions& o, const at::Tensor& pc, const at::Tensor& pr, const at::Tensor& rc,
+                      const at::Tensor& rr) {
+  const at::Tensor logits = (pc - pr) - (rc - rr);
+  const double b = o.beta, ls = o.label_smoothing;
+  if (o.loss == "sigmoid")  // DPO (Rafailov et al. eq. 7); ls > 0: cDPO (Mitchell), as TRL
+    return -at::log_sigmoid(b * logits) * (1 - ls) - at::log_sigmoid(-b * logits) * ls;
+  if (o.loss == "robust")  // rDPO (Chowdhury et al.), TRL's "robust"
+    return (-at::log_sigmoid(b * logits) * (1 - ls) + at::log_sigmoid(-b * logits) * ls) / (1 - 2 * ls);
+  if (o.loss == "hinge")  // SLiC-style hinge, TRL's "hinge"
+    return at::relu(1 - b * logits);
+  if (o.loss == "ipo")  // IPO (Azar et al. eq. 17) on length-averaged log-probs (the caller averages), as TRL
+    return (logits - 1 / (2 * b)).pow(2);
+  ST_FAIL("internal: unknown --dpo-loss '" + o.loss + "'");
+}
+
+DpoObjective::DpoObjective(DpoOptions o, std::shared_ptr<model::CausalLM> reference)
+    : o_(std::move(o)), reference_(std::move(reference)) {}
+
+int64_t DpoObjective::units(const data::HostBatch& hb) const { return hb.B / 2; }
+
+std::vector<std::string> DpoObjective::metric_names() const {
+  return {"rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "logps/chosen", "logps/rejected"};
+}
+
+Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& ids, const at::Tensor& mask,
+                                        const data::HostBatch& hb) {
+  const int64_t n = hb.B / 2;
+  ST_CHECK(hb.B == 2 * n && n > 0, "internal: a DPO batch holds 2n rows (chosen, then rejected), got " +
+                                       std::to_string(hb.B));
+  at::Tensor logps = model::sequence_logps(m, ids, mask);  // [2n] fp32
+  at::Tensor ref;
+  {
+    torch::NoGradGuard no_grad;
+    if (reference_) {
+      ref = model::sequence_logps(*reference_, ids, mask);
+    } else {
+      ST_CHECK(m.has_lora(), "internal: DPO without a reference model needs LoRA adapters to disable");
+      model::LoraDisabled off(m);
+      ref = model::sequence_logps(m, ids, mask);
+    }
+  }
+  if (o_.loss == "ipo") {
+    // TRL: IPO on the mean log-prob per response token (targets: mask 1 at positions >= 1).
+    std::vector<float> count(size_t(hb.B), 0.f);
+    for (int64_t b = 0; b < hb.B; ++b)
+      for (int64_t t = 1; t < hb.T; ++t) count[size_t(b)] += hb.mask[size_t(b * hb.T + t)] ? 1.f : 0.f;
+    at::Tensor c = at::from_blob(count.data(), {hb.B}, at::kFloat).clone().to(logps.device()).clamp_min(1);
+    logps = logps / c;
+    ref = ref / c;
+  }
+  const at::Tensor pc = logps.narrow(0, 0, n), pr = logps.narrow(0, n, n);
+  const at::Tensor rc = ref.narrow(0, 0, n), rr = ref.narrow(0, n, n);
+  Result r;
+  r.sum = dpo_losses(o_, pc, pr, rc, rr).sum();
+  torch::NoGradGuard no_grad;
+  const at::Tensor chosen = o_.beta * (pc.detach() - rc), rejected = o_.beta * (pr.detach() - rr);
+  auto sum = [](const at::Tensor& t) { return t.sum().item<double>(); };
+  r.metric_sums = {sum(chosen), sum(rejected), sum((chosen > rejected).to(at::kFloat)), sum(chosen - rejected),
+                   sum(pc.detach()), sum(pr.detach())};
+  return r;
+}
+
+std::shared_ptr<Objective> make_objective(const TrainConfig& cfg, const model::CausalLM& policy) {
+  if (cfg.objective == "sft") return nullptr;
+  ST_CHECK(cfg.objective == "dpo", "internal: unknown --objective '" + cfg.objective + "'");
+  std::shared_ptr<model::CausalLM> reference;
+  if (!policy.has_lora()) {
+    // Full fine-tuning: a frozen copy of the starting model (--model, also when resuming), loaded once.
+    reference = model::load_model(cfg.model);
+    for (auto& [name, t] : reference->hf_parameters()) t.set_requires_grad(false);
+    reference->eval();
+  }
+  return std::make_shared<DpoObjective>(DpoOptions{cfg.dpo_loss, cfg.dpo_beta, cfg.label_smoothing}, std::move(reference));
+}
+
+}  // namespace shardtune::train
