@@ -357,6 +357,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   plan.objective = cfg.objective;
   train::Trainer trainer(cfg, model, comm);
   trainer.set_objective(train::make_objective(cfg, *model));  // null for sft; dpo: the reference model
+  if (const auto ref = train::reference_summary(cfg, *model); !ref.empty()) log::info(ref);
   if (resumed) {
     checkpoint::load_optimizer(resume.path, trainer.optimizer_targets());
     trainer.set_counters({resumed->optimizer_steps, resumed->skipped_total, resumed->skipped_in_a_row});

@@ -14,8 +14,16 @@ namespace shardtune::train {
 
 at::Tensor dpo_losses(const DpoOptions& o, const at::Tensor& pc, const at::Tensor& pr, const at::Tensor& rc,
                       const at::Tensor& rr) {
-  const at::Tensor logits = (pc - pr) - (rc - rr);
   const double b = o.beta, ls = o.label_smoothing;
+  if (o.loss == "simpo") {  // SimPO (Meng et al. eq. 6) on averaged log-probs; ls as TRL's CPOTrainer
+    const at::Tensor z = b * (pc - pr) - o.simpo_gamma;
+    return -at::log_sigmoid(z) * (1 - ls) - at::log_sigmoid(-z) * ls;
+  }
+  if (o.loss == "orpo") {  // ORPO (Hong et al. eq. 6-7): NLL of chosen + beta x odds-ratio term, per pair
+    const at::Tensor log_odds = (pc - pr) - (at::log1p(-at::exp(pc)) - at::log1p(-at::exp(pr)));
+    return -pc - b * at::log_sigmoid(log_odds);
+  }
+  const at::Tensor logits = (pc - pr) - (rc - rr);
   if (o.loss == "sigmoid")  // DPO (Rafailov et al. eq. 7); ls > 0: cDPO (Mitchell), as TRL
     return -at::log_sigmoid(b * logits) * (1 - ls) - at::log_sigmoid(-b * logits) * ls;
   if (o.loss == "robust")  // rDPO (Chowdhury et al.), TRL's "robust"
@@ -43,7 +51,7 @@ Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& id
                                        std::to_string(hb.B));
   at::Tensor logps = model::sequence_logps(m, ids, mask);  // [2n] fp32
   at::Tensor ref;
-  {
+  if (!o_.reference_free()) {
     torch::NoGradGuard no_grad;
     if (reference_) {
       ref = model::sequence_logps(*reference_, ids, mask);
@@ -53,21 +61,27 @@ Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& id
       ref = model::sequence_logps(m, ids, mask);
     }
   }
-  if (o_.loss == "ipo") {
-    // TRL: IPO on the mean log-prob per response token (targets: mask 1 at positions >= 1).
+  if (o_.length_averaged()) {
+    // TRL: IPO, SimPO, ORPO on the mean log-prob per response token (targets: mask 1 at positions >= 1).
     std::vector<float> count(size_t(hb.B), 0.f);
     for (int64_t b = 0; b < hb.B; ++b)
       for (int64_t t = 1; t < hb.T; ++t) count[size_t(b)] += hb.mask[size_t(b * hb.T + t)] ? 1.f : 0.f;
     at::Tensor c = at::from_blob(count.data(), {hb.B}, at::kFloat).clone().to(logps.device()).clamp_min(1);
     logps = logps / c;
-    ref = ref / c;
+    if (ref.defined()) ref = ref / c;
   }
   const at::Tensor pc = logps.narrow(0, 0, n), pr = logps.narrow(0, n, n);
-  const at::Tensor rc = ref.narrow(0, 0, n), rr = ref.narrow(0, n, n);
+  at::Tensor rc, rr;
+  if (ref.defined()) {
+    rc = ref.narrow(0, 0, n);
+    rr = ref.narrow(0, n, n);
+  }
   Result r;
   r.sum = dpo_losses(o_, pc, pr, rc, rr).sum();
   torch::NoGradGuard no_grad;
-  const at::Tensor chosen = o_.beta * (pc.detach() - rc), rejected = o_.beta * (pr.detach() - rr);
+  // Rewards: beta x the log-ratio to the reference; reference-free, beta x the (averaged) log-prob (TRL).
+  const at::Tensor chosen = o_.beta * (ref.defined() ? pc.detach() - rc : pc.detach());
+  const at::Tensor rejected = o_.beta * (ref.defined() ? pr.detach() - rr : pr.detach());
   auto sum = [](const at::Tensor& t) { return t.sum().item<double>(); };
   r.metric_sums = {sum(chosen), sum(rejected), sum((chosen > rejected).to(at::kFloat)), sum(chosen - rejected),
                    sum(pc.detach()), sum(pr.detach())};
@@ -77,14 +91,23 @@ Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& id
 std::shared_ptr<Objective> make_objective(const TrainConfig& cfg, const model::CausalLM& policy) {
   if (cfg.objective == "sft") return nullptr;
   ST_CHECK(cfg.objective == "dpo", "internal: unknown --objective '" + cfg.objective + "'");
+  DpoOptions o{cfg.dpo_loss, cfg.dpo_beta, cfg.label_smoothing, cfg.simpo_gamma};
   std::shared_ptr<model::CausalLM> reference;
-  if (!policy.has_lora()) {
+  if (!policy.has_lora() && !o.reference_free()) {
     // Full fine-tuning: a frozen copy of the starting model (--model, also when resuming), loaded once.
     reference = model::load_model(cfg.model);
     for (auto& [name, t] : reference->hf_parameters()) t.set_requires_grad(false);
     reference->eval();
   }
-  return std::make_shared<DpoObjective>(DpoOptions{cfg.dpo_loss, cfg.dpo_beta, cfg.label_smoothing}, std::move(reference));
+  return std::make_shared<DpoObjective>(o, std::move(reference));
+}
+
+std::string reference_summary(const TrainConfig& cfg, const model::CausalLM& policy) {
+  if (cfg.objective != "dpo") return "";
+  const std::string head = "--objective dpo --dpo-loss " + cfg.dpo_loss + ": reference model ";
+  if (cfg.dpo_loss == "simpo" || cfg.dpo_loss == "orpo") return head + "none (reference-free loss)";
+  if (policy.has_lora()) return head + "= the base with the adapters disabled (no second copy)";
+  return head + "= a frozen copy of --model, loaded once per rank";
 }
 
 }  // namespace shardtune::train

@@ -25,7 +25,10 @@ PAIRS = [("Q: 2+2?\nA:", " 4", " 5, I think"), ("Name a color:", " blue", " seve
          ("Spell cat:", " c-a-t", " k-a-t"), ("Is ice cold?", " Yes.", " Maybe not")]
 OPTS = {"steps": 3, "lr": 2e-3, "min_lr": 2e-4, "warmup": 1, "wd": 0.1, "clip": 1.0}
 METRICS = ["rewards/chosen", "rewards/rejected", "rewards/accuracy", "rewards/margin", "logps/chosen", "logps/rejected"]
-LOSSES = [("sigmoid", 0.1, 0.0), ("sigmoid", 0.2, 0.1), ("robust", 0.1, 0.2), ("hinge", 0.5, 0.0), ("ipo", 0.1, 0.0)]
+LOSSES = [("sigmoid", 0.1, 0.0), ("sigmoid", 0.2, 0.1), ("robust", 0.1, 0.2), ("hinge", 0.5, 0.0), ("ipo", 0.1, 0.0),
+          ("simpo", 2.0, 0.0), ("simpo", 2.0, 0.1), ("orpo", 0.1, 0.0)]
+SIMPO_GAMMA = 0.8  # not the default 0.5, so the option is seen to reach the loss
+REFERENCE_FREE = ("simpo", "orpo")
 
 
 def make_pairs(tmp):
@@ -59,9 +62,17 @@ def seq_logp(cfg, W, ids, mask, lora=None):
     return (lp * mask[1:]).sum(), mask[1:].sum()
 
 
-def pair_losses(kind, beta, ls, logits):
-    """TRL DPOTrainer's per-pair losses, written out here independently of the trainer."""
+def pair_losses(kind, beta, ls, logits, pc=None, pr=None):
+    """TRL DPOTrainer's per-pair losses (SimPO as TRL's CPOTrainer, ORPO per pair as its paper), written out
+    here independently of the trainer; simpo and orpo take the policy's averaged log-probs pc, pr."""
+    import torch
     import torch.nn.functional as F
+    if kind == "simpo":
+        z = beta * (pc - pr) - SIMPO_GAMMA
+        return -F.logsigmoid(z) * (1 - ls) - F.logsigmoid(-z) * ls
+    if kind == "orpo":
+        log_odds = (pc - pr) - (torch.log1p(-torch.exp(pc)) - torch.log1p(-torch.exp(pr)))
+        return -pc - beta * F.logsigmoid(log_odds)
     if kind == "sigmoid":
         return -F.logsigmoid(beta * logits) * (1 - ls) - F.logsigmoid(-beta * logits) * ls
     if kind == "robust":
@@ -77,7 +88,7 @@ def torch_dpo(cfg, W0, pairs, kind, beta, ls, lora0=None):
     """An independent DPO loop: the reference is W0 (no adapter); the policy W0 trained whole, or W0 frozen plus
     `lora0` ({module: (A, B, scale)}) trained. Mean loss over all pairs, clip_grad_norm_, torch.optim.AdamW
     (decay on >= 2-D tensors), linear warmup then cosine. IPO: log-probs averaged over response tokens (TRL).
-    Returns per step {"loss", "grad_norm", METRICS...}."""
+    simpo/orpo: no reference. Returns per step {"loss", "grad_norm", METRICS...}."""
     import torch
     o = OPTS
     with torch.no_grad():
@@ -101,12 +112,15 @@ def torch_dpo(cfg, W0, pairs, kind, beta, ls, lora0=None):
             g["lr"] = cur
         opt.zero_grad()
         pol = [[seq_logp(cfg, W, ids, m, lora) for ids, m in ((c, cm), (r, rm))] for c, cm, r, rm in pairs]
-        norm = (lambda lp, n: lp / n) if kind == "ipo" else (lambda lp, n: lp)
+        norm = (lambda lp, n: lp / n) if kind in ("ipo", *REFERENCE_FREE) else (lambda lp, n: lp)
         pc = torch.stack([norm(*p[0]) for p in pol])
         pr = torch.stack([norm(*p[1]) for p in pol])
-        rc = torch.stack([norm(*p[0]) for p in ref])
-        rr = torch.stack([norm(*p[1]) for p in ref])
-        loss = pair_losses(kind, beta, ls, (pc - pr) - (rc - rr)).mean()
+        if kind in REFERENCE_FREE:  # no reference: rewards are beta x the averaged log-probs (TRL)
+            rc = rr = torch.zeros_like(pc)
+        else:
+            rc = torch.stack([norm(*p[0]) for p in ref])
+            rr = torch.stack([norm(*p[1]) for p in ref])
+        loss = pair_losses(kind, beta, ls, (pc - pr) - (rc - rr), pc, pr).mean()
         loss.backward()
         gn = float(torch.nn.utils.clip_grad_norm_(params, o["clip"]))
         with torch.no_grad():
@@ -124,11 +138,13 @@ def dpo_train(tmp, name, ranks, micro, kind, beta, ls, zero=0, extra=(), steps=N
     o = dict(OPTS, steps=steps or OPTS["steps"])
     p = run(([*MPI, str(ranks)] if ranks > 1 else []) + [
         TRAIN, "--model", f"{tmp}/model", "--data", f"{tmp}/data", "--out", f"{tmp}/{name}", "--objective", "dpo",
-        "--dpo-loss", kind, "--beta", str(beta), "--label-smoothing", str(ls), "--global-batch", str(gb),
+        "--dpo-loss", kind, "--beta", str(beta), "--simpo-gamma", str(SIMPO_GAMMA), "--label-smoothing", str(ls), "--global-batch", str(gb),
         "--micro-batch", str(micro), "--zero", str(zero), "--seq-len", "64", "--steps", str(o["steps"]),
         "--lr", str(o["lr"]), "--min-lr", str(o["min_lr"]), "--warmup-steps", str(o["warmup"]), "--schedule",
         "cosine", "--weight-decay", str(o["wd"]), "--grad-clip", str(o["clip"]), "--bucket-mb", "0.02",
         "--metrics", f"{tmp}/{name}.jsonl", "--eval-batches", "0", "--threads", "1", "--precision", "fp32", *extra], env=env, ok=ok)
+    with open(f"{tmp}/{name}.log", "a") as f:
+        f.write(p.stdout + p.stderr)
     if not ok:
         return p
     lines = train_lines(f"{tmp}/{name}.jsonl")
@@ -164,7 +180,7 @@ def t_parity_full(tmp):
     cfg, W0, pairs = setup(tmp)
     for kind, beta, ls in LOSSES:
         ref = torch_dpo(cfg, W0, pairs, kind, beta, ls)
-        assert ref[-1]["rewards/margin"] > ref[0]["rewards/margin"], ref  # training moves the margin
+        assert ref[-1]["rewards/margin"] > ref[0]["rewards/margin"], (kind, ref)  # training moves the margin
         name = f"{kind}_{ls}"
         got = dpo_train(tmp, name, 1, 4, kind, beta, ls)  # 2 micro-batches per step
         compare(got, ref, beta, f"full, {kind} beta {beta} ls {ls}")
@@ -247,7 +263,23 @@ def t_errors(tmp):
     fails(["--data", f"{tmp}/data", "--objective", "dpo", "--beta", "0"], "--beta must be positive")
     fails(["--data", f"{tmp}/data", "--objective", "dpo", "--dpo-loss", "hinge", "--label-smoothing", "0.1"],
           "--label-smoothing applies to")
+    fails(["--data", f"{tmp}/data", "--objective", "dpo", "--dpo-loss", "orpo", "--label-smoothing", "0.1"],
+          "--label-smoothing applies to")
     fails(["--data", f"{tmp}/data", "--objective", "rlhf"], "unknown --objective 'rlhf'")
+
+
+def t_reference_kinds(tmp):
+    """Which reference each run holds, as the log says: a frozen copy (full), the base with adapters off
+    (LoRA, QLoRA), none (simpo, orpo); every one trains."""
+    setup(tmp)
+    cases = [([], "sigmoid", "a frozen copy of --model"), (["--method", "lora"], "sigmoid", "adapters disabled"),
+             (["--method", "qlora", "--lora-targets", "all-linear"], "ipo", "adapters disabled"),
+             ([], "simpo", "none (reference-free"), (["--method", "lora"], "orpo", "none (reference-free")]
+    for i, (extra, kind, says) in enumerate(cases):
+        lines = dpo_train(tmp, f"k{i}", 1, 4, kind, 0.1, 0.0, extra=extra, steps=2)
+        log = open(f"{tmp}/k{i}.log").read()
+        assert says in log, (extra, kind, log[-2000:])
+        assert all(math.isfinite(l["loss"]) for l in lines), lines
 
 
 if __name__ == "__main__":

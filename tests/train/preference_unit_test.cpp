@@ -109,4 +109,16 @@ TEST(preference_unit, LossFormulas) {
   check("robust", ls, [&](double l) { return (-(1 - ls) * logsig(b * l) + ls * logsig(-b * l)) / (1 - 2 * ls); });
   check("hinge", 0.0, [&](double l) { return std::max(0.0, 1 - b * l); });
   check("ipo", 0.0, [&](double l) { return (l - 1 / (2 * b)) * (l - 1 / (2 * b)); });
+  // Reference-free: on the policy's (averaged) log-probs alone; rc, rr are not read.
+  const double g = 0.3;
+  const at::Tensor qc = at::tensor({-0.5f, -1.5f}), qr = at::tensor({-1.0f, -0.8f});
+  const at::Tensor simpo = st::dpo_losses({"simpo", b, ls, g}, qc, qr, at::Tensor(), at::Tensor());
+  const at::Tensor orpo = st::dpo_losses({"orpo", b, 0.0, g}, qc, qr, at::Tensor(), at::Tensor());
+  const double c[2] = {-0.5, -1.5}, r[2] = {-1.0, -0.8};
+  for (int i = 0; i < 2; ++i) {
+    const double z = b * (c[i] - r[i]) - g;
+    EXPECT_NEAR(simpo[i].item<double>(), -(1 - ls) * logsig(z) - ls * logsig(-z), 1e-6);
+    const double odds = (c[i] - std::log1p(-std::exp(c[i]))) - (r[i] - std::log1p(-std::exp(r[i])));
+    EXPECT_NEAR(orpo[i].item<double>(), -c[i] - b * logsig(odds), 1e-6);
+  }
 }

@@ -14,12 +14,16 @@
 namespace shardtune::train {
 
 struct DpoOptions {
-  std::string loss = "sigmoid";  // sigmoid | ipo | hinge | robust
+  std::string loss = "sigmoid";  // sigmoid | ipo | hinge | robust | simpo | orpo
   double beta = 0.1, label_smoothing = 0.0;
+  double simpo_gamma = 0.5;  // SimPO's target margin
+  // simpo and orpo need no reference model; ipo, simpo and orpo use length-averaged log-probs (as TRL).
+  bool reference_free() const { return loss == "simpo" || loss == "orpo"; }
+  bool length_averaged() const { return loss == "ipo" || reference_free(); }
 };
 
 // Per-pair DPO losses from the four per-sequence log-probs ([n] each, fp32): the formulas of
-// docs/PREFERENCE.md. (logits = (pc - pr) - (rc - rr).)
+// docs/PREFERENCE.md. (logits = (pc - pr) - (rc - rr).) Reference-free losses ignore rc, rr (may be undefined).
 at::Tensor dpo_losses(const DpoOptions& o, const at::Tensor& policy_chosen, const at::Tensor& policy_rejected,
                       const at::Tensor& ref_chosen, const at::Tensor& ref_rejected);
 
@@ -39,5 +43,8 @@ class DpoObjective : public Objective {
 // The objective cfg.objective names for this (already method-applied) policy: null for sft; for dpo the
 // reference as the method allows (full: --model loaded once more here, frozen).
 std::shared_ptr<Objective> make_objective(const TrainConfig& cfg, const model::CausalLM& policy);
+
+// One log line saying what the reference model is for this run ("" for sft).
+std::string reference_summary(const TrainConfig& cfg, const model::CausalLM& policy);
 
 }  // namespace shardtune::train
