@@ -37,6 +37,7 @@
 #include "shardtune/train/loader.h"
 #include "shardtune/train/method.h"
 #include "shardtune/train/preference.h"
+#include "shardtune/train/reference_cache.h"
 #include "shardtune/train/trainer.h"
 
 namespace {
@@ -358,6 +359,17 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   train::Trainer trainer(cfg, model, comm);
   trainer.set_objective(train::make_objective(cfg, *model));  // null for sft; dpo: the reference model
   if (const auto ref = train::reference_summary(cfg, *model); !ref.empty()) log::info(ref);
+  train::LoaderPlan eval_plan = plan;  // the val split's own reference table with --precompute-ref
+  if (cfg.precompute_ref) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const train::ReferenceTable ref = train::precompute_reference(cfg, *model, *train_set, *val_set, plan, comm, ckpt_dir);
+    plan.ref_logps = ref.train;
+    eval_plan.ref_logps = ref.val;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    log::info(std::string(ref.reused ? "reference log-probs reused from " : "reference log-probs computed into ") +
+              ref.file.string() + " (" + std::to_string(train_set->size()) + " train + " +
+              std::to_string(val_set->size()) + " val pairs, " + std::to_string(static_cast<int>(1000 * secs)) + " ms)");
+  }
   if (resumed) {
     checkpoint::load_optimizer(resume.path, trainer.optimizer_targets());
     trainer.set_counters({resumed->optimizer_steps, resumed->skipped_total, resumed->skipped_in_a_row});
@@ -391,7 +403,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                    {"world", world}, {"world_at_save", resumed->world}});
   auto evaluate = [&](int64_t step) {
     if (val_set->size() == 0 || cfg.eval_batches == 0) return;
-    auto [sum, count] = trainer.evaluate(train::read_eval(*val_set, plan, cfg.eval_batches));
+    auto [sum, count] = trainer.evaluate(train::read_eval(*val_set, eval_plan, cfg.eval_batches));
     if (count == 0) return;
     double loss = sum / count;
     std::string text = "eval step " + std::to_string(step) + ": val loss " + std::to_string(loss);

@@ -30,6 +30,9 @@ void TrainConfig::bind(CLI::App& app) {
                  "--objective dpo: sigmoid | ipo | hinge | robust | simpo | orpo (docs/PREFERENCE.md)")
       ->capture_default_str();
   app.add_option("--beta", dpo_beta, "--objective dpo: the DPO temperature beta")->capture_default_str();
+  app.add_flag("--precompute-ref", precompute_ref,
+               "--objective dpo: compute the reference log-probs once before training, kept in --ckpt-dir (no "
+               "reference model held while training)");
   app.add_option("--simpo-gamma", simpo_gamma, "--dpo-loss simpo: the target reward margin gamma")->capture_default_str();
   app.add_option("--label-smoothing", label_smoothing,
                  "--objective dpo: assumed fraction of flipped labels (sigmoid: cDPO; robust: rDPO), in [0, 0.5)")
@@ -117,6 +120,8 @@ void TrainConfig::validate() const {
            "unknown --verify-data '" + verify_data + "'", "use auto, full or off");
   ST_CHECK(method == "full" || method == "lora" || method == "qlora", "unknown --method '" + method + "'",
            "use full, lora or qlora");
+  ST_CHECK(!precompute_ref || objective == "dpo", "--precompute-ref applies to --objective dpo only",
+           "drop --precompute-ref, or give --objective dpo");
   ST_CHECK(objective == "sft" || objective == "dpo", "unknown --objective '" + objective + "'",
            "use sft (sequences) or dpo (preference pairs from shardtune-prep --format preference)");
   if (objective == "dpo") {
@@ -131,6 +136,9 @@ void TrainConfig::validate() const {
     ST_CHECK(label_smoothing == 0 || dpo_loss == "sigmoid" || dpo_loss == "robust" || dpo_loss == "simpo",
              "--label-smoothing applies to --dpo-loss sigmoid, robust or simpo, not " + dpo_loss,
              "drop --label-smoothing, or use --dpo-loss sigmoid (cDPO), robust or simpo");
+    ST_CHECK(!precompute_ref || (dpo_loss != "simpo" && dpo_loss != "orpo"),
+             "--precompute-ref with --dpo-loss " + dpo_loss + ": this loss uses no reference model",
+             "drop --precompute-ref");
     ST_CHECK(!pack, "--pack with --objective dpo: a packed row would mix pairs (and their log-probs)",
              "drop --pack; pairs are padded to the longest sequence of each micro-batch");
   }
@@ -234,6 +242,7 @@ std::string TrainConfig::table() const {
     row("beta", dpo_beta);
     row("label-smoothing", label_smoothing);
     if (dpo_loss == "simpo") row("simpo-gamma", simpo_gamma);
+    if (precompute_ref) row("precompute-ref", "true");
   }
   if (method != "full") {
     std::string targets;

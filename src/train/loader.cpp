@@ -29,6 +29,17 @@ data::HostBatch read_batch(data::ShardSet& set, const std::vector<int64_t>& ids,
     std::vector<data::PairSample> pairs(ids.size());
     for (size_t i = 0; i < ids.size(); ++i) set.read_pair(ids[i], pairs[i]);
     b = data::make_pair_batch(pairs, p.seq_len, p.pad_id);
+    if (p.ref_logps) {
+      const auto& r = *p.ref_logps;
+      const size_t n = ids.size();
+      b.ref_logps.resize(2 * n);
+      for (size_t i = 0; i < n; ++i) {
+        ST_CHECK(size_t(2 * ids[i] + 1) < r.size(), "internal: pair " + std::to_string(ids[i]) +
+                                                        " beyond the precomputed reference log-probs");
+        b.ref_logps[i] = r[size_t(2 * ids[i])];
+        b.ref_logps[n + i] = r[size_t(2 * ids[i] + 1)];
+      }
+    }
   } else {
     std::vector<std::vector<int32_t>> toks(ids.size());
     std::vector<std::vector<uint8_t>> masks(ids.size());

@@ -35,8 +35,8 @@ at::Tensor dpo_losses(const DpoOptions& o, const at::Tensor& pc, const at::Tenso
   ST_FAIL("internal: unknown --dpo-loss '" + o.loss + "'");
 }
 
-DpoObjective::DpoObjective(DpoOptions o, std::shared_ptr<model::CausalLM> reference)
-    : o_(std::move(o)), reference_(std::move(reference)) {}
+DpoObjective::DpoObjective(DpoOptions o, std::shared_ptr<model::CausalLM> reference, bool precomputed)
+    : o_(std::move(o)), reference_(std::move(reference)), precomputed_(precomputed) {}
 
 int64_t DpoObjective::units(const data::HostBatch& hb) const { return hb.B / 2; }
 
@@ -51,7 +51,12 @@ Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& id
                                        std::to_string(hb.B));
   at::Tensor logps = model::sequence_logps(m, ids, mask);  // [2n] fp32
   at::Tensor ref;
-  if (!o_.reference_free()) {
+  if (precomputed_) {
+    ST_CHECK(int64_t(hb.ref_logps.size()) == hb.B, "internal: --precompute-ref but the batch carries " +
+                                                        std::to_string(hb.ref_logps.size()) + " reference log-probs for " +
+                                                        std::to_string(hb.B) + " rows");
+    ref = at::from_blob(const_cast<float*>(hb.ref_logps.data()), {hb.B}, at::kFloat).clone().to(logps.device());
+  } else if (!o_.reference_free()) {
     torch::NoGradGuard no_grad;
     if (reference_) {
       ref = model::sequence_logps(*reference_, ids, mask);
@@ -93,19 +98,21 @@ std::shared_ptr<Objective> make_objective(const TrainConfig& cfg, const model::C
   ST_CHECK(cfg.objective == "dpo", "internal: unknown --objective '" + cfg.objective + "'");
   DpoOptions o{cfg.dpo_loss, cfg.dpo_beta, cfg.label_smoothing, cfg.simpo_gamma};
   std::shared_ptr<model::CausalLM> reference;
-  if (!policy.has_lora() && !o.reference_free()) {
+  if (!policy.has_lora() && !o.reference_free() && !cfg.precompute_ref) {
     // Full fine-tuning: a frozen copy of the starting model (--model, also when resuming), loaded once.
     reference = model::load_model(cfg.model);
     for (auto& [name, t] : reference->hf_parameters()) t.set_requires_grad(false);
     reference->eval();
   }
-  return std::make_shared<DpoObjective>(o, std::move(reference));
+  return std::make_shared<DpoObjective>(o, std::move(reference), cfg.precompute_ref);
 }
 
 std::string reference_summary(const TrainConfig& cfg, const model::CausalLM& policy) {
   if (cfg.objective != "dpo") return "";
   const std::string head = "--objective dpo --dpo-loss " + cfg.dpo_loss + ": reference model ";
   if (cfg.dpo_loss == "simpo" || cfg.dpo_loss == "orpo") return head + "none (reference-free loss)";
+  if (cfg.precompute_ref)
+    return head + "precomputed: its log-probs of every pair in one pass before training (no reference held)";
   if (policy.has_lora()) return head + "= the base with the adapters disabled (no second copy)";
   return head + "= a frozen copy of --model, loaded once per rank";
 }

@@ -241,6 +241,37 @@ def t_resume(tmp):
         assert again[-1]["consumed_samples"] == 20, again[-1]
 
 
+def t_precompute(tmp):
+    """--precompute-ref gives the live reference's losses and metrics (full: frozen copy; LoRA: adapters off;
+    computed on 2 ranks, each a share of the pairs); the table is kept in the checkpoint folder and a resumed
+    run reuses it (and still continues the uninterrupted run's losses)."""
+    setup(tmp)
+    lora = ["--method", "lora", "--lora-targets", "all-linear", "--lora-r", "4"]
+    for tag, extra, kind, ranks in (("full", [], "sigmoid", 1), ("full_ipo", [], "ipo", 1), ("lora", lora, "sigmoid", 2)):
+        live = dpo_train(tmp, f"live_{tag}", 1, 4, kind, 0.1, 0.0, extra=extra)
+        pre = dpo_train(tmp, f"pre_{tag}", ranks, 2, kind, 0.1, 0.0, extra=[*extra, "--precompute-ref"])
+        log = open(f"{tmp}/pre_{tag}.log").read()
+        assert "reference log-probs computed into" in log and "precomputed" in log, log[-2000:]
+        assert os.path.isfile(f"{tmp}/pre_{tag}/checkpoints/reference_logps.safetensors")
+        for k in ["loss", "grad_norm", *METRICS]:
+            ref = [l[k] for l in live]
+            tol = 1e-5 if k in ("loss", "grad_norm") else 1e-5 * max(1.0, max(abs(v) for v in ref))
+            for i, (g, r) in enumerate(zip([l[k] for l in pre], ref)):
+                assert abs(g - r) <= tol * (abs(r) if k in ("loss", "grad_norm") else 1), \
+                    f"{tag}: step {i + 1}: {k} precomputed {g} vs live {r}"
+    # resume: the table is read back, not recomputed
+    extra = ["--precompute-ref", "--save-every", "2"]
+    whole = dpo_train(tmp, "pw", 1, 2, "sigmoid", 0.1, 0.0, extra=extra, steps=5, gb=4)
+    env = dict(os.environ, SHARDTUNE_TEST_FAIL="0:2")
+    p = dpo_train(tmp, "pc", 1, 2, "sigmoid", 0.1, 0.0, extra=extra, steps=5, env=env, ok=False, gb=4)
+    assert p.returncode != 0 and "injected failure" in p.stderr, p.stderr[-2000:]
+    open(f"{tmp}/pc.log", "w").close()
+    again = dpo_train(tmp, "pc", 1, 2, "sigmoid", 0.1, 0.0, extra=extra, steps=5, gb=4)
+    log = open(f"{tmp}/pc.log").read()
+    assert "reference log-probs reused from" in log and "resuming from" in log, log[-2000:]
+    close([l["loss"] for l in again], [l["loss"] for l in whole], 1e-5, "precomputed reference, resumed")
+
+
 def t_errors(tmp):
     """Pairs need --objective dpo; dpo needs pairs; --pack and bad loss options are refused by name."""
     from train_test import make_data
@@ -266,6 +297,9 @@ def t_errors(tmp):
     fails(["--data", f"{tmp}/data", "--objective", "dpo", "--dpo-loss", "orpo", "--label-smoothing", "0.1"],
           "--label-smoothing applies to")
     fails(["--data", f"{tmp}/data", "--objective", "rlhf"], "unknown --objective 'rlhf'")
+    fails(["--data", f"{tmp}/data", "--objective", "dpo", "--dpo-loss", "simpo", "--precompute-ref"],
+          "this loss uses no reference model")
+    fails(["--data", seq, "--precompute-ref"], "--precompute-ref applies to --objective dpo only")
 
 
 def t_reference_kinds(tmp):

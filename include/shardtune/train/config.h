@@ -56,6 +56,7 @@ struct TrainConfig {
   std::string objective = "sft";    // sft | dpo
   std::string dpo_loss = "sigmoid";  // sigmoid | ipo | hinge | robust | simpo | orpo
   double dpo_beta = 0.1, label_smoothing = 0.0;
+  bool precompute_ref = false;       // reference log-probs in one pass before training (no reference held)
   double simpo_gamma = 0.5;          // --dpo-loss simpo: target reward margin (TRL's default)
 
   void bind(CLI::App& app);

@@ -6,6 +6,7 @@
 
 #include <condition_variable>
 #include <deque>
+#include <memory>
 #include <exception>
 #include <mutex>
 #include <string>
@@ -23,6 +24,9 @@ struct LoaderPlan {
   int64_t pad_id = 0;
   uint64_t seed = 0;
   std::string objective = "sft";  // sft: sequences; dpo: pairs (batch sizes then count pairs)
+  // --precompute-ref: this split's reference log-probs, [2 x pairs] (chosen, rejected of each pair), copied
+  // into each pair batch's ref_logps; null = none.
+  std::shared_ptr<const std::vector<float>> ref_logps;
   int accum() const { return static_cast<int>(global_batch / (micro_batch * world)); }
 };
 

@@ -29,8 +29,9 @@ at::Tensor dpo_losses(const DpoOptions& o, const at::Tensor& policy_chosen, cons
 
 class DpoObjective : public Objective {
  public:
-  // `reference` null: the policy with its LoRA adapters disabled is the reference (the policy must have LoRA).
-  DpoObjective(DpoOptions o, std::shared_ptr<model::CausalLM> reference);
+  // `reference` null: the policy with its LoRA adapters disabled is the reference (the policy must have LoRA);
+  // `precomputed`: every batch carries its reference log-probs (HostBatch::ref_logps, --precompute-ref).
+  DpoObjective(DpoOptions o, std::shared_ptr<model::CausalLM> reference, bool precomputed = false);
   int64_t units(const data::HostBatch& hb) const override;
   Result forward(model::CausalLM& m, const at::Tensor& ids, const at::Tensor& mask, const data::HostBatch& hb) override;
   std::vector<std::string> metric_names() const override;
@@ -38,6 +39,7 @@ class DpoObjective : public Objective {
  private:
   DpoOptions o_;
   std::shared_ptr<model::CausalLM> reference_;
+  bool precomputed_ = false;
 };
 
 // The objective cfg.objective names for this (already method-applied) policy: null for sft; for dpo the
