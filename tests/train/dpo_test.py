@@ -134,7 +134,7 @@ def torch_dpo(cfg, W0, pairs, kind, beta, ls, lora0=None):
     return out
 
 
-def dpo_train(tmp, name, ranks, micro, kind, beta, ls, zero=0, extra=(), steps=None, env=None, ok=True, gb=8):
+def dpo_train(tmp, name, ranks, micro, kind, beta, ls, zero=0, extra=(), steps=None, env=None, ok=True, gb=8, eval_batches=0, precision="fp32"):
     o = dict(OPTS, steps=steps or OPTS["steps"])
     p = run(([*MPI, str(ranks)] if ranks > 1 else []) + [
         TRAIN, "--model", f"{tmp}/model", "--data", f"{tmp}/data", "--out", f"{tmp}/{name}", "--objective", "dpo",
@@ -142,7 +142,7 @@ def dpo_train(tmp, name, ranks, micro, kind, beta, ls, zero=0, extra=(), steps=N
         "--micro-batch", str(micro), "--zero", str(zero), "--seq-len", "64", "--steps", str(o["steps"]),
         "--lr", str(o["lr"]), "--min-lr", str(o["min_lr"]), "--warmup-steps", str(o["warmup"]), "--schedule",
         "cosine", "--weight-decay", str(o["wd"]), "--grad-clip", str(o["clip"]), "--bucket-mb", "0.02",
-        "--metrics", f"{tmp}/{name}.jsonl", "--eval-batches", "0", "--threads", "1", "--precision", "fp32", *extra], env=env, ok=ok)
+        "--metrics", f"{tmp}/{name}.jsonl", "--eval-batches", str(eval_batches), "--threads", "1", "--precision", precision, *extra], env=env, ok=ok)
     with open(f"{tmp}/{name}.log", "a") as f:
         f.write(p.stdout + p.stderr)
     if not ok:
@@ -270,6 +270,36 @@ def t_precompute(tmp):
     log = open(f"{tmp}/pc.log").read()
     assert "reference log-probs reused from" in log and "resuming from" in log, log[-2000:]
     close([l["loss"] for l in again], [l["loss"] for l in whole], 1e-5, "precomputed reference, resumed")
+
+
+def t_eval(tmp):
+    """Evaluation on the val split reports the loss and the same metrics (val_ prefixed): before training the
+    policy is the reference (full), so the sigmoid loss is log 2 and every reward 0; --precompute-ref's val
+    table gives the live reference's numbers at every evaluation; --precision bf16 runs (finite losses)."""
+    import shutil
+    setup(tmp)
+    shutil.rmtree(f"{tmp}/data")
+    run([PREP, "--input", f"{tmp}/pairs.jsonl", "--output", f"{tmp}/data", "--tokenizer", "byte", "--format",
+         "preference", "--val-fraction", "0.4", "--max-seq-len", "64", "--seed", "3", "--quiet"])
+    m = json.load(open(f"{tmp}/data/manifest.json"))
+    n_val = sum(s["samples"] for s in m["shards"] if s["split"] == "val")
+    assert n_val >= 2, m["shards"]
+
+    def evals(name):
+        return [json.loads(l) for l in open(f"{tmp}/{name}.jsonl") if json.loads(l)["type"] == "eval"]
+    ev = ["--eval-every", "1"]
+    dpo_train(tmp, "e_live", 1, 2, "sigmoid", 0.1, 0.0, extra=ev, gb=4, eval_batches=1)
+    dpo_train(tmp, "e_pre", 2, 1, "sigmoid", 0.1, 0.0, extra=[*ev, "--precompute-ref"], gb=4, eval_batches=1)
+    live, pre = evals("e_live"), evals("e_pre")
+    assert [e["step"] for e in live] == [0, 1, 2, 3] == [e["step"] for e in pre], (live, pre)
+    assert abs(live[0]["val_loss"] - math.log(2)) < 1e-6 and live[0]["val_rewards/margin"] == 0, live[0]
+    assert live[0]["val_tokens"] == min(n_val, 4), live[0]  # pairs evaluated
+    for a, b in zip(pre, live):
+        for k in ["val_loss", *[f"val_{k}" for k in METRICS]]:
+            assert abs(a[k] - b[k]) <= 1e-5 * max(1.0, abs(b[k])), (k, a, b)
+    assert live[-1]["val_rewards/margin"] > 0, live[-1]  # training moved held-out pairs the chosen way
+    bf = dpo_train(tmp, "e_bf16", 1, 2, "sigmoid", 0.1, 0.0, gb=4, precision="bf16")
+    assert all(math.isfinite(l["loss"]) for l in bf) and abs(bf[0]["loss"] - math.log(2)) < 1e-3, bf
 
 
 def t_errors(tmp):
