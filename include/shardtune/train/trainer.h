@@ -71,7 +71,8 @@ class Trainer {
   // --max-consecutive-skips in a row); either way before the optimizer sees it.
   StepStats train_step(int64_t step, int64_t total_steps, const std::vector<data::HostBatch>& micro);
 
-  // Mean masked loss over the given batches of every rank: (sum, count) reduced over ranks.
+  // Mean masked loss over the given batches of every rank: (sum, count) reduced over ranks; with an
+  // Objective its loss summed over its units (pairs) and their count.
   std::pair<double, int64_t> evaluate(const std::vector<data::HostBatch>& batches);
   // The Objective's metrics of the last evaluate() (means over its units, all ranks); empty for SFT.
   std::vector<std::pair<std::string, double>> eval_metrics() const;
