@@ -111,12 +111,24 @@ ReferenceTable precompute_reference(const TrainConfig& cfg, model::CausalLM& pol
   reuse_ok = comm.runtime().broadcast(reuse_ok, 0);
   at::Tensor tr, va;
   if (reuse_ok == "1") {
-    const auto m = model::read_safetensors(t.file);  // every rank reads the (small) file
-    tr = m.at("train");
-    va = m.at("val");
-    ST_CHECK(tr.numel() == 2 * train.size() && va.numel() == 2 * val.size(),
-             "'" + t.file.string() + "' does not hold one chosen and one rejected log-prob per pair",
-             "remove it (and reference_logps.json) to have the run compute it again");
+    // Rank 0 reads the file and sends it: the checkpoint folder need not be shared by every node.
+    tr = at::zeros({2 * train.size()}, at::kFloat);
+    va = at::zeros({2 * val.size()}, at::kFloat);
+    std::string err;
+    if (comm.rank() == 0) {
+      const auto m = model::read_safetensors(t.file);
+      const auto a = m.find("train"), b = m.find("val");
+      if (a == m.end() || b == m.end() || a->second.numel() != tr.numel() || b->second.numel() != va.numel())
+        err = "'" + t.file.string() + "' does not hold one chosen and one rejected log-prob per pair of this data";
+      else {
+        tr.copy_(a->second.reshape({-1}));
+        va.copy_(b->second.reshape({-1}));
+      }
+    }
+    err = comm.runtime().broadcast(err, 0);
+    ST_CHECK(err.empty(), err, "remove it (and reference_logps.json) to have the run compute it again");
+    if (tr.numel() > 0) comm.broadcast(tr, 0);
+    if (va.numel() > 0) comm.broadcast(va, 0);
     t.reused = true;
   } else {
     torch::NoGradGuard no_grad;

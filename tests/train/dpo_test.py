@@ -259,14 +259,14 @@ def t_precompute(tmp):
             for i, (g, r) in enumerate(zip([l[k] for l in pre], ref)):
                 assert abs(g - r) <= tol * (abs(r) if k in ("loss", "grad_norm") else 1), \
                     f"{tag}: step {i + 1}: {k} precomputed {g} vs live {r}"
-    # resume: the table is read back, not recomputed
+    # resume (on 2 ranks): the table is read back, not recomputed
     extra = ["--precompute-ref", "--save-every", "2"]
     whole = dpo_train(tmp, "pw", 1, 2, "sigmoid", 0.1, 0.0, extra=extra, steps=5, gb=4)
     env = dict(os.environ, SHARDTUNE_TEST_FAIL="0:2")
     p = dpo_train(tmp, "pc", 1, 2, "sigmoid", 0.1, 0.0, extra=extra, steps=5, env=env, ok=False, gb=4)
     assert p.returncode != 0 and "injected failure" in p.stderr, p.stderr[-2000:]
     open(f"{tmp}/pc.log", "w").close()
-    again = dpo_train(tmp, "pc", 1, 2, "sigmoid", 0.1, 0.0, extra=extra, steps=5, gb=4)
+    again = dpo_train(tmp, "pc", 2, 1, "sigmoid", 0.1, 0.0, extra=extra, steps=5, gb=4)  # rank 0 sends the table
     log = open(f"{tmp}/pc.log").read()
     assert "reference log-probs reused from" in log and "resuming from" in log, log[-2000:]
     close([l["loss"] for l in again], [l["loss"] for l in whole], 1e-5, "precomputed reference, resumed")
