@@ -36,6 +36,8 @@
 #include "shardtune/train/launch.h"
 #include "shardtune/train/loader.h"
 #include "shardtune/train/method.h"
+#include "shardtune/train/preference.h"
+#include "shardtune/train/reference_cache.h"
 #include "shardtune/train/trainer.h"
 
 namespace {
@@ -334,7 +336,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);
-  train::require_sequence_data(*train_set);  // preference pairs need --objective dpo|reward (issue 11)
+  train::require_objective_data(*train_set, cfg.objective);  // sequences for sft, pairs for dpo
   // The tokenizer the data was prepared with, as its manifest says now: what the saved folders carry.
   const exporter::TokenizerRecord tok_record = exporter::record_from_manifest(data::read_manifest(cfg.data));
   // Content of every shard (each rank a share), before any sample is used and before --out exists.
@@ -373,7 +375,21 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   train::LoaderPlan plan{cfg.global_batch, cfg.micro_batch, cfg.seq_len, world, rank, cfg.pack,
                          std::max<int64_t>(0, train_set->info().pad_id >= 0 ? train_set->info().pad_id : train_set->info().eos_id),
                          cfg.seed};
+  plan.objective = cfg.objective;
   train::Trainer trainer(cfg, model, comm);
+  trainer.set_objective(train::make_objective(cfg, *model));  // null for sft; dpo: the reference model
+  if (const auto ref = train::reference_summary(cfg, *model); !ref.empty()) log::info(ref);
+  train::LoaderPlan eval_plan = plan;  // the val split's own reference table with --precompute-ref
+  if (cfg.precompute_ref) {
+    const auto t0 = std::chrono::steady_clock::now();
+    const train::ReferenceTable ref = train::precompute_reference(cfg, *model, *train_set, *val_set, plan, comm, ckpt_dir);
+    plan.ref_logps = ref.train;
+    eval_plan.ref_logps = ref.val;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+    log::info(std::string(ref.reused ? "reference log-probs reused from " : "reference log-probs computed into ") +
+              ref.file.string() + " (" + std::to_string(train_set->size()) + " train + " +
+              std::to_string(val_set->size()) + " val pairs, " + std::to_string(static_cast<int>(1000 * secs)) + " ms)");
+  }
   if (resumed) {
     checkpoint::load_optimizer(resume.path, trainer.optimizer_targets());
     trainer.set_counters({resumed->optimizer_steps, resumed->skipped_total, resumed->skipped_in_a_row});
@@ -407,12 +423,16 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                    {"world", world}, {"world_at_save", resumed->world}});
   auto evaluate = [&](int64_t step) {
     if (val_set->size() == 0 || cfg.eval_batches == 0) return;
-    auto [sum, count] = trainer.evaluate(train::read_eval(*val_set, plan, cfg.eval_batches));
+    auto [sum, count] = trainer.evaluate(train::read_eval(*val_set, eval_plan, cfg.eval_batches));
     if (count == 0) return;
     double loss = sum / count;
-    log::info("eval step " + std::to_string(step) + ": val loss " + std::to_string(loss) + ", perplexity " +
-              std::to_string(std::exp(loss)));
-    metrics.write({{"type", "eval"}, {"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}, {"val_tokens", count}});
+    std::string text = "eval step " + std::to_string(step) + ": val loss " + std::to_string(loss);
+    if (cfg.objective == "sft") text += ", perplexity " + std::to_string(std::exp(loss));
+    for (const auto& [k, v] : trainer.eval_metrics()) text += ", " + k + " " + std::to_string(v);
+    log::info(text);
+    nlohmann::json row = {{"type", "eval"}, {"step", step}, {"val_loss", loss}, {"val_ppl", std::exp(loss)}, {"val_tokens", count}};
+    for (const auto& [k, v] : trainer.eval_metrics()) row["val_" + k] = v;  // dpo: rewards/..., logps/...
+    metrics.write(row);
   };
 
   // ---- training loop ----
@@ -511,6 +531,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                    {"data_wait_s", data_wait_s}, {"consumed_samples", consumed_samples}, {"skipped", s.skipped},
                    {"flops_per_token", fpt}, {"peak_gflops", peak},
                    {"rss_peak_bytes", ms.rss_peak_bytes}, {"heap_bytes", ms.heap_bytes}, {"heap_held_bytes", ms.heap_held_bytes}};
+    for (const auto& [k, v] : s.metrics) row[k] = v;  // dpo: rewards/chosen, ..., logps/rejected
     if (step == 0) {
       // Rank 0's persistent optimizer and gradient buffers, once (tools/bench/lora.sh: LoRA vs full).
       row["optimizer_state_bytes"] = trainer.optimizer_state_bytes();
@@ -526,6 +547,11 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                     static_cast<long long>(step + 1), static_cast<long long>(steps), s.loss, s.lr, s.grad_norm, tps,
                     100 * mfu, 1000 * s.comm_wait_s);
       std::string text = line;
+      for (const auto& [k, v] : s.metrics) {
+        char m[96];
+        std::snprintf(m, sizeof m, "  %s %.4f", k.c_str(), v);
+        text += m;
+      }
       if (data_wait_s >= 0.001) text += "  data-wait " + std::to_string(static_cast<int>(1000 * data_wait_s)) + " ms";
       log::info(text);
     }

@@ -299,7 +299,7 @@ std::vector<at::Tensor> CausalLM::project(const std::vector<const Projection*>& 
   // arithmetic, are what adapters cost on a CPU). For a fused group, x @ [A_1; A_2; ...]^T is one GEMM
   // and B is laid against the fused output: module i's rows hold B_i in its r columns, zeros elsewhere.
   std::vector<size_t> with;
-  for (size_t i = 0; i < ps.size(); ++i)
+  for (size_t i = 0; i < ps.size() && !lora_off_; ++i)  // lora_off_: the base alone (LoraDisabled)
     if (ps[i]->lora_a.defined()) with.push_back(i);
   if (!with.empty()) {
     const int64_t r = lora_.r, k = int64_t(with.size());

@@ -25,6 +25,18 @@ void TrainConfig::bind(CLI::App& app) {
   app.add_option("--micro-batch", micro_batch, "samples per rank per forward")->capture_default_str();
   app.add_option("--seq-len", seq_len, "longest row in tokens (samples are truncated to it)")->capture_default_str();
   app.add_flag("--pack,!--no-pack", pack, "pack samples into rows of --seq-len with document masks");
+  app.add_option("--objective", objective, "sft (next-token loss on sequences) | dpo (preference pairs)")->capture_default_str();
+  app.add_option("--dpo-loss", dpo_loss,
+                 "--objective dpo: sigmoid | ipo | hinge | robust | simpo | orpo (docs/PREFERENCE.md)")
+      ->capture_default_str();
+  app.add_option("--beta", dpo_beta, "--objective dpo: the DPO temperature beta")->capture_default_str();
+  app.add_flag("--precompute-ref", precompute_ref,
+               "--objective dpo: compute the reference log-probs once before training, kept in --ckpt-dir (no "
+               "reference model held while training)");
+  app.add_option("--simpo-gamma", simpo_gamma, "--dpo-loss simpo: the target reward margin gamma")->capture_default_str();
+  app.add_option("--label-smoothing", label_smoothing,
+                 "--objective dpo: assumed fraction of flipped labels (sigmoid: cDPO; robust: rDPO), in [0, 0.5)")
+      ->capture_default_str();
   app.add_option("--lr", lr, "peak learning rate")->capture_default_str();
   app.add_option("--min-lr", min_lr, "final learning rate of the cosine/linear schedule")->capture_default_str();
   app.add_option("--warmup-steps", warmup_steps, "linear warmup steps")->capture_default_str();
@@ -94,7 +106,8 @@ void TrainConfig::validate() const {
   // NaN passes every comparison below as false or true alike: refuse non-finite values first, by name.
   for (auto [name, v] : {std::pair<const char*, double>{"--lr", lr}, {"--min-lr", min_lr}, {"--epochs", epochs},
                          {"--weight-decay", weight_decay}, {"--grad-clip", grad_clip}, {"--beta1", beta1},
-                         {"--beta2", beta2}, {"--eps", eps}, {"--bucket-mb", bucket_mb}})
+                         {"--beta2", beta2}, {"--eps", eps}, {"--bucket-mb", bucket_mb}, {"--beta", dpo_beta},
+                         {"--label-smoothing", label_smoothing}, {"--simpo-gamma", simpo_gamma}})
     ST_CHECK(std::isfinite(v), std::string(name) + " must be a finite number (got " + std::to_string(v) + ")",
              "give an ordinary value, e.g. --lr 1e-4");
   ST_CHECK(bucket_mb <= 65536, "--bucket-mb " + std::to_string(bucket_mb) + " is absurdly large (over 64 GiB)",
@@ -107,6 +120,28 @@ void TrainConfig::validate() const {
            "unknown --verify-data '" + verify_data + "'", "use auto, full or off");
   ST_CHECK(method == "full" || method == "lora" || method == "qlora", "unknown --method '" + method + "'",
            "use full, lora or qlora");
+  ST_CHECK(!precompute_ref || objective == "dpo", "--precompute-ref applies to --objective dpo only",
+           "drop --precompute-ref, or give --objective dpo");
+  ST_CHECK(objective == "sft" || objective == "dpo", "unknown --objective '" + objective + "'",
+           "use sft (sequences) or dpo (preference pairs from shardtune-prep --format preference)");
+  if (objective == "dpo") {
+    ST_CHECK(dpo_loss == "sigmoid" || dpo_loss == "ipo" || dpo_loss == "hinge" || dpo_loss == "robust" ||
+                 dpo_loss == "simpo" || dpo_loss == "orpo",
+             "unknown --dpo-loss '" + dpo_loss + "'", "use sigmoid, ipo, hinge, robust, simpo or orpo (docs/PREFERENCE.md)");
+    ST_CHECK(dpo_beta > 0, "--beta must be positive (got " + std::to_string(dpo_beta) + ")",
+             "the DPO temperature; 0.1 is the usual value");
+    ST_CHECK(label_smoothing >= 0 && label_smoothing < 0.5,
+             "--label-smoothing must lie in [0, 0.5) (got " + std::to_string(label_smoothing) + ")",
+             "the assumed fraction of flipped preference labels, e.g. 0.1");
+    ST_CHECK(label_smoothing == 0 || dpo_loss == "sigmoid" || dpo_loss == "robust" || dpo_loss == "simpo",
+             "--label-smoothing applies to --dpo-loss sigmoid, robust or simpo, not " + dpo_loss,
+             "drop --label-smoothing, or use --dpo-loss sigmoid (cDPO), robust or simpo");
+    ST_CHECK(!precompute_ref || (dpo_loss != "simpo" && dpo_loss != "orpo"),
+             "--precompute-ref with --dpo-loss " + dpo_loss + ": this loss uses no reference model",
+             "drop --precompute-ref");
+    ST_CHECK(!pack, "--pack with --objective dpo: a packed row would mix pairs (and their log-probs)",
+             "drop --pack; pairs are padded to the longest sequence of each micro-batch");
+  }
   ST_CHECK(adapter.empty() || method != "full",
            "--adapter '" + adapter + "' with --method full: an adapter is trained with --method lora or qlora",
            "give --method lora (or qlora) to continue training the adapter, or merge it first (shardtune-export merge) "
@@ -201,6 +236,14 @@ std::string TrainConfig::table() const {
   row("resume", resume);
   row("async-save", async_save ? "true" : "false");
   row("collective-timeout", collective_timeout);
+  if (objective != "sft") {  // only then: an SFT run's table (its checkpoints' fingerprint) is unchanged
+    row("objective", objective);
+    row("dpo-loss", dpo_loss);
+    row("beta", dpo_beta);
+    row("label-smoothing", label_smoothing);
+    if (dpo_loss == "simpo") row("simpo-gamma", simpo_gamma);
+    if (precompute_ref) row("precompute-ref", "true");
+  }
   if (method != "full") {
     std::string targets;
     for (const auto& t : lora_targets) targets += (targets.empty() ? "" : ",") + t;

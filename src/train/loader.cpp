@@ -5,20 +5,47 @@
 
 namespace shardtune::train {
 
-void require_sequence_data(const data::ShardSet& set) {
+void require_objective_data(const data::ShardSet& set, const std::string& objective) {
+  const std::string dir = set.info().dir;
+  if (objective == "dpo") {
+    ST_CHECK(set.kind() == data::DataKind::Preference,
+             "--data '" + dir + "': --objective dpo trains preference pairs, but this folder holds sequences "
+             "(manifest.json: kind \"" + data::kind_name(set.kind()) + "\")",
+             "prepare the pairs with shardtune-prep --format preference (README: Preference pairs), or train this "
+             "folder with --objective sft");
+    return;
+  }
   ST_CHECK(set.kind() == data::DataKind::Sequence,
-           "--data '" + set.info().dir + "': this folder holds preference pairs; training them needs --objective "
-           "dpo|reward (issue 11), which this build does not have yet (manifest.json: kind \"preference\")",
-           "train on a folder prepared with --format text, instruction, input_output or chat; the pairs are kept for "
-           "the DPO / reward-model objectives");
+           "--data '" + dir + "': this folder holds preference pairs (manifest.json: kind \"preference\"); "
+           "--objective " + objective + " trains sequences",
+           "train the pairs with --objective dpo (docs/PREFERENCE.md), or give a folder prepared with --format text, "
+           "instruction, input_output or chat");
 }
 
 namespace {
 data::HostBatch read_batch(data::ShardSet& set, const std::vector<int64_t>& ids, const LoaderPlan& p, bool pack) {
-  std::vector<std::vector<int32_t>> toks(ids.size());
-  std::vector<std::vector<uint8_t>> masks(ids.size());
-  for (size_t i = 0; i < ids.size(); ++i) set.read(ids[i], toks[i], masks[i]);
-  data::HostBatch b = data::make_batch(toks, masks, p.seq_len, pack, p.pad_id);
+  data::HostBatch b;
+  if (set.kind() == data::DataKind::Preference) {  // rows [0,n) chosen, [n,2n) rejected (make_pair_batch)
+    std::vector<data::PairSample> pairs(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) set.read_pair(ids[i], pairs[i]);
+    b = data::make_pair_batch(pairs, p.seq_len, p.pad_id);
+    if (p.ref_logps) {
+      const auto& r = *p.ref_logps;
+      const size_t n = ids.size();
+      b.ref_logps.resize(2 * n);
+      for (size_t i = 0; i < n; ++i) {
+        ST_CHECK(size_t(2 * ids[i] + 1) < r.size(), "internal: pair " + std::to_string(ids[i]) +
+                                                        " beyond the precomputed reference log-probs");
+        b.ref_logps[i] = r[size_t(2 * ids[i])];
+        b.ref_logps[n + i] = r[size_t(2 * ids[i] + 1)];
+      }
+    }
+  } else {
+    std::vector<std::vector<int32_t>> toks(ids.size());
+    std::vector<std::vector<uint8_t>> masks(ids.size());
+    for (size_t i = 0; i < ids.size(); ++i) set.read(ids[i], toks[i], masks[i]);
+    b = data::make_batch(toks, masks, p.seq_len, pack, p.pad_id);
+  }
   if (b.T < 2 && !pack) {  // the model needs two positions; a pad column changes nothing
     data::HostBatch w = b;
     w.T = 2;
@@ -40,7 +67,7 @@ std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler&
 }
 
 StepLoader::StepLoader(data::ShardSet& set, LoaderPlan plan, int64_t consumed, int64_t steps)
-    : set_(set), plan_(plan), sampler_((require_sequence_data(set), set.size()), plan.seed), next_consumed_(consumed),
+    : set_(set), plan_(plan), sampler_((require_objective_data(set, plan.objective), set.size()), plan.seed), next_consumed_(consumed),
       steps_left_(steps) {
   thread_ = std::thread([this] { run(); });
 }
@@ -91,7 +118,7 @@ std::vector<data::HostBatch> StepLoader::next() {
 }
 
 std::vector<data::HostBatch> read_eval(data::ShardSet& set, const LoaderPlan& p, int64_t batches) {
-  require_sequence_data(set);
+  require_objective_data(set, p.objective);
   std::vector<data::HostBatch> out;
   const int64_t n = std::min(set.size(), batches * p.global_batch);
   std::vector<int64_t> mine;

@@ -79,6 +79,8 @@ struct Trainer::Impl {
   // Test hook: SHARDTUNE_TEST_NAN="RANK:STEP" makes that rank's loss (and so every gradient) NaN at that
   // 0-based step, as a diverging batch would (the non-finite tests; never set in real runs).
   int64_t nan_step = -1;
+  std::shared_ptr<Objective> objective;  // null: next-token CE (SFT)
+  std::vector<std::pair<std::string, double>> eval_metrics;
 
   Impl(const TrainConfig& c, std::shared_ptr<model::CausalLM> m, dist::Communicator& cm)
       : cfg(c), model(std::move(m)), comm(cm), world(cm.world()), rank(cm.rank()), stage(zero_stage_from_int(c.zero)),
@@ -143,13 +145,23 @@ struct Trainer::Impl {
     return at::from_blob(const_cast<int64_t*>(v.data()), {B, T}, at::kLong).clone().to(device);
   }
 
-  // Forward of one host batch: (loss sum tensor, count).
-  model::LossResult forward(const data::HostBatch& hb) {
+  int64_t units(const data::HostBatch& hb) const { return objective ? objective->units(hb) : hb.loss_tokens; }
+
+  // Forward of one host batch: (loss sum tensor, count); an Objective's metric sums are added to `metrics`.
+  model::LossResult forward(const data::HostBatch& hb, std::vector<double>* metrics = nullptr) {
     at::Tensor ids = to_device(hb.ids, hb.B, hb.T);
     at::Tensor mask = at::from_blob(const_cast<uint8_t*>(hb.mask.data()), {hb.B, hb.T}, at::kByte).clone().to(device);
     model::Packing pack;
     if (!hb.doc_ids.empty()) pack.doc_ids = to_device(hb.doc_ids, hb.B, hb.T);
     model::AutocastGuard autocast(device, precision);
+    if (objective) {
+      Objective::Result o = objective->forward(*model, ids, mask, hb);
+      if (metrics) {
+        metrics->resize(o.metric_sums.size(), 0.0);
+        for (size_t i = 0; i < o.metric_sums.size(); ++i) (*metrics)[i] += o.metric_sums[i];
+      }
+      return {o.sum, objective->units(hb)};
+    }
     model::LossResult r = model->loss(ids, mask, pack);
     ST_CHECK(r.count == hb.loss_tokens, "internal: batch holds " + std::to_string(hb.loss_tokens) +
                                             " target tokens but the loss counted " + std::to_string(r.count));
@@ -210,7 +222,7 @@ struct Trainer::Impl {
     s.step = step;
     int64_t local_targets = 0, local_tokens = 0;
     for (const auto& hb : micro) {
-      local_targets += hb.loss_tokens;
+      local_targets += units(hb);
       local_tokens += hb.B * hb.T;
     }
     // Normalize by the targets of the whole global batch, so any split over ranks gives the same gradient.
@@ -219,6 +231,7 @@ struct Trainer::Impl {
              "check the data (shardtune-inspect) and --seq-len");
     sync->begin_step();
     double loss_sum = 0;
+    std::vector<double> metric_sums(objective ? objective->metric_names().size() : 0, 0.0);
     auto since = [](Clock::time_point& t) {
       auto now = Clock::now();
       double d = std::chrono::duration<double>(now - t).count();
@@ -228,7 +241,7 @@ struct Trainer::Impl {
     auto t = Clock::now();
     for (size_t a = 0; a < micro.size(); ++a) {
       sync->begin_backward(a + 1 == micro.size());
-      model::LossResult r = forward(micro[a]);
+      model::LossResult r = forward(micro[a], &metric_sums);
       if (step == nan_step) r.sum = r.sum * std::numeric_limits<float>::quiet_NaN();
       loss_sum += r.sum.item<double>();
       s.forward_s += since(t);
@@ -239,6 +252,11 @@ struct Trainer::Impl {
     }
     at::NoGradGuard no_grad;
     s.loss = comm.all_reduce(loss_sum, dist::ReduceOp::Sum) / total;
+    if (objective) {
+      const auto names = objective->metric_names();
+      for (size_t i = 0; i < names.size(); ++i)
+        s.metrics.emplace_back(names[i], comm.all_reduce(metric_sums[i], dist::ReduceOp::Sum) / total);
+    }
     // Global gradient norm (no full-size temporary), then the non-finite check, then clipping.
     at::Tensor& g = sync->grad();
     const double local_norm = g.norm().item<double>();
@@ -285,15 +303,29 @@ std::pair<double, int64_t> Trainer::evaluate(const std::vector<data::HostBatch>&
   } train_again{*impl_->model};
   double sum = 0;
   int64_t count = 0;
+  auto& obj = impl_->objective;
+  std::vector<double> metric_sums(obj ? obj->metric_names().size() : 0, 0.0);
   for (const auto& hb : batches) {
-    model::LossResult r = impl_->forward(hb);
+    model::LossResult r = impl_->forward(hb, &metric_sums);
     sum += r.sum.item<double>();
     count += r.count;
   }
   sum = impl_->comm.all_reduce(sum, dist::ReduceOp::Sum);
   count = static_cast<int64_t>(impl_->comm.all_reduce(static_cast<double>(count), dist::ReduceOp::Sum));
+  impl_->eval_metrics.clear();
+  if (obj) {
+    const auto names = obj->metric_names();
+    for (size_t i = 0; i < names.size(); ++i) {
+      const double m = impl_->comm.all_reduce(metric_sums[i], dist::ReduceOp::Sum);
+      impl_->eval_metrics.emplace_back(names[i], count > 0 ? m / double(count) : 0.0);
+    }
+  }
   return {sum, count};
 }
+
+std::vector<std::pair<std::string, double>> Trainer::eval_metrics() const { return impl_->eval_metrics; }
+
+void Trainer::set_objective(std::shared_ptr<Objective> objective) { impl_->objective = std::move(objective); }
 
 void Trainer::check_weights_finite(const std::string& when) const {
   model::check_weights_finite(*impl_->model, when,

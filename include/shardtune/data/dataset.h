@@ -99,6 +99,7 @@ struct HostBatch {
   std::vector<int64_t> ids, doc_ids;  // doc_ids empty when unpacked
   std::vector<uint8_t> mask;
   int64_t loss_tokens = 0;  // targets that count (mask 1, not the first token of a document/row)
+  std::vector<float> ref_logps;  // [B] per-row reference log-probs (DPO --precompute-ref), or empty
 };
 
 HostBatch make_batch(const std::vector<std::vector<int32_t>>& tokens, const std::vector<std::vector<uint8_t>>& masks,

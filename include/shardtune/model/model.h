@@ -107,6 +107,10 @@ class CausalLM : public torch::nn::Module {
   // a projection, A is [r, in] and B [out, r] for it; Error naming the module and both shapes.
   void load_lora(const AdapterConfig& cfg, const AdapterWeights& w, const std::string& source);
   bool has_lora() const { return !lora_.target_modules.empty(); }
+  // Off: every forward computes the base alone (no LoRA delta), as PEFT's disable_adapter(): the
+  // reference model of DPO with LoRA is the same base (no second copy). See LoraDisabled.
+  void set_lora_enabled(bool on) { lora_off_ = !on; }
+  bool lora_enabled() const { return !lora_off_; }
   const AdapterConfig& lora_config() const { return lora_; }
   AdapterWeights lora_weights() const;  // current adapters (aliases, not copies)
   // The frozen base: no parameter of the base requires grad; its matrices (projections, embeddings,
@@ -163,6 +167,20 @@ class CausalLM : public torch::nn::Module {
   uint64_t dropout_seed_ = 0;
   at::Generator dropout_gen_;
   at::ScalarType nf4_compute_ = at::ScalarType::Undefined;
+  bool lora_off_ = false;
+};
+
+// Scoped: the model's forwards run without their LoRA deltas until the guard ends (also on an exception).
+class LoraDisabled {
+ public:
+  explicit LoraDisabled(CausalLM& m) : m_(m), was_(m.lora_enabled()) { m_.set_lora_enabled(false); }
+  ~LoraDisabled() { m_.set_lora_enabled(was_); }
+  LoraDisabled(const LoraDisabled&) = delete;
+  LoraDisabled& operator=(const LoraDisabled&) = delete;
+
+ private:
+  CausalLM& m_;
+  bool was_;
 };
 
 // Positions that restart at 0 for each document: doc_ids [B,T] -> [B,T] int64.

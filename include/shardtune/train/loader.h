@@ -6,8 +6,10 @@
 
 #include <condition_variable>
 #include <deque>
+#include <memory>
 #include <exception>
 #include <mutex>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -21,12 +23,16 @@ struct LoaderPlan {
   bool pack = false;
   int64_t pad_id = 0;
   uint64_t seed = 0;
+  std::string objective = "sft";  // sft: sequences; dpo: pairs (batch sizes then count pairs)
+  // --precompute-ref: this split's reference log-probs, [2 x pairs] (chosen, rejected of each pair), copied
+  // into each pair batch's ref_logps; null = none.
+  std::shared_ptr<const std::vector<float>> ref_logps;
   int accum() const { return static_cast<int>(global_batch / (micro_batch * world)); }
 };
 
-// Throws Error unless `set` holds sequences: the trainer trains sequences (SFT) only, so a preference
-// folder (issue 11) is refused until --objective dpo|reward exists. StepLoader and read_eval call it.
-void require_sequence_data(const data::ShardSet& set);
+// Throws Error unless `set` holds what `objective` trains: sequences for sft, preference pairs for dpo
+// (each folder kind names the objective that takes it). StepLoader and read_eval call it.
+void require_objective_data(const data::ShardSet& set, const std::string& objective);
 
 // This rank's micro-batches of the global batch that starts at stream position `consumed`.
 std::vector<data::HostBatch> read_step(data::ShardSet& set, data::GlobalSampler& sampler, const LoaderPlan& p,

@@ -34,6 +34,25 @@ struct StepStats {
   // --on-nonfinite skip: the loss or gradient norm was not finite and the update was not applied.
   bool skipped = false;
   std::string nonfinite;  // what was not finite, e.g. "loss (nan)"; empty when finite
+  // An Objective's metrics (e.g. "rewards/chosen"): means over the units (pairs) of the global batch.
+  std::vector<std::pair<std::string, double>> metrics;
+};
+
+// A training objective other than next-token CE on sequences (train/preference.h: DPO). Its loss of one
+// micro-batch is a differentiable sum over `units` (pairs); the trainer divides by the units of the whole
+// global batch (summed over ranks), so any split over ranks and micro-batches gives the same loss.
+class Objective {
+ public:
+  virtual ~Objective() = default;
+  virtual int64_t units(const data::HostBatch& hb) const = 0;
+  struct Result {
+    at::Tensor sum;                    // scalar fp32, differentiable
+    std::vector<double> metric_sums;   // summed over this micro-batch's units, in metric_names() order
+  };
+  // ids/mask: the batch on the trainer's device; runs under the trainer's autocast.
+  virtual Result forward(model::CausalLM& m, const at::Tensor& ids, const at::Tensor& mask,
+                         const data::HostBatch& hb) = 0;
+  virtual std::vector<std::string> metric_names() const = 0;
 };
 
 class Trainer {
@@ -52,8 +71,14 @@ class Trainer {
   // --max-consecutive-skips in a row); either way before the optimizer sees it.
   StepStats train_step(int64_t step, int64_t total_steps, const std::vector<data::HostBatch>& micro);
 
-  // Mean masked loss over the given batches of every rank: (sum, count) reduced over ranks.
+  // Mean masked loss over the given batches of every rank: (sum, count) reduced over ranks; with an
+  // Objective its loss summed over its units (pairs) and their count.
   std::pair<double, int64_t> evaluate(const std::vector<data::HostBatch>& batches);
+  // The Objective's metrics of the last evaluate() (means over its units, all ranks); empty for SFT.
+  std::vector<std::pair<std::string, double>> eval_metrics() const;
+
+  // Train `objective` instead of next-token CE (before the first step; the same on every rank).
+  void set_objective(std::shared_ptr<Objective> objective);
 
   // Error naming the first parameter (HF name) holding NaN or Inf; `when` says e.g. "before saving".
   void check_weights_finite(const std::string& when) const;
