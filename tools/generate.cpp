@@ -173,7 +173,9 @@ static int run(int argc, char** argv) {
       const std::vector<int64_t> out = sm::generate(*model, p, g);
       note_position_limit(p.size(), out.size(), g.max_new_tokens, model->config().max_position_embeddings);
       std::vector<shardtune::TokenId> cont(out.begin(), out.end());
-      std::cout << nlohmann::json{{"prompt", text}, {"completion", tok->decode(cont, /*skip_special=*/true)}}.dump()
+      // A completion may end inside a multi-byte character (or be any bytes): written with U+FFFD, never an error.
+      std::cout << nlohmann::json{{"prompt", text}, {"completion", tok->decode(cont, /*skip_special=*/true)}}
+                       .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace)
                 << "\n";
     }
     ST_CHECK(prompts > 0, "--prompts-file '" + prompts_file + "' holds no prompts (empty or blank lines only)",

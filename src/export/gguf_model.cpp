@@ -149,6 +149,25 @@ bool ignorable(const std::string& name) {
          ends_with(name, ".attn.masked_bias");
 }
 
+// A per-layer HF name "<prefix><layer>.<module>.<weight|bias>" as "blk.<layer>.<gguf module>.<kind>" through
+// `modules` (HF module -> llama.cpp name); norms and biases F32. nullopt: not a layer tensor llama.cpp names.
+std::optional<Mapped> map_block(const std::string& n, const std::string& prefix,
+                                const std::map<std::string, std::string>& modules) {
+  if (n.rfind(prefix, 0) != 0) return std::nullopt;
+  const size_t dot = n.find('.', prefix.size());
+  if (dot == std::string::npos) return std::nullopt;
+  const std::string layer = n.substr(prefix.size(), dot - prefix.size());
+  const std::string rest = n.substr(dot + 1);
+  const size_t last = rest.rfind('.');
+  if (last == std::string::npos) return std::nullopt;
+  const std::string module = rest.substr(0, last), kind = rest.substr(last + 1);
+  auto it = modules.find(module);
+  if (it == modules.end() || (kind != "weight" && kind != "bias")) return std::nullopt;
+  Mapped m{"blk." + layer + "." + it->second + "." + kind};
+  m.force_f32 = kind == "bias" || ends_with(it->second, "_norm");
+  return m;
+}
+
 std::optional<Mapped> map_llama(const sm::ModelConfig& c, const std::string& n, bool permute) {
   if (n == "model.embed_tokens.weight") return Mapped{"token_embd.weight"};
   if (n == "model.norm.weight") return Mapped{"output_norm.weight", 0, false, true};
@@ -156,27 +175,16 @@ std::optional<Mapped> map_llama(const sm::ModelConfig& c, const std::string& n, 
     if (c.tie_word_embeddings) return std::nullopt;
     return Mapped{"output.weight"};
   }
-  const std::string pre = "model.layers.";
-  if (n.rfind(pre, 0) != 0) return std::nullopt;
-  const size_t dot = n.find('.', pre.size());
-  if (dot == std::string::npos) return std::nullopt;
-  const std::string layer = n.substr(pre.size(), dot - pre.size());
-  const std::string rest = n.substr(dot + 1);
   static const std::map<std::string, std::string> kMap = {
       {"input_layernorm", "attn_norm"},     {"post_attention_layernorm", "ffn_norm"},
       {"self_attn.q_proj", "attn_q"},       {"self_attn.k_proj", "attn_k"},
       {"self_attn.v_proj", "attn_v"},       {"self_attn.o_proj", "attn_output"},
       {"mlp.gate_proj", "ffn_gate"},        {"mlp.up_proj", "ffn_up"},
       {"mlp.down_proj", "ffn_down"}};
-  const size_t last = rest.rfind('.');
-  if (last == std::string::npos) return std::nullopt;
-  const std::string module = rest.substr(0, last), kind = rest.substr(last + 1);
-  auto it = kMap.find(module);
-  if (it == kMap.end() || (kind != "weight" && kind != "bias")) return std::nullopt;
-  Mapped m{"blk." + layer + "." + it->second + "." + kind};
-  m.force_f32 = kind == "bias" || ends_with(it->second, "_norm");
-  if (permute && it->second == "attn_q") m.permute_heads = c.num_heads;
-  if (permute && it->second == "attn_k") m.permute_heads = c.num_kv_heads;
+  std::optional<Mapped> m = map_block(n, "model.layers.", kMap);
+  if (!m) return m;
+  if (permute && m->gguf.find(".attn_q.") != std::string::npos) m->permute_heads = c.num_heads;
+  if (permute && m->gguf.find(".attn_k.") != std::string::npos) m->permute_heads = c.num_kv_heads;
   return m;
 }
 
@@ -187,23 +195,11 @@ std::optional<Mapped> map_gpt2(const sm::ModelConfig& c, const std::string& n) {
   if (n == "transformer.ln_f.bias") return Mapped{"output_norm.bias", 0, false, true};
   if (n == "lm_head.weight") return std::nullopt;  // GPT-2's head is the embedding (llama.cpp falls back to it)
   (void)c;
-  const std::string pre = "transformer.h.";
-  if (n.rfind(pre, 0) != 0) return std::nullopt;
-  const size_t dot = n.find('.', pre.size());
-  if (dot == std::string::npos) return std::nullopt;
-  const std::string layer = n.substr(pre.size(), dot - pre.size());
-  const std::string rest = n.substr(dot + 1);
   static const std::map<std::string, std::string> kMap = {{"ln_1", "attn_norm"},        {"ln_2", "ffn_norm"},
                                                           {"attn.c_attn", "attn_qkv"},  {"attn.c_proj", "attn_output"},
                                                           {"mlp.c_fc", "ffn_up"},       {"mlp.c_proj", "ffn_down"}};
-  const size_t last = rest.rfind('.');
-  if (last == std::string::npos) return std::nullopt;
-  const std::string module = rest.substr(0, last), kind = rest.substr(last + 1);
-  auto it = kMap.find(module);
-  if (it == kMap.end() || (kind != "weight" && kind != "bias")) return std::nullopt;
-  Mapped m{"blk." + layer + "." + it->second + "." + kind};
-  m.force_f32 = kind == "bias" || ends_with(it->second, "_norm");
-  m.transpose = kind == "weight" && !m.force_f32;  // Conv1D weights are [in, out]
+  std::optional<Mapped> m = map_block(n, "transformer.h.", kMap);
+  if (m) m->transpose = !m->force_f32;  // Conv1D weights are [in, out] (biases and norms are F32)
   return m;
 }
 
