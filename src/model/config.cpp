@@ -290,8 +290,6 @@ json ModelConfig::to_json() const {
     j["label2id"] = {{"LABEL_0", 0}};
     if (!j.contains("pad_token_id") || j["pad_token_id"].is_null())
       j["pad_token_id"] = eos_token_id ? json(*eos_token_id) : json(0);
-  } else {
-    for (const char* k : {"num_labels", "id2label", "label2id"}) j.erase(k);
   }
   j["hidden_size"] = hidden_size;
   j["intermediate_size"] = intermediate_size;

@@ -5,6 +5,7 @@ per-step Bradley-Terry loss (with and without --center-rewards), rewards metrics
 AdamW steps, full fine-tuning and LoRA (the head trained in full beside the adapters). ranks: 1, 2, 4 ranks x
 ZeRO-0/2 give the same loss at every step. save_load: the saved folders (HF LlamaForSequenceClassification,
 PEFT SEQ_CLS adapter with the head), a saved model loaded back continues from its head, resume = uninterrupted.
+score: shardtune-score's rewards of the pairs = torch's on the saved weights (full, and base + LoRA adapter).
 Usage: reward_test.py CASE   (exit 77 = skipped)"""
 import json
 import math
@@ -12,7 +13,7 @@ import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from train_test import MPI, SRC, TRAIN, close, make_model, small_cfg, train_lines  # noqa: E402
+from train_test import BIN, MPI, SRC, TRAIN, close, make_model, small_cfg, train_lines  # noqa: E402
 from harness import run, run_case  # noqa: E402
 from dpo_test import OPTS, make_pairs  # noqa: E402  (the same 8 byte-tokenized pairs)
 
@@ -222,6 +223,42 @@ def t_save_load(tmp):
     l1 = rm_train(tmp, "from_adapter", 1, 8, 0.0, steps=1, extra=cont)
     l2 = rm_train(tmp, "from_adapter2", 1, 8, 0.0, steps=1, extra=[*cont, "--seed", "9"])
     close([l1[0]["loss"]], [l2[0]["loss"]], 1e-6, "adapter's head, whatever --seed")
+
+
+def t_score(tmp):
+    import torch
+    from reference import read_safetensors
+    cfg, _, _, pairs = setup(tmp)
+    score = os.path.join(BIN, "tools", "shardtune-score")
+    rm_train(tmp, "full", 1, 4, 0.01, model=f"{tmp}/rm", steps=2)
+    rm_train(tmp, "lora", 1, 4, 0.01, model=f"{tmp}/rm", steps=2,
+             extra=["--method", "lora", "--lora-targets", "all-linear", "--lora-r", "4"])
+    W = {k: v.float() for k, v in read_safetensors(f"{tmp}/full/model.safetensors").items()}
+    base = {k: v.float() for k, v in read_safetensors(f"{tmp}/rm/model.safetensors").items()}
+    a = json.load(open(f"{tmp}/lora/adapter_config.json"))
+    T = read_safetensors(f"{tmp}/lora/adapter_model.safetensors")
+    lora = {k[len("base_model.model."):-len(".lora_A.weight")]: None for k in T if k.endswith(".lora_A.weight")}
+    lora = {m: (T[f"base_model.model.{m}.lora_A.weight"].float(), T[f"base_model.model.{m}.lora_B.weight"].float(),
+                a["lora_alpha"] / a["r"]) for m in lora}
+    for tag, args, Wt, head, lo in (("full", ["--model", f"{tmp}/full"], W, W["score.weight"], None),
+                                    ("lora", ["--model", f"{tmp}/rm", "--adapter", f"{tmp}/lora"], base,
+                                     T["base_model.model.score.weight"].float(), lora)):
+        p = run([score, *args, "--data", f"{tmp}/data", "--split", "train", "--batch", "3", "--threads", "1"])
+        rows = [json.loads(l) for l in p.stdout.splitlines() if l.strip()]
+        assert len(rows) == len(pairs) + 1 and rows[-1]["pairs"] == len(pairs), rows
+        with torch.no_grad():
+            rc = [float(reward(cfg, Wt, head, c, cm, lo)) for c, cm, _, _ in pairs]
+            rr = [float(reward(cfg, Wt, head, r, rm, lo)) for _, _, r, rm in pairs]
+        got_c, got_r = [r["chosen"] for r in rows[:-1]], [r["rejected"] for r in rows[:-1]]
+        tol = 1e-5 * max(map(abs, rc + rr))
+        for i in range(len(pairs)):
+            assert abs(got_c[i] - rc[i]) <= tol and abs(got_r[i] - rr[i]) <= tol, (tag, i, got_c[i], rc[i], got_r[i], rr[i])
+        if lo is not None:  # the adapter moves the rewards well beyond the tolerance: the tool must apply it
+            with torch.no_grad():
+                plain = [float(reward(cfg, Wt, head, c, cm)) for c, cm, _, _ in pairs]
+            assert max(abs(x - y) for x, y in zip(plain, rc)) > 100 * tol, (plain, rc)
+        acc = sum(c > r for c, r in zip(rc, rr)) / len(pairs)
+        assert abs(rows[-1]["accuracy"] - acc) < 1e-9, (tag, rows[-1], acc)
 
 
 if __name__ == "__main__":
