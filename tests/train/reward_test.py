@@ -5,7 +5,7 @@ per-step Bradley-Terry loss (with and without --center-rewards), rewards metrics
 AdamW steps, full fine-tuning and LoRA (the head trained in full beside the adapters). ranks: 1, 2, 4 ranks x
 ZeRO-0/2 give the same loss at every step. save_load: the saved folders (HF LlamaForSequenceClassification,
 PEFT SEQ_CLS adapter with the head), a saved model loaded back continues from its head, resume = uninterrupted.
-score: shardtune-score's rewards of the pairs = torch's on the saved weights (full, and base + LoRA adapter).
+eval_errors: val_ metrics on the val split; refusals. score: shardtune-score's rewards of the pairs = torch's on the saved weights (full, and base + LoRA adapter).
 Usage: reward_test.py CASE   (exit 77 = skipped)"""
 import json
 import math
@@ -77,7 +77,7 @@ def torch_reward(cfg, W0, score0, pairs, center, lora0=None):
 
 
 def rm_train(tmp, name, ranks, micro, center=0.0, zero=0, extra=(), steps=None, env=None, ok=True, gb=8,
-             model=None):
+             model=None, eval_batches=0):
     o = dict(OPTS, steps=steps or OPTS["steps"])
     p = run(([*MPI, str(ranks)] if ranks > 1 else []) + [
         TRAIN, "--model", model or f"{tmp}/model", "--data", f"{tmp}/data", "--out", f"{tmp}/{name}",
@@ -85,7 +85,7 @@ def rm_train(tmp, name, ranks, micro, center=0.0, zero=0, extra=(), steps=None, 
         "--micro-batch", str(micro), "--zero", str(zero), "--seq-len", "64", "--steps", str(o["steps"]),
         "--lr", str(o["lr"]), "--min-lr", str(o["min_lr"]), "--warmup-steps", str(o["warmup"]), "--schedule",
         "cosine", "--weight-decay", str(o["wd"]), "--grad-clip", str(o["clip"]), "--bucket-mb", "0.02",
-        "--metrics", f"{tmp}/{name}.jsonl", "--eval-batches", "0", "--threads", "1", "--precision", "fp32",
+        "--metrics", f"{tmp}/{name}.jsonl", "--eval-batches", str(eval_batches), "--threads", "1", "--precision", "fp32",
         *extra], env=env, ok=ok)
     with open(f"{tmp}/{name}.log", "a") as f:
         f.write(p.stdout + p.stderr)
@@ -259,6 +259,39 @@ def t_score(tmp):
             assert max(abs(x - y) for x, y in zip(plain, rc)) > 100 * tol, (plain, rc)
         acc = sum(c > r for c, r in zip(rc, rr)) / len(pairs)
         assert abs(rows[-1]["accuracy"] - acc) < 1e-9, (tag, rows[-1], acc)
+
+
+def t_eval_errors(tmp):
+    """Evaluation on the val split writes val_loss and the val_ rewards metrics (moving the held-out margin the
+    chosen way); refusals name the option: --center-rewards without reward, --pack, QLoRA, a sequence folder."""
+    import shutil
+    from dpo_test import PAIRS  # noqa: F401  (make_pairs wrote them to pairs.jsonl)
+    from train_test import PREP, make_data
+    setup(tmp)
+    shutil.rmtree(f"{tmp}/data")
+    run([PREP, "--input", f"{tmp}/pairs.jsonl", "--output", f"{tmp}/data", "--tokenizer", "byte", "--format",
+         "preference", "--val-fraction", "0.4", "--max-seq-len", "64", "--seed", "3", "--quiet"])
+    rm_train(tmp, "ev", 1, 2, 0.0, gb=4, extra=["--eval-every", "1"], eval_batches=1)
+    ev = [json.loads(l) for l in open(f"{tmp}/ev.jsonl") if json.loads(l)["type"] == "eval"]
+    assert [e["step"] for e in ev] == [0, 1, 2, 3], ev
+    for e in ev:
+        assert all(f"val_{k}" in e for k in METRICS) and math.isfinite(e["val_loss"]), e
+    assert ev[-1]["val_rewards/margin"] > ev[0]["val_rewards/margin"], ev
+    os.makedirs(f"{tmp}/seq")
+    seq = make_data(f"{tmp}/seq", 40)
+    base = [TRAIN, "--model", f"{tmp}/model", "--out", f"{tmp}/o", "--steps", "1", "--global-batch", "4"]
+
+    def fails(args, *expect):
+        p = run(base + args, ok=False)
+        assert p.returncode != 0, p.stdout
+        for e in expect:
+            assert e in p.stderr, (e, p.stderr)
+        assert not os.path.exists(f"{tmp}/o/config.json")
+    fails(["--data", seq, "--objective", "reward"], "--objective reward trains preference pairs")
+    fails(["--data", f"{tmp}/data", "--objective", "dpo", "--center-rewards", "0.1"], "--center-rewards applies to")
+    fails(["--data", f"{tmp}/data", "--objective", "reward", "--center-rewards", "-1"], "must not be negative")
+    fails(["--data", f"{tmp}/data", "--objective", "reward", "--pack"], "--pack with --objective reward")
+    fails(["--data", f"{tmp}/data", "--objective", "reward", "--method", "qlora"], "--method qlora is not supported")
 
 
 if __name__ == "__main__":
