@@ -37,6 +37,7 @@
 #include "shardtune/train/loader.h"
 #include "shardtune/train/method.h"
 #include "shardtune/train/preference.h"
+#include "shardtune/train/reward.h"
 #include "shardtune/train/reference_cache.h"
 #include "shardtune/train/trainer.h"
 
@@ -169,9 +170,12 @@ checkpoint::WeightsWriter model_writer(const model::CausalLM& m, const std::stri
     model::AdapterWeights w = m.lora_weights();
     if (snapshot)
       for (auto& [k, p] : w) p = {p.A.detach().clone(), p.B.detach().clone()};
-    return [cfg = m.lora_config(), w](const stdfs::path& d, std::vector<shardtune::st::WrittenFile>* written) {
+    at::Tensor score;  // a reward model's head, saved beside the adapter (PEFT modules_to_save ["score"])
+    if (m.has_score_head()) score = snapshot ? m.param("score.weight").detach().clone() : m.param("score.weight");
+    return [cfg = m.lora_config(), w, score](const stdfs::path& d, std::vector<shardtune::st::WrittenFile>* written) {
       model::write_adapter_config(d, cfg);
       model::write_adapter_weights(d, w);
+      if (score.defined()) train::write_score_to_adapter(d, score);
       if (written)
         for (const char* n : {"adapter_config.json", "adapter_model.safetensors"}) written->push_back({n, 0, ""});
     };
@@ -327,6 +331,16 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   if (resumed && !lora) model->source_dtypes = resumed->source_dtypes;
   train::TrainConfig method_cfg = cfg;
   if (resumed && lora) method_cfg.adapter = resume.path.string();
+  if (cfg.objective == "reward") {
+    // The scalar head: kept when --model (or the checkpoint) is a reward model, else fresh from --seed with
+    // HF's N(0, initializer_range); with LoRA the adapter folder (--adapter, or the checkpoint) may carry it.
+    const auto& raw = model->config().raw;
+    const double init_std = raw.contains("initializer_range") && raw["initializer_range"].is_number()
+                                ? raw["initializer_range"].get<double>() : 0.02;
+    model->add_score_head(cfg.seed, init_std);
+    if (lora && !method_cfg.adapter.empty() && train::load_score_from_adapter(*model, method_cfg.adapter))
+      log::info("reward head score.weight loaded from " + method_cfg.adapter);
+  }
   const train::MethodSummary method = train::apply_method(*model, method_cfg, launch.precision.precision);
   // LoRA dropout masks: each rank its own generator; a resumed run on the same ranks continues each one,
   // on another number of ranks they are seeded afresh (the masks then differ from an uninterrupted run's).

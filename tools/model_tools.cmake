@@ -14,3 +14,9 @@ target_link_libraries(shardtune-step-bench PRIVATE shardtune_model shardtune_cor
 # as an HF model / PEFT adapter), `gguf` (GGUF model / LoRA adapter files for llama.cpp).
 add_executable(shardtune-export ${CMAKE_CURRENT_LIST_DIR}/export.cpp)
 target_link_libraries(shardtune-export PRIVATE shardtune_export shardtune_core CLI11::CLI11)
+
+# shardtune-score: a reward model's rewards for the pairs of a preference folder (--objective reward).
+if(TARGET shardtune_train)
+  add_executable(shardtune-score ${CMAKE_CURRENT_LIST_DIR}/score.cpp)
+  target_link_libraries(shardtune-score PRIVATE shardtune_train shardtune_model shardtune_data shardtune_core CLI11::CLI11)
+endif()

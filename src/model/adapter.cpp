@@ -4,6 +4,7 @@
 
 #include <cctype>
 #include <cmath>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 
@@ -194,10 +195,20 @@ AdapterWeights read_adapter_weights(const stdfs::path& dir, const AdapterConfig&
   const std::string key_hint =
       "only plain LoRA weights are read: base_model.model.<module>.lora_A.weight / .lora_B.weight, no adapter name, "
       "modules_to_save, embedding adapters, DoRA magnitudes or biases";
+  // A reward model's adapter also holds its head (modules_to_save ["score"], task_type SEQ_CLS): not a LoRA
+  // weight, read by the reward objective (train/reward.h), so skipped here only when the config lists it.
+  bool score_saved = false;
+  {
+    std::ifstream in(cfg_file);
+    const json j = json::parse(in, nullptr, false);
+    if (j.is_object() && j.contains("modules_to_save") && j["modules_to_save"].is_array())
+      for (const auto& m : j["modules_to_save"]) score_saved |= m.is_string() && m.get<std::string>() == "score";
+  }
   st::File f(path);
   AdapterWeights out;
   std::set<std::string> has_a, has_b;
   for (const st::TensorInfo& t : f.tensors()) {
+    if (score_saved && t.name == std::string(kPrefix) + "score.weight") continue;
     const bool is_a = ends_with(t.name, kSuffixA), is_b = ends_with(t.name, kSuffixB);
     ST_CHECK(starts_with(t.name, kPrefix) && (is_a || is_b) &&
                  t.name.size() > std::string(kPrefix).size() + std::string(kSuffixA).size(),

@@ -80,6 +80,18 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       c.norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6);
       c.rope_theta = get_or<double>(j, "rope_theta", 10000.0);
       c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false);
+      if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
+          j["architectures"][0].is_string()) {
+        const std::string a = j["architectures"][0].get<std::string>();
+        const std::string seq_cls = "ForSequenceClassification";
+        if (a.size() > seq_cls.size() && a.compare(a.size() - seq_cls.size(), seq_cls.size(), seq_cls) == 0) {
+          const int64_t n = j.contains("id2label") && j["id2label"].is_object() ? int64_t(j["id2label"].size())
+                                                                                  : opt_int(j, "num_labels", 2, source);
+          ST_CHECK(n == 1, source + ": " + a + " with " + std::to_string(n) + " labels is not supported",
+                   "shardtune trains reward models (num_labels 1, --objective reward); use a causal LM or a 1-label model");
+          c.num_labels = 1;
+        }
+      }
       c.attention_bias = get_or<bool>(j, "attention_bias", false);
       c.mlp_bias = get_or<bool>(j, "mlp_bias", false);
       c.qkv_bias = (mt == "qwen2");
@@ -221,7 +233,8 @@ std::vector<ExpectedTensor> ModelConfig::expected_tensors() const {
       if (mlp_bias) add(p + "mlp.down_proj.bias", {C}, {"hidden_size"});
     }
     add("model.norm.weight", {C}, {"hidden_size"});
-    if (!tie_word_embeddings) add("lm_head.weight", {V, C}, {"vocab_size", "hidden_size"});
+    if (num_labels == 1) add("score.weight", {1, C}, {"num_labels", "hidden_size"});
+    else if (!tie_word_embeddings) add("lm_head.weight", {V, C}, {"vocab_size", "hidden_size"});
     return out;
   }
   add("transformer.wte.weight", {V, C}, {"vocab_size", "n_embd"});
@@ -268,7 +281,16 @@ json ModelConfig::to_json() const {
   }
   const std::string mt = model_type.empty() ? "llama" : model_type;
   j["model_type"] = mt;
-  j["architectures"] = {mt == "qwen2" ? "Qwen2ForCausalLM" : mt == "mistral" ? "MistralForCausalLM" : "LlamaForCausalLM"};
+  const std::string family = mt == "qwen2" ? "Qwen2" : mt == "mistral" ? "Mistral" : "Llama";
+  j["architectures"] = {family + (num_labels == 1 ? "ForSequenceClassification" : "ForCausalLM")};
+  if (num_labels == 1) {
+    // As HF writes a num_labels 1 classifier; its reward is read at the last non-pad token, so pad_token_id is set.
+    j["num_labels"] = 1;
+    j["id2label"] = {{"0", "LABEL_0"}};
+    j["label2id"] = {{"LABEL_0", 0}};
+    if (!j.contains("pad_token_id") || j["pad_token_id"].is_null())
+      j["pad_token_id"] = eos_token_id ? json(*eos_token_id) : json(0);
+  }
   j["hidden_size"] = hidden_size;
   j["intermediate_size"] = intermediate_size;
   j["num_hidden_layers"] = num_layers;

@@ -161,6 +161,8 @@ std::vector<std::pair<std::string, at::Tensor>> CausalLM::trainable_parameters()
     out.emplace_back(p->module + ".lora_A.weight", p->lora_a);
     out.emplace_back(p->module + ".lora_B.weight", p->lora_b);
   }
+  // A reward model's head is trained in full beside the adapters (PEFT: modules_to_save ["score"]).
+  if (score_.defined()) out.emplace_back("score.weight", score_);
   return out;
 }
 
@@ -223,7 +225,8 @@ void CausalLM::freeze_base(at::ScalarType dtype) {
   at::NoGradGuard no_grad;
   for (auto& [name, t] : params_) {
     t.set_requires_grad(false);
-    if (dtype != at::kFloat && t.dim() >= 2 && t.numel() > 0) t.set_data(t.to(dtype));
+    // A reward head (trained in full beside the adapters) keeps fp32: the trainer takes it over unrounded.
+    if (dtype != at::kFloat && t.dim() >= 2 && t.numel() > 0 && name != "score.weight") t.set_data(t.to(dtype));
   }
   // One buffer per fused group, the HF parameters become views of it (same values, no copy per step).
   auto fuse = [](std::vector<Projection*> ps, at::Tensor& fused) {

@@ -98,7 +98,12 @@ CausalLM::CausalLM(ModelConfig config) : torch::nn::Module("CausalLM"), cfg_(std
       add_proj(L.down, p + "mlp.down_proj", I, C, c.mlp_bias);
     }
     norm_w_ = add("model.norm.weight", {C});
-    lm_head_ = c.tie_word_embeddings ? embed_ : add("lm_head.weight", {V, C});
+    if (c.num_labels == 1) {  // a reward model: its scalar head instead of the LM head
+      score_ = add("score.weight", {1, C});
+      if (c.tie_word_embeddings) lm_head_ = embed_;
+    } else {
+      lm_head_ = c.tie_word_embeddings ? embed_ : add("lm_head.weight", {V, C});
+    }
     inv_freq_ = llama_inv_freq(c);
   } else {
     embed_ = add("transformer.wte.weight", {V, C});
@@ -183,7 +188,39 @@ at::Tensor CausalLM::param(const std::string& hf_name) const {
   return params_[it->second].second;
 }
 
-at::Tensor CausalLM::lm_head_weight() const { return lm_head_; }
+at::Tensor CausalLM::lm_head_weight() const {
+  ST_CHECK(lm_head_.defined(), "this model is a reward model (score.weight, no lm_head.weight): it has no LM head",
+           "use it with --objective reward or shardtune-score; generate and SFT need a causal LM");
+  return lm_head_;
+}
+
+void CausalLM::add_score_head(uint64_t seed, double std) {
+  if (score_.defined()) return;
+  ST_CHECK(cfg_.arch == Arch::Llama, "--objective reward: the reward head is implemented for the Llama family "
+           "(LlamaForSequenceClassification), not " + cfg_.model_type, "use a Llama, Mistral or Qwen2 model");
+  at::NoGradGuard no_grad;
+  if (auto it = index_.find("lm_head.weight"); it != index_.end()) {
+    params_.erase(params_.begin() + std::ptrdiff_t(it->second));
+    index_.clear();
+    for (size_t i = 0; i < params_.size(); ++i) index_[params_[i].first] = i;
+    source_dtypes.erase("lm_head.weight");
+    unregister_module("lm_head");  // frees its [V, C] weight
+    modules_.erase("lm_head");
+    lm_head_ = at::Tensor();
+  }
+  cfg_.num_labels = 1;
+  score_ = add("score.weight", {1, cfg_.hidden_size});
+  auto gen = at::detail::createCPUGenerator(seed);
+  score_.copy_(at::empty({1, cfg_.hidden_size}, at::kFloat).normal_(0.0, std, gen));
+}
+
+at::Tensor CausalLM::rewards(const at::Tensor& ids, const at::Tensor& last) {
+  ST_CHECK(score_.defined(), "internal: rewards() on a model without score.weight");
+  const at::Tensor h = hidden(ids);  // [B,T,C] after the final norm
+  const at::Tensor idx = last.to(at::kLong).view({-1, 1, 1}).expand({h.size(0), 1, h.size(2)});
+  const at::Tensor hl = h.gather(1, idx).squeeze(1).to(at::kFloat);  // [B,C]
+  return at::matmul(hl, score_.to(at::kFloat).t()).squeeze(1);
+}
 
 KVCache CausalLM::make_cache(int64_t batch, int64_t capacity) const {
   KVCache c;
@@ -325,7 +362,7 @@ at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCac
 
 at::Tensor CausalLM::logits(const at::Tensor& ids, const Packing& pack, KVCache* cache) {
   const at::Tensor h = hidden(ids, pack, cache);
-  return at::matmul(h, lm_head_.t().to(h.scalar_type())).to(at::kFloat);
+  return at::matmul(h, lm_head_weight().t().to(h.scalar_type())).to(at::kFloat);
 }
 
 LossResult CausalLM::loss(const at::Tensor& ids_in, const at::Tensor& loss_mask, const Packing& pack,
@@ -355,7 +392,7 @@ LossResult CausalLM::loss(const at::Tensor& ids_in, const at::Tensor& loss_mask,
   const at::Tensor hsel = h.reshape({B * T, h.size(2)}).index_select(0, idx);
   const at::Tensor tsel = ids.reshape({-1}).index_select(0, idx + 1);
   if (chunk_tokens <= 0) chunk_tokens = std::max<int64_t>(64, (int64_t(1) << 24) / cfg_.vocab_size);
-  r.sum = linear_cross_entropy_sum(hsel, lm_head_, tsel, chunk_tokens, autocast_dtype(ids.device().type()));
+  r.sum = linear_cross_entropy_sum(hsel, lm_head_weight(), tsel, chunk_tokens, autocast_dtype(ids.device().type()));
   return r;
 }
 

@@ -25,7 +25,12 @@ void TrainConfig::bind(CLI::App& app) {
   app.add_option("--micro-batch", micro_batch, "samples per rank per forward")->capture_default_str();
   app.add_option("--seq-len", seq_len, "longest row in tokens (samples are truncated to it)")->capture_default_str();
   app.add_flag("--pack,!--no-pack", pack, "pack samples into rows of --seq-len with document masks");
-  app.add_option("--objective", objective, "sft (next-token loss on sequences) | dpo (preference pairs)")->capture_default_str();
+  app.add_option("--objective", objective,
+                 "sft (next-token loss on sequences) | dpo (preference pairs) | reward (a reward model on the pairs)")
+      ->capture_default_str();
+  app.add_option("--center-rewards", center_rewards,
+                 "--objective reward: coefficient C of C * mean((r_chosen + r_rejected)^2) (TRL's center_rewards_coefficient)")
+      ->capture_default_str();
   app.add_option("--dpo-loss", dpo_loss,
                  "--objective dpo: sigmoid | ipo | hinge | robust | simpo | orpo (docs/PREFERENCE.md)")
       ->capture_default_str();
@@ -107,7 +112,8 @@ void TrainConfig::validate() const {
   for (auto [name, v] : {std::pair<const char*, double>{"--lr", lr}, {"--min-lr", min_lr}, {"--epochs", epochs},
                          {"--weight-decay", weight_decay}, {"--grad-clip", grad_clip}, {"--beta1", beta1},
                          {"--beta2", beta2}, {"--eps", eps}, {"--bucket-mb", bucket_mb}, {"--beta", dpo_beta},
-                         {"--label-smoothing", label_smoothing}, {"--simpo-gamma", simpo_gamma}})
+                         {"--label-smoothing", label_smoothing}, {"--simpo-gamma", simpo_gamma},
+                         {"--center-rewards", center_rewards}})
     ST_CHECK(std::isfinite(v), std::string(name) + " must be a finite number (got " + std::to_string(v) + ")",
              "give an ordinary value, e.g. --lr 1e-4");
   ST_CHECK(bucket_mb <= 65536, "--bucket-mb " + std::to_string(bucket_mb) + " is absurdly large (over 64 GiB)",
@@ -122,8 +128,16 @@ void TrainConfig::validate() const {
            "use full, lora or qlora");
   ST_CHECK(!precompute_ref || objective == "dpo", "--precompute-ref applies to --objective dpo only",
            "drop --precompute-ref, or give --objective dpo");
-  ST_CHECK(objective == "sft" || objective == "dpo", "unknown --objective '" + objective + "'",
-           "use sft (sequences) or dpo (preference pairs from shardtune-prep --format preference)");
+  ST_CHECK(objective == "sft" || objective == "dpo" || objective == "reward", "unknown --objective '" + objective + "'",
+           "use sft (sequences), dpo or reward (preference pairs from shardtune-prep --format preference)");
+  ST_CHECK(center_rewards == 0 || objective == "reward", "--center-rewards applies to --objective reward only",
+           "drop --center-rewards, or give --objective reward");
+  ST_CHECK(center_rewards >= 0, "--center-rewards must not be negative (got " + std::to_string(center_rewards) + ")",
+           "TRL suggests 0.01; 0 turns the term off");
+  ST_CHECK(!pack || objective != "reward", "--pack with --objective reward: a packed row would mix pairs",
+           "drop --pack; pairs are padded to the longest sequence of each micro-batch");
+  ST_CHECK(objective != "reward" || method != "qlora", "--objective reward with --method qlora is not supported yet",
+           "use --method lora or full");
   if (objective == "dpo") {
     ST_CHECK(dpo_loss == "sigmoid" || dpo_loss == "ipo" || dpo_loss == "hinge" || dpo_loss == "robust" ||
                  dpo_loss == "simpo" || dpo_loss == "orpo",
@@ -238,6 +252,9 @@ std::string TrainConfig::table() const {
   row("collective-timeout", collective_timeout);
   if (objective != "sft") {  // only then: an SFT run's table (its checkpoints' fingerprint) is unchanged
     row("objective", objective);
+    if (objective == "reward") row("center-rewards", center_rewards);
+  }
+  if (objective == "dpo") {
     row("dpo-loss", dpo_loss);
     row("beta", dpo_beta);
     row("label-smoothing", label_smoothing);

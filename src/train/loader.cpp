@@ -7,9 +7,9 @@ namespace shardtune::train {
 
 void require_objective_data(const data::ShardSet& set, const std::string& objective) {
   const std::string dir = set.info().dir;
-  if (objective == "dpo") {
+  if (objective == "dpo" || objective == "reward") {
     ST_CHECK(set.kind() == data::DataKind::Preference,
-             "--data '" + dir + "': --objective dpo trains preference pairs, but this folder holds sequences "
+             "--data '" + dir + "': --objective " + objective + " trains preference pairs, but this folder holds sequences "
              "(manifest.json: kind \"" + data::kind_name(set.kind()) + "\")",
              "prepare the pairs with shardtune-prep --format preference (README: Preference pairs), or train this "
              "folder with --objective sft");

@@ -9,6 +9,7 @@
 #include "shardtune/data/dataset.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/logps.h"
+#include "shardtune/train/reward.h"
 
 namespace shardtune::train {
 
@@ -95,6 +96,7 @@ Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& id
 
 std::shared_ptr<Objective> make_objective(const TrainConfig& cfg, const model::CausalLM& policy) {
   if (cfg.objective == "sft") return nullptr;
+  if (cfg.objective == "reward") return std::make_shared<RewardObjective>(cfg.center_rewards);
   ST_CHECK(cfg.objective == "dpo", "internal: unknown --objective '" + cfg.objective + "'");
   DpoOptions o{cfg.dpo_loss, cfg.dpo_beta, cfg.label_smoothing, cfg.simpo_gamma};
   std::shared_ptr<model::CausalLM> reference;

@@ -126,7 +126,8 @@ struct Trainer::Impl {
       params[i] = t;
     }
     // Fresh adapters come from a seeded generator on every rank; rank 0's are the ones every rank trains.
-    if (model->has_lora() && world > 1) comm.broadcast(flat_params, 0);
+    // So is a fresh reward head (score.weight).
+    if ((model->has_lora() || model->has_score_head()) && world > 1) comm.broadcast(flat_params, 0);
     sync = make_grad_sync(stage, FlatModel{layout, params, flat_params, comm});
     adam = std::make_unique<optim::FlatAdamW>(sync->optimizer_ranges(), sync->optimizer_elems(), layout.params,
                                               optim::AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});

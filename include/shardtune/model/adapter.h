@@ -45,7 +45,9 @@ using AdapterWeights = std::map<std::string, LoraPair>;
 
 // Reads adapter_model.safetensors (any float dtype -> fp32). Checks: every lora_A has its lora_B and
 // vice versa, both 2-D, A rows == B cols == cfg.r, names end in .lora_A.weight / .lora_B.weight (other
-// keys, e.g. "lora_embedding_A" or a score head, are an Error naming them). Error naming file and tensor.
+// keys, e.g. "lora_embedding_A" or a score head, are an Error naming them; except the reward head
+// base_model.model.score.weight when adapter_config.json lists modules_to_save ["score"]: skipped here, read
+// by train::load_score_from_adapter). Error naming file and tensor.
 AdapterWeights read_adapter_weights(const std::filesystem::path& dir, const AdapterConfig& cfg);
 // Writes adapter_model.safetensors (fp32) with PEFT keys, atomically.
 void write_adapter_weights(const std::filesystem::path& dir, const AdapterWeights& w);

@@ -40,6 +40,9 @@ struct ModelConfig {
   double rope_theta = 10000.0;
   RopeScaling rope_scaling;
   bool tie_word_embeddings = false;
+  // 1: a reward model (HF *ForSequenceClassification, num_labels 1): a scalar head score.weight [1, C]
+  // replaces lm_head (--objective reward); 0: a causal LM.
+  int64_t num_labels = 0;
   bool attention_bias = false;  // bias on q/k/v/o (Llama `attention_bias`)
   bool qkv_bias = false;        // bias on q/k/v only (Qwen2)
   bool mlp_bias = false;        // Llama `mlp_bias`

@@ -83,6 +83,16 @@ class CausalLM : public torch::nn::Module {
   at::Tensor logits(const at::Tensor& ids, const Packing& pack = {}, KVCache* cache = nullptr);  // [B,T,V] fp32
   at::Tensor lm_head_weight() const;  // [V,C] (the embedding when tied)
 
+  // ---- reward model (--objective reward; HF LlamaForSequenceClassification, num_labels 1) ----
+  // Turns this causal LM into a reward model: adds score.weight [1, C] ~ N(0, std) from a CPU generator
+  // seeded `seed` (HF initializes it N(0, initializer_range)), and drops lm_head.weight from the
+  // parameters (not trained, not saved). No-op when the model already has its head (loaded from a reward
+  // model folder, or a checkpoint). Llama family only.
+  void add_score_head(uint64_t seed, double std);
+  bool has_score_head() const { return score_.defined(); }
+  // The reward of each row: score.weight . (final hidden state at position last[b]); [B] fp32.
+  at::Tensor rewards(const at::Tensor& ids, const at::Tensor& last);
+
   // Masked next-token cross-entropy. Convention: loss_mask[b,t] = 1 means token t is a target, predicted
   // from the hidden state at t-1 (so it sees positions <= t-1); loss_mask[:,0] is ignored, and so is a
   // token that starts a new document (doc_ids[t] != doc_ids[t-1]). loss_mask undefined = every token.
@@ -159,7 +169,7 @@ class CausalLM : public torch::nn::Module {
   std::map<std::string, std::shared_ptr<torch::nn::Module>> modules_;
   std::vector<std::pair<std::string, at::Tensor>> params_;
   std::map<std::string, size_t> index_;
-  at::Tensor embed_, pos_embed_, norm_w_, norm_b_, lm_head_;
+  at::Tensor embed_, pos_embed_, norm_w_, norm_b_, lm_head_, score_;
   std::vector<Layer> layers_;
   at::Tensor inv_freq_;  // [hd/2] fp32 (Llama)
   AdapterConfig lora_;   // target_modules empty: no LoRA

@@ -53,11 +53,12 @@ struct TrainConfig {
   bool async_save = false;         // write checkpoints on a background thread while training goes on
   double collective_timeout = 300;  // seconds a collective may block once training runs (0 = off)
   // Preference tuning (train/preference.h, docs/PREFERENCE.md): sft = next-token CE on sequences.
-  std::string objective = "sft";    // sft | dpo
+  std::string objective = "sft";    // sft | dpo | reward
   std::string dpo_loss = "sigmoid";  // sigmoid | ipo | hinge | robust | simpo | orpo
   double dpo_beta = 0.1, label_smoothing = 0.0;
   bool precompute_ref = false;       // reference log-probs in one pass before training (no reference held)
   double simpo_gamma = 0.5;          // --dpo-loss simpo: target reward margin (TRL's default)
+  double center_rewards = 0.0;       // --objective reward: + C * mean((r_chosen + r_rejected)^2) (TRL)
 
   void bind(CLI::App& app);
   // Checks everything that does not need the world size or the data; throws Error naming the option.
