@@ -13,11 +13,18 @@
 #   6. export the tuned model to GGUF (shardtune-export gguf, f16, byte tokenizer) and, where node-llama-cpp is
 #      installed (tools/setup.sh st_install_llama_cpp; the step is skipped otherwise), show the real llama.cpp's
 #      greedy answers to DEMO_GGUF_N held-out prompts next to shardtune-generate's and whether they agree;
-#   7. write the loss curves (train + validation, every run) to demo-out/loss.png.
+#   7. write the loss curves (train + validation, every run) to demo-out/loss.png;
+#   DEMO_MODE=dpo: 30% of the fine-tuning answers end with "!" (the tuned model knows both styles, greedy picks
+#      the plain one), then after step 4 preference tuning of the tuned model: pairs whose chosen answer ends
+#      with "!" and rejected is the plain answer (tools/demo/make_pairs.py), LoRA --objective dpo (default
+#      --dpo-loss orpo, reference-free; with sigmoid/ipo/... the reference is the tuned model with the adapters
+#      disabled), the held-out win rate of chosen-style completions before/after (tools/demo/dpo_eval.py) and
+#      the loss and rewards/margin curves in demo-out/dpo.png.
 # Knobs (environment): DEMO_DIR (output folder, default demo-out/), DEMO_TASK (upper|reverse),
 # DEMO_PRETRAIN_STEPS (0: no pre-training), DEMO_STEPS (fine-tune), DEMO_EVAL_N (held-out prompts),
 # DEMO_NP (ranks: 1, 2 or 4; default 2), DEMO_SKIP_BUILD=1 (use the binaries already in BUILD_DIR),
-# DEMO_LORA=0 (skip the LoRA part), DEMO_LORA_STEPS, DEMO_LORA_R, DEMO_LORA_LR, DEMO_GGUF_N (0: no GGUF step).
+# DEMO_LORA=0 (skip the LoRA part), DEMO_LORA_STEPS, DEMO_LORA_R, DEMO_LORA_LR, DEMO_GGUF_N (0: no GGUF step),
+# DEMO_MODE (unset, or dpo), DEMO_DPO_STEPS, DEMO_DPO_LR, DEMO_DPO_BETA, DEMO_DPO_LOSS (orpo; sigmoid, ipo, ...).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/setup.sh"
 if [ "${DEMO_SKIP_BUILD:-0}" = 1 ]; then
@@ -40,6 +47,11 @@ LORA_STEPS="${DEMO_LORA_STEPS:-800}"
 LORA_R="${DEMO_LORA_R:-64}"
 LORA_LR="${DEMO_LORA_LR:-2e-3}"
 GGUF_N="${DEMO_GGUF_N:-2}"
+MODE="${DEMO_MODE:-}"
+DPO_STEPS="${DEMO_DPO_STEPS:-40}"
+DPO_LR="${DEMO_DPO_LR:-1e-3}"
+DPO_BETA="${DEMO_DPO_BETA:-0.5}"
+DPO_LOSS="${DEMO_DPO_LOSS:-orpo}"
 PY=/usr/bin/python3   # Debian's python3 with python3-torch/numpy/h5py/matplotlib (tools/setup.sh installs them)
 MPIRUN=(mpirun -np "$NP")
 [ "$(id -u)" -eq 0 ] && MPIRUN+=(--allow-run-as-root)
@@ -52,7 +64,8 @@ EXPORT="$BUILD_DIR/tools/shardtune-export"
 # Outputs of a previous run are replaced (shardtune itself never overwrites: each run gets new folders).
 mkdir -p "$OUT"
 rm -rf "$OUT"/{base-init,base,tuned,lora,merged,corpus-shards,shards} "$OUT"/*.jsonl \
-  "$OUT"/{eval.json,eval-lora.json,summary.txt,summary-lora.txt,loss.png,tuned.gguf}
+  "$OUT"/{eval.json,eval-lora.json,summary.txt,summary-lora.txt,loss.png,tuned.gguf} \
+  "$OUT"/{dpo,pairs,dpo.png,summary-dpo.txt}
 T0=$SECONDS
 stage() { echo; echo "== demo [$((SECONDS - T0)) s]: $*"; }
 
@@ -75,7 +88,8 @@ else
 fi
 
 stage "task data ($TITLE), shardtune-prep on $NP ranks (byte tokenizer, plain template, 2% validation)"
-$PY "$ROOT/tools/demo/make_task.py" "$OUT/train.jsonl" "$OUT/heldout.jsonl" 20000 --task "$TASK"
+$PY "$ROOT/tools/demo/make_task.py" "$OUT/train.jsonl" "$OUT/heldout.jsonl" 20000 --task "$TASK" \
+  $([ "$MODE" = dpo ] && echo --excited-fraction 0.3)
 "${MPIRUN[@]}" "$PREP" --input "$OUT/train.jsonl" --output "$OUT/shards" --tokenizer byte --template plain \
   --max-seq-len 64 --val-fraction 0.02 --threads 1 --quiet
 "$BUILD_DIR/tools/shardtune-inspect" "$OUT/shards" --verify
@@ -99,6 +113,26 @@ $PY "$ROOT/tools/demo/evaluate.py" --generate "$GEN" --heldout "$OUT/heldout.jso
   --model base="$OUT/base" --model tuned="$OUT/tuned" --examples 5 --json "$OUT/eval.json" --summary "$OUT/summary.txt"
 SUMMARY="$(cat "$OUT/summary.txt")"
 PLOTS+=("fine-tuning: $TITLE ($STEPS steps)=$OUT/finetune.jsonl")
+
+DPO_SUMMARY=""
+if [ "$MODE" = dpo ]; then
+  stage "DPO: preference pairs (chosen: the answer + '!', rejected: the plain answer), shardtune-prep --format preference"
+  $PY "$ROOT/tools/demo/make_pairs.py" "$OUT/train.jsonl" "$OUT/pairs.jsonl" 4000
+  "${MPIRUN[@]}" "$PREP" --input "$OUT/pairs.jsonl" --output "$OUT/pairs" --tokenizer byte --format preference \
+    --template plain --max-seq-len 64 --val-fraction 0.02 --threads 1 --quiet
+  stage "DPO on $NP ranks: LoRA r 16 on the fine-tuned model, --dpo-loss $DPO_LOSS ($(case $DPO_LOSS in orpo|simpo) echo "no reference" ;; *) echo "reference = the same model with the adapters disabled" ;; esac)), $DPO_STEPS steps x 32 pairs, beta $DPO_BETA"
+  "${MPIRUN[@]}" "$TRAIN" --objective dpo --dpo-loss "$DPO_LOSS" --beta "$DPO_BETA" --method lora --lora-r 16 --lora-alpha 32 \
+    --lora-targets all-linear --model "$OUT/tuned" --data "$OUT/pairs" --out "$OUT/dpo" --steps "$DPO_STEPS" \
+    --global-batch 32 --micro-batch $((32 / NP)) --seq-len 64 --lr "$DPO_LR" --warmup-steps 5 --schedule cosine \
+    --eval-every 20 --eval-batches 2 --log-every 10 --threads 1 --metrics "$OUT/dpo.jsonl"
+  stage "DPO before/after (greedy) on $EVAL_N held-out prompts: win rate of chosen-style completions (ends with '!')"
+  $PY "$ROOT/tools/demo/dpo_eval.py" --generate "$GEN" --heldout "$OUT/heldout.jsonl" --n "$EVAL_N" \
+    --model tuned="$OUT/tuned" --model tuned+dpo="$OUT/tuned" --adapter tuned+dpo="$OUT/dpo" \
+    --summary "$OUT/summary-dpo.txt"
+  DPO_SUMMARY="$(cat "$OUT/summary-dpo.txt")"
+  $PY "$ROOT/tools/demo/plot_dpo.py" "$OUT/dpo.png" "$OUT/dpo.jsonl" \
+    --title "shardtune demo: LoRA --objective dpo --dpo-loss $DPO_LOSS toward answers ending in '!' ($NP MPI ranks, CPU)" --note "$DPO_SUMMARY"
+fi
 
 LORA_SUMMARY=""
 if [ "$LORA" != 0 ]; then
@@ -158,6 +192,7 @@ $LORA_SUMMARY}" "${PLOTS[@]}"
 stage "done in $((SECONDS - T0)) s (after the build)"
 echo "$SUMMARY"
 [ -n "$LORA_SUMMARY" ] && echo "$LORA_SUMMARY"
+[ -n "$DPO_SUMMARY" ] && echo "$DPO_SUMMARY (curves: $OUT/dpo.png)"
 echo "outputs in $OUT: base/ and tuned/ (HF models), pretrain.jsonl + finetune.jsonl (metrics), eval.json, loss.png$([ -f "$OUT/tuned.gguf" ] && echo ", tuned.gguf")"
 [ "$LORA" != 0 ] && echo "  LoRA: lora/ (PEFT adapter), lora.jsonl (metrics), eval-lora.json$([ -d "$OUT/merged" ] && echo ", merged/ (HF model)")"
 true
