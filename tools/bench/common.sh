@@ -59,3 +59,22 @@ bench_inputs() {
 bench_host() {
   echo "host: $(getconf _NPROCESSORS_ONLN) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//'), load at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 }
+
+# bench_run_timed DIR CMD...: one measured trainer run. Records the command (DIR/cmd), the load average before
+# and after (DIR/load_before, DIR/load_after) and the wall time (DIR/wall_s); its output goes to DIR/log, and
+# a failure prints the log's tail and returns 1. The saved DIR/out (model / adapter) is removed afterwards.
+bench_run_timed() {
+  local d=$1
+  shift
+  printf '%q ' "$@" > "$d/cmd"; echo >> "$d/cmd"
+  cut -d' ' -f1 /proc/loadavg > "$d/load_before"
+  local t0 t1
+  t0=$(date +%s.%N)
+  if ! "$@" > "$d/log" 2>&1; then
+    echo "run $(basename "$d") FAILED:" >&2; tail -20 "$d/log" >&2; return 1
+  fi
+  t1=$(date +%s.%N)
+  cut -d' ' -f1 /proc/loadavg > "$d/load_after"
+  echo "$t0 $t1" | awk '{ printf "%.1f\n", $2 - $1 }' > "$d/wall_s"
+  rm -rf "$d/out"
+}

@@ -67,16 +67,7 @@ run() {
              --out "$d/out" --objective dpo --beta "$BETA" --steps "$STEPS" --global-batch "$GB" --micro-batch "$MICRO"
              --seq-len "$SEQ" --zero "$ZERO" --threads "$THREADS" --precision fp32 --metrics "$d/metrics.jsonl"
              --eval-batches 0 --log-every 1000 "$@")
-  printf '%q ' "${cmd[@]}" > "$d/cmd"; echo >> "$d/cmd"
-  cut -d' ' -f1 /proc/loadavg > "$d/load_before"
-  local t0 t1
-  t0=$(date +%s.%N)
-  if ! "${cmd[@]}" > "$d/log" 2>&1; then
-    echo "run $name FAILED:" >&2; tail -20 "$d/log" >&2; return 1
-  fi
-  t1=$(date +%s.%N)
-  echo "$t0 $t1" | awk '{ printf "%.1f\n", $2 - $1 }' > "$d/wall_s"
-  rm -rf "$d/out"
+  bench_run_timed "$d" "${cmd[@]}" || return 1
   printf '  %-10s np=%d zero=%d fp32 micro=%d pairs seq=%d steps=%d  %ss wall\n' "$name" "$NP" "$ZERO" "$MICRO" "$SEQ" \
     "$STEPS" "$(cat "$d/wall_s")"
 }

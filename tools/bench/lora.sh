@@ -69,16 +69,7 @@ run() {
              --out "$d/out" --steps "$steps" --global-batch $((np * micro)) --micro-batch "$micro" --seq-len "$seq"
              --zero "$ZERO" --threads "$THREADS" --precision "$prec" --metrics "$d/metrics.jsonl"
              --eval-batches 0 --log-every 1000 "$@")
-  printf '%q ' "${cmd[@]}" > "$d/cmd"; echo >> "$d/cmd"
-  cut -d' ' -f1 /proc/loadavg > "$d/load_before"
-  local t0 t1
-  t0=$(date +%s.%N)
-  if ! "${cmd[@]}" > "$d/log" 2>&1; then
-    echo "run $name FAILED:" >&2; tail -20 "$d/log" >&2; return 1
-  fi
-  t1=$(date +%s.%N)
-  echo "$t0 $t1" | awk '{ printf "%.1f\n", $2 - $1 }' > "$d/wall_s"
-  rm -rf "$d/out"  # the saved model / adapter is not needed
+  bench_run_timed "$d" "${cmd[@]}" || return 1
   printf '  %-20s np=%d zero=%d %s micro=%d seq=%d steps=%d  %ss wall\n' "$name" "$np" "$ZERO" "$prec" "$micro" \
     "$seq" "$steps" "$(cat "$d/wall_s")"
 }

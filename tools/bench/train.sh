@@ -52,17 +52,7 @@ run() {
              --out "$d/out" --steps "$steps" --global-batch "$global" --micro-batch "$micro" --seq-len "$SEQ"
              --zero "$zero" --threads "$THREADS" --precision "$prec" --metrics "$d/metrics.jsonl"
              --eval-batches 0 --log-every 1000 "$@")
-  printf '%q ' "${cmd[@]}" > "$d/cmd"; echo >> "$d/cmd"
-  cut -d' ' -f1 /proc/loadavg > "$d/load_before"
-  local t0 t1
-  t0=$(date +%s.%N)
-  if ! "${cmd[@]}" > "$d/log" 2>&1; then
-    echo "run $name FAILED:" >&2; tail -20 "$d/log" >&2; return 1
-  fi
-  t1=$(date +%s.%N)
-  cut -d' ' -f1 /proc/loadavg > "$d/load_after"
-  echo "$t0 $t1" | awk '{ printf "%.1f\n", $2 - $1 }' > "$d/wall_s"
-  rm -rf "$d/out"  # the saved model is not needed
+  bench_run_timed "$d" "${cmd[@]}" || return 1
   printf '  %-10s np=%d zero=%d %s micro=%d global=%d steps=%d  %ss wall\n' "$name" "$np" "$zero" "$prec" "$micro" \
     "$global" "$steps" "$(cat "$d/wall_s")"
 }
