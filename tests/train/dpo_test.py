@@ -84,6 +84,32 @@ def pair_losses(kind, beta, ls, logits, pc=None, pr=None):
     raise ValueError(kind)
 
 
+def trainable(W0, lora0):
+    """The reference loop's weights: (W, lora, params) for full fine-tuning (every weight trained) or LoRA
+    (the base fixed, the adapters' A and B trained), each a fresh leaf copy of the starting values."""
+    if lora0 is None:
+        W = {k: v.clone().requires_grad_(True) for k, v in W0.items()}
+        return W, None, list(W.values())
+    lora = {m: (A.clone().requires_grad_(True), B.clone().requires_grad_(True), s) for m, (A, B, s) in lora0.items()}
+    return W0, lora, [t for A, B, _ in lora.values() for t in (A, B)]
+
+
+def reference_adamw(params, o):
+    """The trainer's AdamW: weight decay on matrices only, betas (0.9, 0.95), eps 1e-8."""
+    import torch
+    return torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": o["wd"]},
+                              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
+                             lr=o["lr"], betas=(0.9, 0.95), eps=1e-8)
+
+
+def lr_at(s, o):
+    """The trainer's schedule at step s: linear warmup, then cosine to min_lr."""
+    lr, min_lr, warmup, steps = o["lr"], o["min_lr"], o["warmup"], o["steps"]
+    if s < warmup:
+        return lr * (s + 1) / warmup
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, (s - warmup) / (steps - warmup))))
+
+
 def torch_dpo(cfg, W0, pairs, kind, beta, ls, lora0=None):
     """An independent DPO loop: the reference is W0 (no adapter); the policy W0 trained whole, or W0 frozen plus
     `lora0` ({module: (A, B, scale)}) trained. Mean loss over all pairs, clip_grad_norm_, torch.optim.AdamW
@@ -93,23 +119,12 @@ def torch_dpo(cfg, W0, pairs, kind, beta, ls, lora0=None):
     o = OPTS
     with torch.no_grad():
         ref = [[seq_logp(cfg, W0, ids, m) for ids, m in ((c, cm), (r, rm))] for c, cm, r, rm in pairs]
-    if lora0 is None:
-        W, lora = {k: v.clone().requires_grad_(True) for k, v in W0.items()}, None
-        params = list(W.values())
-    else:
-        W = W0
-        lora = {m: (A.clone().requires_grad_(True), B.clone().requires_grad_(True), s) for m, (A, B, s) in lora0.items()}
-        params = [t for A, B, _ in lora.values() for t in (A, B)]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": o["wd"]},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=o["lr"], betas=(0.9, 0.95), eps=1e-8)
-    steps, lr, min_lr, warmup = o["steps"], o["lr"], o["min_lr"], o["warmup"]
+    W, lora, params = trainable(W0, lora0)
+    opt = reference_adamw(params, o)
     out = []
-    for s in range(steps):
-        cur = lr * (s + 1) / warmup if s < warmup else \
-            min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, (s - warmup) / (steps - warmup))))
+    for s in range(o["steps"]):
         for g in opt.param_groups:
-            g["lr"] = cur
+            g["lr"] = lr_at(s, o)
         opt.zero_grad()
         pol = [[seq_logp(cfg, W, ids, m, lora) for ids, m in ((c, cm), (r, rm))] for c, cm, r, rm in pairs]
         norm = (lambda lp, n: lp / n) if kind in ("ipo", *REFERENCE_FREE) else (lambda lp, n: lp)

@@ -15,7 +15,7 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_test import BIN, MPI, SRC, TRAIN, close, make_model, small_cfg, train_lines  # noqa: E402
 from harness import run, run_case  # noqa: E402
-from dpo_test import OPTS, make_pairs  # noqa: E402  (the same 8 byte-tokenized pairs)
+from dpo_test import OPTS, lr_at, make_pairs, reference_adamw, trainable  # noqa: E402  (the same 8 pairs and loop)
 
 sys.path.insert(0, os.path.join(SRC, "tests", "model"))
 
@@ -43,23 +43,13 @@ def torch_reward(cfg, W0, score0, pairs, center, lora0=None):
     import torch.nn.functional as F
     o = OPTS
     score = score0.clone().requires_grad_(True)
-    if lora0 is None:
-        W, lora = {k: v.clone().requires_grad_(True) for k, v in W0.items()}, None
-        params = list(W.values()) + [score]
-    else:
-        W = W0
-        lora = {m: (A.clone().requires_grad_(True), B.clone().requires_grad_(True), s) for m, (A, B, s) in lora0.items()}
-        params = [t for A, B, _ in lora.values() for t in (A, B)] + [score]
-    opt = torch.optim.AdamW([{"params": [p for p in params if p.dim() >= 2], "weight_decay": o["wd"]},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}],
-                            lr=o["lr"], betas=(0.9, 0.95), eps=1e-8)
-    steps, lr, min_lr, warmup = o["steps"], o["lr"], o["min_lr"], o["warmup"]
+    W, lora, params = trainable(W0, lora0)
+    params = params + [score]
+    opt = reference_adamw(params, o)
     out = []
-    for s in range(steps):
-        cur = lr * (s + 1) / warmup if s < warmup else \
-            min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * min(1.0, (s - warmup) / (steps - warmup))))
+    for s in range(o["steps"]):
         for g in opt.param_groups:
-            g["lr"] = cur
+            g["lr"] = lr_at(s, o)
         opt.zero_grad()
         rc = torch.stack([reward(cfg, W, score, c, cm, lora) for c, cm, _, _ in pairs])
         rr = torch.stack([reward(cfg, W, score, r, rm, lora) for _, _, r, rm in pairs])
