@@ -137,11 +137,16 @@ Communicator::~Communicator() = default;
 
 bool Communicator::has_nccl() { return nccl_available(); }
 
+void Communicator::start_nccl(int cuda_device) {
+  ST_CHECK(!nccl_, "internal: start_nccl called twice");
+  auto n = std::make_unique<Nccl>();
+  n->backend = make_nccl_backend(rt_, cuda_device);
+  nccl_ = std::move(n);
+}
+
 Communicator::Nccl& Communicator::nccl() {
-  if (!nccl_) {
-    nccl_ = std::make_unique<Nccl>();
-    nccl_->backend = make_nccl_backend(rt_);
-  }
+  ST_CHECK(nccl_ != nullptr, "internal: a collective on a CUDA tensor before the NCCL communicator was created",
+           "call Communicator::start_nccl on the main thread at start (the trainer does so for --device cuda)");
   return *nccl_;
 }
 
@@ -213,6 +218,28 @@ std::unique_ptr<Pending> Communicator::start_all_gather(at::Tensor in, at::Tenso
   const void* send = in.data_ptr() == static_cast<char*>(out.data_ptr()) + rank() * in.nbytes() ? MPI_IN_PLACE : in.data_ptr();
   mpi_check(MPI_Iallgather(send, count_of(in), mpi_type(in), out.data_ptr(), count_of(in), mpi_type(out), MPI_COMM_WORLD, &r),
             "MPI_Iallgather");
+  return std::make_unique<MpiPending>(this, r, std::vector<at::Tensor>{in, out});
+}
+
+void Communicator::all_to_all(const at::Tensor& in, at::Tensor& out) { start_all_to_all(in, out)->wait(); }
+
+std::unique_ptr<Pending> Communicator::start_all_to_all(at::Tensor in, at::Tensor out) {
+  check_usable("all_to_all");
+  check_flat(in, "all_to_all");
+  check_flat(out, "all_to_all");
+  ST_CHECK(in.scalar_type() == out.scalar_type(), "all_to_all: input and output dtypes differ");
+  ST_CHECK(in.numel() == out.numel() && in.numel() % world() == 0,
+           "all_to_all: input and output must have the same numel, a multiple of the world size");
+  ST_CHECK(in.data_ptr() != out.data_ptr(), "all_to_all: input and output must not be the same buffer");
+  if (world() == 1) {
+    out.copy_(in);
+    return std::make_unique<DonePending>();
+  }
+  if (in.is_cuda()) return nccl().backend->all_to_all(in, out, &blocked_s_);
+  MPI_Request r;
+  const int chunk = count_of(in) / world();
+  mpi_check(MPI_Ialltoall(in.data_ptr(), chunk, mpi_type(in), out.data_ptr(), chunk, mpi_type(out), MPI_COMM_WORLD, &r),
+            "MPI_Ialltoall");
   return std::make_unique<MpiPending>(this, r, std::vector<at::Tensor>{in, out});
 }
 

@@ -60,16 +60,8 @@ class EventPending : public Pending {
 
 class Nccl : public NcclBackend {
  public:
-  explicit Nccl(const MpiRuntime& rt) {
-    MPI_Comm local;
-    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rt.rank(), MPI_INFO_NULL, &local);
-    int local_rank = 0;
-    MPI_Comm_rank(local, &local_rank);
-    MPI_Comm_free(&local);
-    int devices = 0;
-    cuda_check(cudaGetDeviceCount(&devices), "cudaGetDeviceCount");
-    ST_CHECK(devices > 0, "no CUDA device visible to rank " + std::to_string(rt.rank()));
-    cuda_check(cudaSetDevice(local_rank % devices), "cudaSetDevice");
+  Nccl(const MpiRuntime& rt, int cuda_device) {
+    cuda_check(cudaSetDevice(cuda_device), "cudaSetDevice");
     ncclUniqueId id;
     if (rt.rank() == 0) nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
     MPI_Bcast(&id, sizeof id, MPI_BYTE, 0, MPI_COMM_WORLD);
@@ -94,6 +86,18 @@ class Nccl : public NcclBackend {
     nccl_check(ncclBroadcast(t.data_ptr(), t.data_ptr(), t.numel(), nccl_type(t), root, comm_, nullptr), "ncclBroadcast");
     EventPending(std::vector<at::Tensor>{t}, blocked).wait();
   }
+  std::unique_ptr<Pending> all_to_all(at::Tensor in, at::Tensor out, double* blocked) override {
+    int world = 0;
+    nccl_check(ncclCommCount(comm_, &world), "ncclCommCount");
+    const size_t chunk = size_t(in.numel()) / size_t(world), bytes = chunk * in.element_size();
+    nccl_check(ncclGroupStart(), "ncclGroupStart");
+    for (int peer = 0; peer < world; ++peer) {
+      nccl_check(ncclSend(static_cast<char*>(in.data_ptr()) + peer * bytes, chunk, nccl_type(in), peer, comm_, nullptr), "ncclSend");
+      nccl_check(ncclRecv(static_cast<char*>(out.data_ptr()) + peer * bytes, chunk, nccl_type(out), peer, comm_, nullptr), "ncclRecv");
+    }
+    nccl_check(ncclGroupEnd(), "ncclGroupEnd");
+    return std::make_unique<EventPending>(std::vector<at::Tensor>{in, out}, blocked);
+  }
 
  private:
   ncclComm_t comm_{};
@@ -102,6 +106,8 @@ class Nccl : public NcclBackend {
 }  // namespace
 
 bool nccl_available() { return true; }
-std::unique_ptr<NcclBackend> make_nccl_backend(const MpiRuntime& rt) { return std::make_unique<Nccl>(rt); }
+std::unique_ptr<NcclBackend> make_nccl_backend(const MpiRuntime& rt, int cuda_device) {
+  return std::make_unique<Nccl>(rt, cuda_device);
+}
 
 }  // namespace shardtune::dist

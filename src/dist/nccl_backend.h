@@ -17,11 +17,12 @@ class NcclBackend {
   virtual std::unique_ptr<Pending> reduce_scatter_sum(at::Tensor in, at::Tensor out, double* blocked_s) = 0;
   virtual std::unique_ptr<Pending> all_gather(at::Tensor in, at::Tensor out, double* blocked_s) = 0;
   virtual void broadcast(at::Tensor& t, int root, double* blocked_s) = 0;
+  virtual std::unique_ptr<Pending> all_to_all(at::Tensor in, at::Tensor out, double* blocked_s) = 0;
 };
 
 bool nccl_available();
-// Bootstraps one NCCL communicator over MPI_COMM_WORLD: local rank from MPI_Comm_split_type picks the
-// GPU, rank 0's ncclUniqueId goes to everyone by MPI_Bcast.
-std::unique_ptr<NcclBackend> make_nccl_backend(const MpiRuntime& rt);
+// Bootstraps one NCCL communicator over MPI_COMM_WORLD on CUDA device `cuda_device` (chosen by the
+// caller: device.h's pick_cuda_device); rank 0's ncclUniqueId goes to everyone by MPI_Bcast.
+std::unique_ptr<NcclBackend> make_nccl_backend(const MpiRuntime& rt, int cuda_device);
 
 }  // namespace shardtune::dist

@@ -55,6 +55,18 @@ class Communicator {
   std::unique_ptr<Pending> start_all_reduce_sum(at::Tensor t);
   std::unique_ptr<Pending> start_reduce_scatter_sum(at::Tensor in, at::Tensor out);
   std::unique_ptr<Pending> start_all_gather(at::Tensor in, at::Tensor out);
+  // All-to-all byte move of any dtype: in and out have the same numel, a multiple of world; chunk j of
+  // `in` goes to rank j, chunk i of `out` comes from rank i. (The bf16-communication reduce-scatter with
+  // fp32 accumulation is built on it: grad_sync.cpp.)
+  std::unique_ptr<Pending> start_all_to_all(at::Tensor in, at::Tensor out);
+  void all_to_all(const at::Tensor& in, at::Tensor& out);
+
+  // Creates the NCCL communicator now, on the calling (main) thread, for CUDA device `cuda_device`:
+  // collective over all ranks (rank 0's ncclUniqueId goes out by MPI_Bcast). CUDA tensors can be
+  // communicated only after it; without it their collectives throw (never a lazy init inside an
+  // autograd hook). Throws where the build has no NCCL.
+  void start_nccl(int cuda_device);
+  bool nccl_started() const { return nccl_ != nullptr; }
 
   // Seconds spent blocked in wait()/blocking collectives since the last call (communication that was
   // not hidden behind compute). Resets the counter.

@@ -1,0 +1,32 @@
+// Which device a rank computes on: the CPU, or one CUDA GPU per rank picked by the rank's index among
+// the ranks of its node (MPI_Comm_split_type). The pure part (pick_cuda_device) is unit-tested without
+// a GPU; the rest asks MPI and the CUDA runtime (absent from a CPU-only build: no devices).
+#pragma once
+
+#include <string>
+
+#include "shardtune/dist/mpi_runtime.h"
+
+namespace shardtune::dist {
+
+// This rank's place among the ranks on its node (shared-memory domain).
+struct NodePlace {
+  int local_rank = 0;
+  int local_size = 1;
+  std::string host;
+};
+
+// MPI_Comm_split_type(MPI_COMM_TYPE_SHARED) over MPI_COMM_WORLD (rank 0 of 1 when not under MPI).
+// Collective: every rank calls it.
+NodePlace node_place(const MpiRuntime& rt);
+
+// CUDA devices this process sees (after CUDA_VISIBLE_DEVICES); 0 when built without CUDA or none.
+int cuda_device_count();
+
+// The CUDA device index for a rank: local_rank, when there are at least as many visible devices as
+// ranks on the node. Throws an Error naming the rank, the host, the ranks per node and the visible
+// devices, with a hint (one rank per GPU: srun --ntasks-per-node=GPUS / --gpus-per-task=1, or
+// CUDA_VISIBLE_DEVICES), when visible_devices < local_size or there are none.
+int pick_cuda_device(int rank, const NodePlace& place, int visible_devices);
+
+}  // namespace shardtune::dist

@@ -1,0 +1,54 @@
+// Device choice per rank (device.h): node place from MPI_Comm_split_type, visible CUDA devices from the
+// CUDA runtime where the build has it, and the pure rule that maps the two to a device index.
+#include "shardtune/dist/device.h"
+
+#include <mpi.h>
+
+#ifdef SHARDTUNE_HAVE_CUDART
+#include <cuda_runtime.h>
+#endif
+
+#include "shardtune/core/error.h"
+
+namespace shardtune::dist {
+
+NodePlace node_place(const MpiRuntime& rt) {
+  NodePlace p;
+  char name[MPI_MAX_PROCESSOR_NAME] = {0};
+  int len = 0;
+  if (!rt.active()) return p;
+  MPI_Get_processor_name(name, &len);
+  p.host.assign(name, size_t(len));
+  MPI_Comm local;
+  MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rt.rank(), MPI_INFO_NULL, &local);
+  MPI_Comm_rank(local, &p.local_rank);
+  MPI_Comm_size(local, &p.local_size);
+  MPI_Comm_free(&local);
+  return p;
+}
+
+int cuda_device_count() {
+#ifdef SHARDTUNE_HAVE_CUDART
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) return 0;  // no driver, or no device: the same to the caller
+  return n;
+#else
+  return 0;
+#endif
+}
+
+int pick_cuda_device(int rank, const NodePlace& place, int visible_devices) {
+  const std::string where = "rank " + std::to_string(rank) + (place.host.empty() ? "" : " on " + place.host);
+  ST_CHECK(visible_devices > 0, where + ": --device cuda but no CUDA device is visible",
+           "run on a GPU node (srun --gpus-per-task=1 or --gres=gpu:N), check CUDA_VISIBLE_DEVICES and nvidia-smi, "
+           "or use --device cpu");
+  ST_CHECK(place.local_size <= visible_devices,
+           where + ": " + std::to_string(place.local_size) + " ranks share this node but only " +
+               std::to_string(visible_devices) + " CUDA device(s) are visible; --device cuda runs one rank per GPU",
+           "start at most " + std::to_string(visible_devices) + " ranks per node (srun --ntasks-per-node=" +
+               std::to_string(visible_devices) + ", mpirun --map-by ppr:" + std::to_string(visible_devices) +
+               ":node), or make more GPUs visible (CUDA_VISIBLE_DEVICES)");
+  return place.local_rank;
+}
+
+}  // namespace shardtune::dist
