@@ -391,8 +391,10 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
                          cfg.seed};
   plan.objective = cfg.objective;
   train::Trainer trainer(cfg, model, comm);
-  trainer.set_objective(train::make_objective(cfg, *model));  // null for sft; dpo: the reference model
-  if (const auto ref = train::reference_summary(cfg, *model); !ref.empty()) log::info(ref);
+  const auto objective = train::make_objective(cfg, *model);  // null for sft; dpo: the reference model
+  trainer.set_objective(objective);
+  const train::ReferenceInfo ref_info = train::reference_info(cfg, *model, objective.get());
+  if (!ref_info.line.empty()) log::info(ref_info.line);
   train::LoaderPlan eval_plan = plan;  // the val split's own reference table with --precompute-ref
   if (cfg.precompute_ref) {
     const auto t0 = std::chrono::steady_clock::now();
@@ -435,6 +437,9 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   if (resumed)
     metrics.write({{"type", "resume"}, {"step", resumed->step}, {"checkpoint", resume.path.string()},
                    {"world", world}, {"world_at_save", resumed->world}});
+  if (!ref_info.kind.empty())  // dpo: what the reference is and the memory its copy takes per rank
+    metrics.write({{"type", "reference"}, {"step", resumed ? resumed->step : 0}, {"reference", ref_info.kind},
+                   {"dtype", ref_info.dtype}, {"bytes", ref_info.bytes}});
   auto evaluate = [&](int64_t step) {
     if (val_set->size() == 0 || cfg.eval_batches == 0) return;
     auto [sum, count] = trainer.evaluate(train::read_eval(*val_set, eval_plan, cfg.eval_batches));

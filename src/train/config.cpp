@@ -38,6 +38,10 @@ void TrainConfig::bind(CLI::App& app) {
   app.add_flag("--precompute-ref", precompute_ref,
                "--objective dpo: compute the reference log-probs once before training, kept in --ckpt-dir (no "
                "reference model held while training)");
+  app.add_option("--ref-dtype", ref_dtype,
+                 "--objective dpo --method full: the frozen reference copy's weights: auto (bf16 when --precision "
+                 "computes in bf16) | fp32 | bf16 (half the memory; its log-probs still summed in fp32)")
+      ->capture_default_str();
   app.add_option("--simpo-gamma", simpo_gamma, "--dpo-loss simpo: the target reward margin gamma")->capture_default_str();
   app.add_option("--label-smoothing", label_smoothing,
                  "--objective dpo: assumed fraction of flipped labels (sigmoid: cDPO; robust: rDPO), in [0, 0.5)")
@@ -128,6 +132,10 @@ void TrainConfig::validate() const {
            "use full, lora or qlora");
   ST_CHECK(!precompute_ref || objective == "dpo", "--precompute-ref applies to --objective dpo only",
            "drop --precompute-ref, or give --objective dpo");
+  ST_CHECK(ref_dtype == "auto" || ref_dtype == "fp32" || ref_dtype == "bf16", "unknown --ref-dtype '" + ref_dtype + "'",
+           "use auto, fp32 or bf16");
+  ST_CHECK(ref_dtype == "auto" || objective == "dpo", "--ref-dtype applies to --objective dpo only",
+           "drop --ref-dtype, or give --objective dpo");
   ST_CHECK(objective == "sft" || objective == "dpo" || objective == "reward", "unknown --objective '" + objective + "'",
            "use sft (sequences), dpo or reward (preference pairs from shardtune-prep --format preference)");
   ST_CHECK(center_rewards == 0 || objective == "reward", "--center-rewards applies to --objective reward only",
@@ -153,6 +161,16 @@ void TrainConfig::validate() const {
     ST_CHECK(!precompute_ref || (dpo_loss != "simpo" && dpo_loss != "orpo"),
              "--precompute-ref with --dpo-loss " + dpo_loss + ": this loss uses no reference model",
              "drop --precompute-ref");
+    // --ref-dtype sets the dtype of the full-fine-tuning reference copy (live, or the --precompute-ref pass's):
+    // given explicitly where no such copy exists, it would silently do nothing.
+    ST_CHECK(ref_dtype == "auto" || (dpo_loss != "simpo" && dpo_loss != "orpo"),
+             "--ref-dtype " + ref_dtype + " with --dpo-loss " + dpo_loss + ": this loss uses no reference model",
+             "drop --ref-dtype");
+    ST_CHECK(ref_dtype == "auto" || method == "full",
+             "--ref-dtype " + ref_dtype + " with --method " + method +
+                 ": the reference is the policy's own base with the adapters disabled (no copy is held), so its "
+                 "dtype is the base's",
+             "drop --ref-dtype; --base-dtype bf16 holds the frozen base (policy and reference alike) in bf16");
     ST_CHECK(!pack, "--pack with --objective dpo: a packed row would mix pairs (and their log-probs)",
              "drop --pack; pairs are padded to the longest sequence of each micro-batch");
   }
@@ -260,6 +278,8 @@ std::string TrainConfig::table() const {
     row("label-smoothing", label_smoothing);
     if (dpo_loss == "simpo") row("simpo-gamma", simpo_gamma);
     if (precompute_ref) row("precompute-ref", "true");
+    // only where it takes effect (a full copy is loaded), so other runs' fingerprints are unchanged
+    if (method == "full" && dpo_loss != "simpo" && dpo_loss != "orpo") row("ref-dtype", ref_dtype);
   }
   if (method != "full") {
     std::string targets;

@@ -1,14 +1,17 @@
 // DPO objective: one forward of the policy over the 2n rows of a pair batch (chosen, then rejected), one
 // no-grad forward of the reference, per-sequence target log-probs (model/logps.h), the per-pair loss and
-// the TRL-named metrics (summed here; the trainer divides by the global pair count).
+// the TRL-named metrics (summed here; the trainer divides by the global pair count); the full-fine-tuning
+// reference copy (fp32 or bf16) and what the run says of its reference.
 #include "shardtune/train/preference.h"
 
 #include <torch/csrc/autograd/grad_mode.h>
 
 #include "shardtune/core/error.h"
+#include "shardtune/core/log.h"
 #include "shardtune/data/dataset.h"
 #include "shardtune/model/io.h"
 #include "shardtune/model/logps.h"
+#include "shardtune/model/runtime.h"
 #include "shardtune/train/reward.h"
 
 namespace shardtune::train {
@@ -94,29 +97,68 @@ Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& id
   return r;
 }
 
+at::ScalarType reference_dtype(const TrainConfig& cfg) {
+  const bool bf16 = cfg.ref_dtype == "bf16" ||
+                    (cfg.ref_dtype == "auto" && model::parse_precision(cfg.precision) == model::Precision::BF16);
+  return bf16 ? at::kBFloat16 : at::kFloat;
+}
+
+std::shared_ptr<model::CausalLM> load_reference_copy(const TrainConfig& cfg) {
+  auto reference = model::load_model(cfg.model);
+  if (reference_dtype(cfg) == at::kBFloat16) {
+    reference->freeze_base(at::kBFloat16);
+  } else {
+    // fp32: the weights as loaded, laid out as the policy's (no fused q/k/v buffers), so before the first
+    // update the reference's log-probs are the policy's bit for bit (rewards exactly 0, the loss log 2).
+    for (auto& [name, t] : reference->hf_parameters()) t.set_requires_grad(false);
+  }
+  reference->eval();
+  return reference;
+}
+
+int64_t weight_bytes(const model::CausalLM& m) {
+  int64_t n = 0;
+  for (const auto& [name, t] : m.hf_parameters()) n += t.numel() * int64_t(t.element_size());
+  return n;
+}
+
 std::shared_ptr<Objective> make_objective(const TrainConfig& cfg, const model::CausalLM& policy) {
   if (cfg.objective == "sft") return nullptr;
   if (cfg.objective == "reward") return std::make_shared<RewardObjective>(cfg.center_rewards);
   ST_CHECK(cfg.objective == "dpo", "internal: unknown --objective '" + cfg.objective + "'");
   DpoOptions o{cfg.dpo_loss, cfg.dpo_beta, cfg.label_smoothing, cfg.simpo_gamma};
   std::shared_ptr<model::CausalLM> reference;
-  if (!policy.has_lora() && !o.reference_free() && !cfg.precompute_ref) {
-    // Full fine-tuning: a frozen copy of the starting model (--model, also when resuming), loaded once.
-    reference = model::load_model(cfg.model);
-    for (auto& [name, t] : reference->hf_parameters()) t.set_requires_grad(false);
-    reference->eval();
-  }
+  // Full fine-tuning: a frozen copy of the starting model (--model, also when resuming), loaded once.
+  if (!policy.has_lora() && !o.reference_free() && !cfg.precompute_ref) reference = load_reference_copy(cfg);
   return std::make_shared<DpoObjective>(o, std::move(reference), cfg.precompute_ref);
 }
 
-std::string reference_summary(const TrainConfig& cfg, const model::CausalLM& policy) {
-  if (cfg.objective != "dpo") return "";
+ReferenceInfo reference_info(const TrainConfig& cfg, const model::CausalLM& policy, const Objective* objective) {
+  ReferenceInfo r;
+  if (cfg.objective != "dpo") return r;
   const std::string head = "--objective dpo --dpo-loss " + cfg.dpo_loss + ": reference model ";
-  if (cfg.dpo_loss == "simpo" || cfg.dpo_loss == "orpo") return head + "none (reference-free loss)";
-  if (cfg.precompute_ref)
-    return head + "precomputed: its log-probs of every pair in one pass before training (no reference held)";
-  if (policy.has_lora()) return head + "= the base with the adapters disabled (no second copy)";
-  return head + "= a frozen copy of --model, loaded once per rank";
+  const auto* dpo = dynamic_cast<const DpoObjective*>(objective);
+  if (cfg.dpo_loss == "simpo" || cfg.dpo_loss == "orpo") {
+    r.kind = "none";
+    r.line = head + "none (reference-free loss)";
+  } else if (cfg.precompute_ref) {
+    r.kind = "precomputed";
+    r.line = head + "precomputed: its log-probs of every pair in one pass before training (no reference held)";
+    if (!policy.has_lora())
+      r.line += std::string("; the pass's copy of --model in ") + (reference_dtype(cfg) == at::kBFloat16 ? "bf16" : "fp32");
+  } else if (policy.has_lora()) {
+    r.kind = "adapters_disabled";
+    r.line = head + "= the base with the adapters disabled (no second copy)";
+  } else {
+    ST_CHECK(dpo && dpo->reference(), "internal: a full-fine-tuning DPO run without its reference copy");
+    r.kind = "copy";
+    r.dtype = reference_dtype(cfg) == at::kBFloat16 ? "bf16" : "fp32";
+    r.bytes = weight_bytes(*dpo->reference());
+    r.line = head + "= a frozen copy of --model, loaded once per rank: " + r.dtype + " weights, " +
+             log::human_bytes(double(r.bytes)) + " (" + std::to_string(r.bytes) + " bytes) per rank" +
+             (cfg.ref_dtype == "auto" ? " (--ref-dtype auto)" : "");
+  }
+  return r;
 }
 
 }  // namespace shardtune::train

@@ -12,6 +12,7 @@
 #include "shardtune/model/io.h"
 #include "shardtune/model/logps.h"
 #include "shardtune/model/runtime.h"
+#include "shardtune/train/preference.h"
 
 namespace shardtune::train {
 
@@ -20,7 +21,7 @@ namespace stdfs = std::filesystem;
 namespace {
 
 // What the reference log-probs depend on: the starting model, the pairs, truncation, numerics, and the
-// method (QLoRA's reference is the NF4 base). Not the loss, beta or the optimizer.
+// method (QLoRA's reference is the NF4 base), the full copy's dtype. Not the loss, beta or the optimizer.
 std::string identity(const TrainConfig& cfg, const data::ShardSet& train, const data::ShardSet& val) {
   nlohmann::json j;
   std::error_code ec;
@@ -43,6 +44,8 @@ std::string identity(const TrainConfig& cfg, const data::ShardSet& train, const 
   j["base_dtype"] = cfg.base_dtype;
   j["compute_dtype"] = cfg.compute_dtype;
   j["double_quant"] = cfg.double_quant;
+  // full fine-tuning: the pass's reference copy is held in fp32 or bf16 (--ref-dtype, resolved)
+  if (cfg.method == "full") j["ref_dtype"] = reference_dtype(cfg) == at::kBFloat16 ? "bf16" : "fp32";
   return j.dump();
 }
 
@@ -136,7 +139,7 @@ ReferenceTable precompute_reference(const TrainConfig& cfg, model::CausalLM& pol
     policy.eval();
     model::AutocastGuard autocast(at::Device(at::kCPU), model::parse_precision(cfg.precision));
     std::shared_ptr<model::CausalLM> copy;
-    if (!policy.has_lora()) copy = model::load_model(cfg.model);  // freed on return: training holds none
+    if (!policy.has_lora()) copy = load_reference_copy(cfg);  // in --ref-dtype; freed on return: training holds none
     model::CausalLM& ref = copy ? *copy : policy;
     tr = compute_split(ref, !copy, train, plan);
     va = compute_split(ref, !copy, val, plan);

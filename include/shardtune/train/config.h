@@ -57,6 +57,7 @@ struct TrainConfig {
   std::string dpo_loss = "sigmoid";  // sigmoid | ipo | hinge | robust | simpo | orpo
   double dpo_beta = 0.1, label_smoothing = 0.0;
   bool precompute_ref = false;       // reference log-probs in one pass before training (no reference held)
+  std::string ref_dtype = "auto";    // --method full's frozen reference copy: auto (bf16 when computing in bf16) | fp32 | bf16
   double simpo_gamma = 0.5;          // --dpo-loss simpo: target reward margin (TRL's default)
   double center_rewards = 0.0;       // --objective reward: + C * mean((r_chosen + r_rejected)^2) (TRL)
 
