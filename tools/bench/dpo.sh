@@ -5,7 +5,8 @@
 #   lora  --method lora (r DPO_LORA_R, all-linear): the reference is the same base with the adapters disabled;
 #   full  --method full: the reference is a frozen full copy of the model per rank;
 #   pre   --method full --precompute-ref: reference log-probs computed in one pass before training (its time
-#         is reported separately), no reference held while training.
+#         is reported separately), no reference held while training;
+#   fullbf16 (only with DPO_BF16_REF=1) --method full --ref-dtype bf16: the frozen copy held in bf16.
 # Pairs (tools/bench/dpo_setup.py): prompt ~112 bytes of tinyshakespeare, chosen = the 112 bytes that follow,
 # rejected = 112 bytes from elsewhere; DPO_STEPS x the global batch of them (one pass), prepared with
 # shardtune-prep --format preference --max-seq-len SEQ.
@@ -21,7 +22,7 @@
 # and pre/full.
 #
 # Environment: NICE (unset) BIND (none) DPO_NP (2) DPO_ZERO (1) ROUNDS (3) DPO_STEPS (6) WARMUP (2) MICRO (4)
-#   SEQ (256) THREADS (1) DPO_LORA_R (16) DPO_BETA (0.1)
+#   SEQ (256) THREADS (1) DPO_LORA_R (16) DPO_BETA (0.1) DPO_BF16_REF (0; 1 adds the fullbf16 run to each round)
 #   DPO_BENCH_WORK=DIR keeps the model, data and every run's metrics/log there (default: a temp dir).
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
@@ -29,6 +30,7 @@ bench_paths "$@"
 if [ "$BENCH_SHIFT" = 1 ]; then shift; fi
 NP=${DPO_NP:-2} ZERO=${DPO_ZERO:-1} ROUNDS=${ROUNDS:-3} STEPS=${DPO_STEPS:-6} WARMUP=${WARMUP:-2}
 MICRO=${MICRO:-4} SEQ=${SEQ:-256} THREADS=${THREADS:-1} LORA_R=${DPO_LORA_R:-16} BETA=${DPO_BETA:-0.1}
+BF16_REF=${DPO_BF16_REF:-0}
 command -v mpirun >/dev/null || { echo "mpirun not found" >&2; exit 1; }
 [ -x /usr/bin/time ] || { echo "/usr/bin/time (GNU time) not found: apt-get install time" >&2; exit 1; }
 [ "$WARMUP" -lt "$STEPS" ] || { echo "WARMUP ($WARMUP) must be below STEPS ($STEPS)" >&2; exit 1; }
@@ -47,13 +49,14 @@ if [ ! -f "$WORK/pairs/manifest.json" ]; then
 fi
 echo "model (tools/bench/train.sh's): $(cat "$WORK/model.json")"
 bench_host
-echo "settings: DPO_NP=$NP DPO_ZERO=$ZERO BIND=${BIND:-none} NICE=${NICE:-} ROUNDS=$ROUNDS DPO_STEPS=$STEPS WARMUP=$WARMUP MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS DPO_LORA_R=$LORA_R DPO_BETA=$BETA"
+echo "settings: DPO_NP=$NP DPO_ZERO=$ZERO BIND=${BIND:-none} NICE=${NICE:-} ROUNDS=$ROUNDS DPO_STEPS=$STEPS WARMUP=$WARMUP MICRO=$MICRO SEQ=$SEQ THREADS=$THREADS DPO_LORA_R=$LORA_R DPO_BETA=$BETA DPO_BF16_REF=$BF16_REF"
 
 method_opts() {
   case $1 in
     lora) echo --method lora --lora-r "$LORA_R" --lora-alpha $((2 * LORA_R)) --lora-targets all-linear ;;
     full) echo --method full ;;
     pre) echo --method full --precompute-ref ;;
+    fullbf16) echo --method full --ref-dtype bf16 ;;
   esac
 }
 
@@ -74,12 +77,14 @@ run() {
 
 T0=$SECONDS
 rm -rf "$WORK"/runs
-echo; echo "== runs: DPO (sigmoid, beta $BETA), lora vs full vs pre, $NP rank(s) x $THREADS thread(s), ZeRO-$ZERO, fp32, $STEPS steps, $ROUNDS rounds; $MICRO pairs (x 2 rows x $SEQ tokens) per rank per step"
+echo; echo "== runs: DPO (sigmoid, beta $BETA), lora vs full vs pre$([ "$BF16_REF" = 1 ] && echo " vs fullbf16"), $NP rank(s) x $THREADS thread(s), ZeRO-$ZERO, fp32, $STEPS steps, $ROUNDS rounds; $MICRO pairs (x 2 rows x $SEQ tokens) per rank per step"
 METHODS=(lora full pre)
+[ "$BF16_REF" = 1 ] && METHODS+=(fullbf16)
+NM=${#METHODS[@]}
 for ((k = 1; k <= ROUNDS; k++)); do
   sfx=""; [ "$k" -gt 1 ] && sfx=".$k"
-  for ((i = 0; i < 3; i++)); do
-    m=${METHODS[$(((i + k - 1) % 3))]}
+  for ((i = 0; i < NM; i++)); do
+    m=${METHODS[$(((i + k - 1) % NM))]}
     # shellcheck disable=SC2046
     run "$m$sfx" $(method_opts "$m")
   done

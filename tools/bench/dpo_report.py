@@ -3,7 +3,8 @@
 paste into docs/PERFORMANCE.md (the "<!-- bench:dpo begin/end -->" block).
 
 Runs are named METHOD (round 1) and METHOD.K (round K), METHOD lora (adapters-disabled reference), full (frozen
-full copy) or pre (full with --precompute-ref). Every figure is a median with its range (min-max) over rounds
+full copy), pre (full with --precompute-ref) or, when present (dpo.sh with DPO_BF16_REF=1), fullbf16 (the frozen
+copy in bf16, --ref-dtype bf16). Every figure is a median with its range (min-max) over rounds
 (per run: the median over its steps after the first WARMUP), never a best run. Sources: pairs/s = the global
 batch's pairs (loss_tokens, which counts pairs for DPO) / step_s; tokens/s = the step's tokens (both rows of
 every pair) / step_s; peak RSS = GNU time's maximum resident set of each rank process (the largest rank is
@@ -30,6 +31,7 @@ a = ap.parse_args()
 METHODS = {"lora": "LoRA r16, reference = base with adapters disabled",
            "full": "full, reference = frozen full copy per rank",
            "pre": "full, --precompute-ref (no reference held)"}
+OPTIONAL = {"fullbf16": "full, reference = frozen copy in bf16 (--ref-dtype bf16)"}
 
 
 def run(name):
@@ -65,6 +67,10 @@ R = {m: [x for x in (run(n) for n in names(m)) if x] for m in METHODS}
 missing = [m for m in METHODS if not R[m]]
 if missing:
     sys.exit(f"dpo_report: no metrics for {', '.join(missing)} under {a.work}/runs")
+for m, what in OPTIONAL.items():  # a run that is there is reported
+    if any(run(n) for n in names(m)):
+        METHODS[m] = what
+        R[m] = [x for x in (run(n) for n in names(m)) if x]
 MB = 1 / 2**20
 
 
@@ -93,5 +99,7 @@ print(f"Precompute pass (`pre`, before training, not in its step figures): {col(
 print()
 print(table(["ratio (per round, median and range)", "pairs/s", "peak RSS, largest rank"],
             [["full / lora", ratio("full", "lora", "pps"), ratio("full", "lora", "rss_max")],
-             ["pre / full", ratio("pre", "full", "pps"), ratio("pre", "full", "rss_max")]]))
+             ["pre / full", ratio("pre", "full", "pps"), ratio("pre", "full", "rss_max")]] +
+            ([["fullbf16 / full", ratio("fullbf16", "full", "pps"), ratio("fullbf16", "full", "rss_max")]]
+             if "fullbf16" in R else [])))
 end("dpo")
