@@ -338,7 +338,9 @@ std::vector<std::string> incompatible_changes(const std::map<std::string, std::s
   static const std::set<std::string> fixed = {
       "model", "data", "data-manifest-sha256", "model-sha256", "method", "global-batch", "seq-len", "pack", "seed",
       "lora-r", "lora-alpha", "lora-targets", "use-rslora", "lora-dropout", "base-dtype", "compute-dtype",
-      "double-quant", "adapter"};
+      "double-quant", "adapter",
+      // The loss itself: another objective, DPO loss or its coefficients would continue a different run.
+      "objective", "dpo-loss", "beta", "label-smoothing", "simpo-gamma", "center-rewards"};
   std::set<std::string> keys;
   for (const auto& [k, v] : saved) keys.insert(k);
   for (const auto& [k, v] : now) keys.insert(k);

@@ -270,6 +270,10 @@ def t_resume(tmp):
         env = dict(os.environ, SHARDTUNE_TEST_FAIL="0:2")
         p = dpo_train(tmp, f"cut_{tag}", 1, 2, "sigmoid", 0.1, 0.0, extra=extra, steps=5, env=env, ok=False, gb=4)
         assert p.returncode != 0 and "injected failure" in p.stderr, p.stderr[-2000:]
+        if tag == "full":  # another loss would continue a different run: refused, naming the option
+            bad = dpo_train(tmp, f"cut_{tag}", 1, 2, "ipo", 0.1, 0.0, extra=extra, steps=5, ok=False, gb=4)
+            assert bad.returncode != 0 and "cannot resume" in bad.stderr, bad.stderr[-2000:]
+            assert "dpo-loss: sigmoid in the checkpoint, ipo now" in bad.stderr, bad.stderr[-2000:]
         again = dpo_train(tmp, f"cut_{tag}", 2, 1, "sigmoid", 0.1, 0.0, extra=extra, steps=5, gb=4)
         # the metrics file holds steps 1-2 of the first run, then the resumed run's 3-5
         assert [l["step"] for l in again] == [1, 2, 3, 4, 5], [l["step"] for l in again]
