@@ -20,7 +20,7 @@
 #                                      py_compile of the Python scripts) and prints the plan
 # Environment: GPU_CHECK_ONLY="nccl loss interop bench" (a subset), GPU_CHECK_BUDGET_S (570: seconds for
 # everything; later checks are skipped, not cut, when too little is left), JOBS, GPU_CARRY, GPU_CHECK_BUILD,
-# GPU_CHECK_WORK, BENCH_STEPS (12), BENCH_MICRO (4), BENCH_GLOBAL (16).
+# GPU_CHECK_WORK, BENCH_STEPS (10), BENCH_MICRO (8), BENCH_GLOBAL (32; out of memory: retried at 4 / 16).
 set -uo pipefail
 START=$SECONDS
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -40,6 +40,8 @@ RESULTS="$WORK/results.jsonl"
 : > "$RESULTS"
 exec > >(tee -a "$LOG") 2>&1
 
+# The image's own Python (torch, transformers, peft) never sees the prefix's libraries.
+pyrun() { env -u LD_LIBRARY_PATH "$PY" "$@"; }
 say() { printf '[gpu-check %4ds] %s\n' "$((SECONDS - START))" "$*"; }
 left() { echo $((BUDGET - (SECONDS - START))); }
 # record NAME STATUS SUMMARY [JSON]: one result; gpu-check.json is rewritten after each one (a run cut
@@ -299,13 +301,13 @@ fi
 if wants interop && need 90 interop; then
   I="$WORK/interop"; mkdir -p "$I"
   if [ "$DRY" != 0 ] || [ "$GPUS" = 0 ]; then
-    if $PY -m py_compile "$TOOLS"/*.py; then
+    if pyrun -m py_compile "$TOOLS"/*.py && rm -rf "$TOOLS/__pycache__"; then
       record interop SKIP "needs the GPU machine's transformers/peft and a GPU; here its scripts compile ($PY -m py_compile tools/gpu-check/*.py)"
     else record interop FAIL "py_compile failed for tools/gpu-check/*.py"
     fi
   else
     ok=1
-    $PY "$TOOLS/make_models.py" "$ROOT" interop "$I/base" || ok=0
+    pyrun "$TOOLS/make_models.py" "$ROOT" interop "$I/base" || ok=0
     if [ $ok = 1 ] && [ ! -f "$I/data/manifest.json" ]; then
       $SYSPY "$ROOT/tools/demo/make_task.py" "$I/task.jsonl" "$I/held.jsonl" 300 > /dev/null &&
         "$PREP" --input "$I/task.jsonl" --output "$I/data" --tokenizer "$SHARED/tokenizers/llama2-tokenizer.model" \
@@ -322,7 +324,7 @@ if wants interop && need 90 interop; then
     [ $ok = 1 ] && { "$GEN" --model "$I/base" --adapter "$I/lora" --prompt-ids "$ids" --print-logits > "$I/ours-lora.json" || ok=0; }
     if [ $ok = 1 ]; then
       # The image's own Python and libraries: the prefix's LD_LIBRARY_PATH stays out of it.
-      env -u LD_LIBRARY_PATH $PY "$TOOLS/hf_interop.py" "$I/full" "$I/ours-full.json" "$I/base" "$I/lora" "$I/ours-lora.json" 1e-4 \
+      pyrun "$TOOLS/hf_interop.py" "$I/full" "$I/ours-full.json" "$I/base" "$I/lora" "$I/ours-lora.json" 1e-4 \
         > "$I/hf.txt" 2>&1; rc=$?
       cat "$I/hf.txt" | grep -v '^{' ; j="$(tail -1 "$I/hf.txt")"
       [ $rc = 0 ] && record interop PASS "transformers + peft + AutoTokenizer load our outputs; logits within 1e-4" "$j" ||
@@ -337,12 +339,12 @@ if wants bench && need 150 bench; then
   B="$WORK/bench"; mkdir -p "$B"
   if [ "$GPUS" = 0 ]; then
     say "check bench (plan): make_models.py bench (~1.1B, TinyLlama shape); prep tinyshakespeare (byte, --overlong split,"
-    say "  2048-token rows); shardtune --device cuda --precision bf16 --zero 1 --seq-len 2048 --steps ${BENCH_STEPS:-12}"
-    say "  --micro-batch ${BENCH_MICRO:-4} --global-batch ${BENCH_GLOBAL:-16}; bench_report.py: median tokens/s, MFU vs the bf16 peak"
+    say "  2048-token rows); shardtune --device cuda --precision bf16 --zero 1 --seq-len 2048 --steps ${BENCH_STEPS:-10}"
+    say "  --micro-batch ${BENCH_MICRO:-8} --global-batch ${BENCH_GLOBAL:-32}; bench_report.py: median tokens/s, MFU vs the bf16 peak"
     record bench SKIP "needs a GPU (plan printed above)"
   else
     ok=1
-    $PY "$TOOLS/make_models.py" "$ROOT" bench "$B/model" | tee "$B/model.json" || ok=0
+    pyrun "$TOOLS/make_models.py" "$ROOT" bench "$B/model" | tee "$B/model.json" || ok=0
     if [ $ok = 1 ] && [ ! -f "$B/data/manifest.json" ]; then
       $SYSPY - "$SHARED/data/tinyshakespeare.txt" "$B/corpus.jsonl" <<'EOF' || ok=0
 import json, sys
@@ -354,13 +356,20 @@ EOF
       "$PREP" --input "$B/corpus.jsonl" --output "$B/data" --tokenizer byte --format text --max-seq-len 2048 \
         --overlong split --val-fraction 0 --quiet || ok=0
     fi
-    if [ $ok = 1 ]; then
+    bench_train() {  # MICRO GLOBAL
       rm -rf "$B/out" "$B/m.jsonl"
-      say "check bench: shardtune --device cuda --precision bf16 --zero 1 --seq-len 2048 (1.1B)"
-      timeout $(( $(left) > 60 ? $(left) - 20 : 40 )) "$TRAIN" --model "$B/model" --data "$B/data" --out "$B/out" --device cuda --precision bf16 \
-        --zero 1 --seq-len 2048 --steps "${BENCH_STEPS:-12}" --micro-batch "${BENCH_MICRO:-4}" --global-batch "${BENCH_GLOBAL:-16}" \
-        --lr 1e-4 --warmup-steps 2 --eval-every 0 --threads 8 --save-dtype BF16 --log-every 1 --metrics "$B/m.jsonl" \
-        > "$B/train.txt" 2>&1; rc=$?
+      say "check bench: shardtune --device cuda --precision bf16 --zero 1 --seq-len 2048 --micro-batch $1 --global-batch $2 (1.1B)"
+      timeout $(( $(left) > 60 ? $(left) - 20 : 40 )) "$TRAIN" --model "$B/model" --data "$B/data" --out "$B/out" \
+        --device cuda --precision bf16 --zero 1 --seq-len 2048 --steps "${BENCH_STEPS:-10}" --micro-batch "$1" \
+        --global-batch "$2" --lr 1e-4 --warmup-steps 2 --eval-batches 0 --threads 8 --save-dtype BF16 --log-every 1 \
+        --metrics "$B/m.jsonl" > "$B/train.txt" 2>&1
+    }
+    if [ $ok = 1 ]; then
+      bench_train "${BENCH_MICRO:-8}" "${BENCH_GLOBAL:-32}"; rc=$?
+      if [ $rc != 0 ] && grep -qi "out of memory" "$B/train.txt" && [ "$(left)" -gt 90 ]; then
+        say "check bench: out of memory at micro-batch ${BENCH_MICRO:-8}: again at 4 / 16"
+        bench_train 4 16; rc=$?
+      fi
       grep -E "^step|error|Error|HINT" "$B/train.txt" | tail -15
       cp "$B/m.jsonl" "$OUTDIR/bench-metrics.jsonl" 2>/dev/null
       if [ -s "$B/m.jsonl" ] && $SYSPY "$TOOLS/bench_report.py" "$B/m.jsonl" "$GPU_NAME" 3 0.45 > "$B/report.txt"; then
