@@ -8,7 +8,8 @@
 #                --precision bf16 against the CPU fp32 run of the same config, with a tolerance measured
 #                from the CPU's own bf16 run; and --device cuda --precision fp32 against CPU fp32
 #   3. interop   transformers loads our fine-tuned folder (logits equal ours, fp32, <= 1e-4), peft loads
-#                our LoRA adapter (logits equal our adapter model's), AutoTokenizer loads the tokenizer
+#                our LoRA adapter (logits equal our adapter model's), AutoTokenizer loads the tokenizer;
+#                and our logits equal tests/model/reference.py's forward (interop-ref; also runs here)
 #   4. bench     ~1.1B-parameter Llama, full fine-tune, ZeRO-1, bf16, seq 2048: tokens/s and MFU against
 #                the GPU's dense bf16 peak (target 45%)
 # each with PASS/FAIL/SKIP and its numbers, into $OUT/gpu-check.log and $OUT/gpu-check.json (the device
@@ -17,7 +18,8 @@
 #   tools/gpu-check.sh                 on the GPU machine (the device tool's `run`; docs/GPU.md)
 #   GPU_CHECK_DRY=1 tools/gpu-check.sh here: system packages instead of the debs, no GPU; builds, runs the
 #                                      CPU halves (check 2's CPU runs, check 1's program skipping,
-#                                      py_compile of the Python scripts) and prints the plan
+#                                      check 3 on CPU-trained outputs against reference.py, py_compile
+#                                      of the Python scripts) and prints the plan
 # Environment: GPU_CHECK_ONLY="nccl loss interop bench" (a subset), GPU_CHECK_BUDGET_S (570: seconds for
 # everything; later checks are skipped, not cut, when too little is left), JOBS, GPU_CARRY, GPU_CHECK_BUILD,
 # GPU_CHECK_WORK, BENCH_STEPS (10), BENCH_MICRO (8), BENCH_GLOBAL (32; out of memory: retried at 4 / 16).
@@ -164,6 +166,10 @@ if [ "$DRY" = 0 ]; then
   export PKG_CONFIG_LIBDIR="$ARCH_LIB/pkgconfig:$PREFIX/usr/share/pkgconfig" PKG_CONFIG_SYSROOT_DIR="$PREFIX"
   export LD_LIBRARY_PATH="$LDPATH${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+  # One node: Open MPI's own shared-memory and TCP transports only (no UCX/libfabric probing of absent
+  # fabrics; no cross-memory attach, which containers often forbid); PMIx's plain hash store.
+  export OMPI_MCA_pml=ob1 OMPI_MCA_btl=self,vader,tcp OMPI_MCA_mtl='^ofi,psm2' OMPI_MCA_osc='^ucx' \
+         OMPI_MCA_btl_vader_single_copy_mechanism=none PMIX_MCA_gds=hash
   MPIRUN="$PREFIX/usr/bin/mpirun.openmpi"
   # NCCL: the PyTorch wheel's own (libtorch_cuda uses it; a second copy in one process would clash), else the system's.
   NCCL_DIR="$($PY -c 'import nvidia.nccl, os; print(os.path.dirname(nvidia.nccl.__file__) if nvidia.nccl.__file__ else list(nvidia.nccl.__path__)[0])' 2>/dev/null)"
@@ -300,37 +306,43 @@ fi
 # ---- check 3: transformers / peft load our output -------------------------------------------------------
 if wants interop && need 90 interop; then
   I="$WORK/interop"; mkdir -p "$I"
-  if [ "$DRY" != 0 ] || [ "$GPUS" = 0 ]; then
-    if pyrun -m py_compile "$TOOLS"/*.py && rm -rf "$TOOLS/__pycache__"; then
-      record interop SKIP "needs the GPU machine's transformers/peft and a GPU; here its scripts compile ($PY -m py_compile tools/gpu-check/*.py)"
+  if [ "$GPUS" -gt 0 ]; then DEV=(--device cuda --precision bf16); else DEV=(--device cpu --precision fp32); fi
+  ok=1
+  pyrun "$TOOLS/make_models.py" "$ROOT" interop "$I/base" || ok=0
+  if [ $ok = 1 ] && [ ! -f "$I/data/manifest.json" ]; then
+    $SYSPY "$ROOT/tools/demo/make_task.py" "$I/task.jsonl" "$I/held.jsonl" 300 > /dev/null &&
+      "$PREP" --input "$I/task.jsonl" --output "$I/data" --tokenizer "$SHARED/tokenizers/llama2-tokenizer.model" \
+        --val-fraction 0.1 --max-seq-len 128 --quiet || ok=0
+  fi
+  common=(--model "$I/base" --data "$I/data" --steps 6 --global-batch 8 --micro-batch 4 --seq-len 128
+          --warmup-steps 1 "${DEV[@]}" --threads 4 --eval-every 0)
+  rm -rf "$I/full" "$I/lora"
+  say "check interop: full and LoRA fine-tunes (${DEV[*]}) of a random Llama with the Llama 2 tokenizer"
+  [ $ok = 1 ] && { timeout 240 "$TRAIN" "${common[@]}" --lr 5e-3 --out "$I/full" > "$I/full.txt" 2>&1 || { tail -5 "$I/full.txt"; ok=0; }; }
+  [ $ok = 1 ] && { timeout 240 "$TRAIN" "${common[@]}" --out "$I/lora" --method lora --lora-r 8 --lora-alpha 16 --lr 2e-2 \
+                     > "$I/lora.txt" 2>&1 || { tail -5 "$I/lora.txt"; ok=0; }; }
+  ids="1 9038 2501 263 931 29892 727 471 263 2217 7826"   # "<s> Once upon a time, there was a little girl" (Llama 2 ids)
+  [ $ok = 1 ] && { "$GEN" --model "$I/full" --prompt-ids "$ids" --print-logits > "$I/ours-full.json" 2> "$I/gen.txt" || ok=0; }
+  [ $ok = 1 ] && { "$GEN" --model "$I/base" --adapter "$I/lora" --prompt-ids "$ids" --print-logits > "$I/ours-lora.json" 2>> "$I/gen.txt" || ok=0; }
+  if [ $ok = 1 ]; then
+    # Our logits against tests/model/reference.py's independent forward (no transformers needed).
+    pyrun "$TOOLS/ref_logits.py" "$ROOT" "$I/full" "$I/ours-full.json" "$I/base" "$I/lora" "$I/ours-lora.json" 1e-4 > "$I/ref.txt" 2>&1; rc=$?
+    grep -v '^{' "$I/ref.txt"; j="$(tail -1 "$I/ref.txt")"
+    if [ $rc = 0 ]; then record interop-ref PASS "our --print-logits = reference.py's forward within 1e-4 (full and LoRA)" "$j"
+    else record interop-ref FAIL "ref_logits.py exit $rc" "$j"
+    fi
+    if pyrun -c 'import transformers, peft' 2> /dev/null; then
+      pyrun "$TOOLS/hf_interop.py" "$I/full" "$I/ours-full.json" "$I/base" "$I/lora" "$I/ours-lora.json" 1e-4 > "$I/hf.txt" 2>&1; rc=$?
+      grep -v '^{' "$I/hf.txt"; j="$(tail -1 "$I/hf.txt")"
+      if [ $rc = 0 ]; then record interop PASS "transformers + peft + AutoTokenizer load our outputs; logits within 1e-4" "$j"
+      else record interop FAIL "see the lines above (hf_interop.py exit $rc)" "$j"
+      fi
+    elif pyrun -m py_compile "$TOOLS"/*.py; then
+      rm -rf "$TOOLS/__pycache__"
+      record interop SKIP "$PY has no transformers/peft (the GPU machine's has); tools/gpu-check/*.py compile"
     else record interop FAIL "py_compile failed for tools/gpu-check/*.py"
     fi
-  else
-    ok=1
-    pyrun "$TOOLS/make_models.py" "$ROOT" interop "$I/base" || ok=0
-    if [ $ok = 1 ] && [ ! -f "$I/data/manifest.json" ]; then
-      $SYSPY "$ROOT/tools/demo/make_task.py" "$I/task.jsonl" "$I/held.jsonl" 300 > /dev/null &&
-        "$PREP" --input "$I/task.jsonl" --output "$I/data" --tokenizer "$SHARED/tokenizers/llama2-tokenizer.model" \
-          --val-fraction 0.1 --max-seq-len 128 --quiet || ok=0
-    fi
-    common=(--model "$I/base" --data "$I/data" --steps 6 --global-batch 8 --micro-batch 4 --seq-len 128 --lr 5e-3
-            --warmup-steps 1 --device cuda --precision bf16 --threads 4 --eval-every 0)
-    rm -rf "$I/full" "$I/lora"
-    [ $ok = 1 ] && { timeout 240 "$TRAIN" "${common[@]}" --out "$I/full" > "$I/full.txt" 2>&1 || { tail -5 "$I/full.txt"; ok=0; }; }
-    [ $ok = 1 ] && { timeout 240 "$TRAIN" "${common[@]}" --out "$I/lora" --method lora --lora-r 8 --lora-alpha 16 --lr 2e-2 \
-                       > "$I/lora.txt" 2>&1 || { tail -5 "$I/lora.txt"; ok=0; }; }
-    ids="1 9038 2501 263 931 29892 727 471 263 2217 7826"   # "<s> Once upon a time, there was a little girl" (Llama 2 ids)
-    [ $ok = 1 ] && { "$GEN" --model "$I/full" --prompt-ids "$ids" --print-logits > "$I/ours-full.json" || ok=0; }
-    [ $ok = 1 ] && { "$GEN" --model "$I/base" --adapter "$I/lora" --prompt-ids "$ids" --print-logits > "$I/ours-lora.json" || ok=0; }
-    if [ $ok = 1 ]; then
-      # The image's own Python and libraries: the prefix's LD_LIBRARY_PATH stays out of it.
-      pyrun "$TOOLS/hf_interop.py" "$I/full" "$I/ours-full.json" "$I/base" "$I/lora" "$I/ours-lora.json" 1e-4 \
-        > "$I/hf.txt" 2>&1; rc=$?
-      cat "$I/hf.txt" | grep -v '^{' ; j="$(tail -1 "$I/hf.txt")"
-      [ $rc = 0 ] && record interop PASS "transformers + peft + AutoTokenizer load our outputs; logits within 1e-4" "$j" ||
-        record interop FAIL "see the lines above (hf_interop.py exit $rc)" "$j"
-    else record interop FAIL "setting up the interop runs failed (see the log above)"
-    fi
+  else record interop FAIL "setting up the interop runs failed (see the log above)"
   fi
 fi
 
@@ -388,5 +400,5 @@ fi
 # ---- summary ----------------------------------------------------------------------------------------------
 write_json
 say "summary ($((SECONDS - START)) s; $OUTDIR/gpu-check.json):"
-$SYSPY -c 'import json,sys; [print(f"  {r[\"check\"]:10s} {r[\"status\"]:5s} {r[\"summary\"]}") for r in json.load(open(sys.argv[1]))["results"]]' "$OUTDIR/gpu-check.json"
+$SYSPY -c 'import json,sys; [print("  %-10s %-5s %s" % (r["check"], r["status"], r["summary"])) for r in json.load(open(sys.argv[1]))["results"]]' "$OUTDIR/gpu-check.json"
 $SYSPY -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["pass"] else 1)' "$OUTDIR/gpu-check.json"
