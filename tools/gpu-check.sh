@@ -16,6 +16,8 @@
 # tool's $OUT; else build-gpucheck/out). Budget: 10 minutes on 16 cores, the build included.
 #
 #   tools/gpu-check.sh                 on the GPU machine (the device tool's `run`; docs/GPU.md)
+#   GPU_CHECK_DRY=prefix ...           the same, but built against the carried debs (the prefix, the
+#                                      relocated Open MPI) as on the GPU machine: that half of it checked here
 #   GPU_CHECK_DRY=1 tools/gpu-check.sh here: system packages instead of the debs, no GPU; builds, runs the
 #                                      CPU halves (check 2's CPU runs, check 1's program skipping,
 #                                      check 3 on CPU-trained outputs against reference.py, py_compile
@@ -28,7 +30,7 @@ START=$SECONDS
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 DRY="${GPU_CHECK_DRY:-0}"
 CARRY="${GPU_CARRY:-$ROOT/build/gpu-carry}"
-BUILD="${GPU_CHECK_BUILD:-$ROOT/build-gpucheck}"
+if [ "$DRY" = prefix ]; then BUILD="${GPU_CHECK_BUILD:-$ROOT/build-gpucheck-prefix}"; else BUILD="${GPU_CHECK_BUILD:-$ROOT/build-gpucheck}"; fi
 OUTDIR="${OUT:-$BUILD/out}"
 WORK="${GPU_CHECK_WORK:-$BUILD/work}"
 JOBS="${JOBS:-$(nproc)}"
@@ -86,7 +88,12 @@ die() { say "FATAL: $*"; record setup FAIL "$*"; exit 1; }
 # ---- 0. what this machine has ----------------------------------------------------------------------
 SYSPY=/usr/bin/python3; [ -x "$SYSPY" ] || SYSPY=python3   # JSON bookkeeping only
 if [ "$DRY" != 0 ]; then PY=/usr/bin/python3; else PY=python3; fi   # the Python with torch
-say "mode: $([ "$DRY" != 0 ] && echo "DRY (system packages, no GPU)" || echo "GPU") root=$ROOT build=$BUILD out=$OUTDIR jobs=$JOBS budget=${BUDGET}s checks:$ONLY"
+case "$DRY" in
+  0) MODE=GPU ;;
+  prefix) MODE="DRY with the carried debs (no GPU)" ;;
+  *) MODE="DRY (system packages, no GPU)" ;;
+esac
+say "mode: $MODE, root=$ROOT build=$BUILD out=$OUTDIR jobs=$JOBS budget=${BUDGET}s checks:$ONLY"
 say "machine: $(. /etc/os-release 2>/dev/null && echo "$PRETTY_NAME"), $(uname -m), kernel $(uname -r), $(nproc) CPUs, glibc $(ldd --version 2>/dev/null | head -1 | awk '{print $NF}')"
 for t in cmake ninja g++ "$PY"; do
   command -v "$t" >/dev/null || die "'$t' not found on PATH (the build needs CMake, ninja, g++ and $PY with torch)"
@@ -156,7 +163,7 @@ unpack_prefix() {
     [ "$missing" = 0 ] && break
   done
 }
-if [ "$DRY" = 0 ]; then
+if [ "$DRY" = 0 ] || [ "$DRY" = prefix ]; then
   LDPATH="$ARCH_LIB:$ARCH_LIB/openmpi/lib:$ARCH_LIB/pmix2/lib:$ARCH_LIB/hdf5/serial"
   unpack_prefix
   # Open MPI and PMIx from a relocated prefix: their compiled-in /usr paths, moved.
@@ -178,10 +185,20 @@ if [ "$DRY" = 0 ]; then
   else
     NCCL_DIR=""; NCCL_LIB="$(ldconfig -p | awk '$1 ~ /^libnccl\.so/ {print $NF; exit}')"
   fi
-  NCCL_INC="${NCCL_DIR:+$NCCL_DIR/include}"; [ -n "$NCCL_INC" ] || NCCL_INC="$(dirname "$(find /usr/include /usr/local/cuda/include -name nccl.h 2>/dev/null | head -1)")"
+  NCCL_INC="${NCCL_DIR:+$NCCL_DIR/include}"
+  if [ -z "$NCCL_INC" ]; then   # NCCL's own header (not LibTorch's torch/csrc/cuda/nccl.h wrapper)
+    for d in "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")/../include" /usr/local/cuda/include /usr/include; do
+      [ -f "$d/nccl.h" ] && grep -q "NCCL_MAJOR" "$d/nccl.h" && { NCCL_INC="$(cd "$d" && pwd)"; break; }
+    done
+  fi
   [ -f "$NCCL_INC/nccl.h" ] && [ -n "$NCCL_LIB" ] || die "NCCL not found (neither the wheel's nvidia/nccl nor a system libnccl + nccl.h)"
-  say "NCCL: $NCCL_INC/nccl.h, $NCCL_LIB ($(grep -m1 -E '#define NCCL_(MAJOR|VERSION_CODE)' "$NCCL_INC/nccl.h" | awk '{print $2"="$3}'))"
+  say "NCCL: $NCCL_INC/nccl.h, $NCCL_LIB ($(grep -m1 '#define NCCL_VERSION_CODE' "$NCCL_INC/nccl.h" | awk '{print $2"="$3}'))"
   CUDA_ROOT="$(dirname "$(dirname "$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)")")"
+  CUDA_ARCH="${GPU_CHECK_CUDA_ARCH:-$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d '. ')}"
+  # cuDNN from the wheel, for a LibTorch CMake config that asks for it (harmless where it does not).
+  CUDNN_DIR="$($PY -c 'import nvidia.cudnn as n; print(list(n.__path__)[0])' 2>/dev/null)"
+  [ -n "$CUDNN_DIR" ] && export CUDNN_ROOT="$CUDNN_DIR" CUDNN_INCLUDE_DIR="$CUDNN_DIR/include" CUDNN_LIB_DIR="$CUDNN_DIR/lib"
+  export CMAKE_POLICY_VERSION_MINIMUM=3.5   # CMake 4 refuses older policy floors in third-party config files
   CMAKE_ARGS+=(
     "-DCMAKE_PREFIX_PATH=$TORCH_PREFIX;$PREFIX/usr"
     "-DMPI_C_COMPILER=$PREFIX/usr/bin/mpicc.openmpi" "-DMPI_CXX_COMPILER=$PREFIX/usr/bin/mpicxx.openmpi"
@@ -193,15 +210,17 @@ if [ "$DRY" = 0 ]; then
     "-DHDF5_hdf5_LIBRARY_RELEASE=$ARCH_LIB/hdf5/serial/libhdf5.so" "-DHDF5_hdf5_cpp_LIBRARY_RELEASE=$ARCH_LIB/hdf5/serial/libhdf5_cpp.so"
     "-DOPENSSL_ROOT_DIR=$PREFIX/usr" "-DBoost_ROOT=$PREFIX/usr" "-DBoost_NO_SYSTEM_PATHS=ON"
     "-DNCCL_INCLUDE_DIR=$NCCL_INC" "-DNCCL_LIBRARY=$NCCL_LIB"
-    "-DCUDAToolkit_ROOT=$CUDA_ROOT" "-DCMAKE_CUDA_ARCHITECTURES=native" "-DTORCH_CUDA_ARCH_LIST=9.0"
+    "-DCUDAToolkit_ROOT=$CUDA_ROOT" "-DCMAKE_CUDA_COMPILER=$CUDA_ROOT/bin/nvcc" "-DCMAKE_CUDA_ARCHITECTURES=${CUDA_ARCH:-90}"
+    "-DTORCH_CUDA_ARCH_LIST=$(echo "${CUDA_ARCH:-90}" | sed 's/\(.\)$/.\1/')"
+    ${CUDNN_DIR:+"-DCUDNN_ROOT=$CUDNN_DIR"}
     "-DSHARDTUNE_WITH_CUDA=ON"
   )
 else
   MPIRUN="$(command -v mpirun)"
   # Here: the system packages and Debian's CPU LibTorch; CUDA/NCCL as installed (compile and link only).
   CMAKE_ARGS+=("-DSHARDTUNE_WITH_CUDA=ON")
-  export CCACHE_BASEDIR="$ROOT"   # build/ and build-gpucheck/ of one checkout share ccache entries
 fi
+[ "$DRY" != 0 ] && export CCACHE_BASEDIR="$ROOT"   # build/ and build-gpucheck*/ of one checkout share ccache entries
 MPI=("$MPIRUN" --allow-run-as-root --oversubscribe)
 
 # ---- 2. build ------------------------------------------------------------------------------------------
