@@ -122,6 +122,18 @@ write_json
 PREFIX="$WORK/prefix"
 ARCH_LIB="$PREFIX/usr/lib/x86_64-linux-gnu"
 CMAKE_ARGS=()
+# deb_x DEB DIR: dpkg -x, or (an image without dpkg) binutils' ar and tar on the .deb's data member.
+deb_x() {
+  if command -v dpkg >/dev/null; then dpkg -x "$1" "$2"; return; fi
+  local m
+  m="$(ar t "$1" | grep '^data\.tar')" || return 1
+  case "$m" in
+    *.xz) ar p "$1" "$m" | tar -xJ -C "$2" ;;
+    *.zst) ar p "$1" "$m" | zstd -dc | tar -x -C "$2" ;;
+    *.gz) ar p "$1" "$m" | tar -xz -C "$2" ;;
+    *) ar p "$1" "$m" | tar -x -C "$2" ;;
+  esac
+}
 unpack_prefix() {
   [ -d "$CARRY/debs" ] || die "$CARRY/debs not found: run tools/gpu-debs.sh on a Debian 12 machine with network and carry build/gpu-carry"
   local glibc need=2.36
@@ -133,8 +145,8 @@ unpack_prefix() {
     rm -rf "$PREFIX" "$WORK/fallback"
     mkdir -p "$PREFIX" "$WORK/fallback"
     local f
-    for f in "$CARRY"/debs/*.deb; do dpkg -x "$f" "$PREFIX" || die "dpkg -x $f failed"; done
-    for f in "$CARRY"/debs-fallback/*.deb; do dpkg -x "$f" "$WORK/fallback" || die "dpkg -x $f failed"; done
+    for f in "$CARRY"/debs/*.deb; do deb_x "$f" "$PREFIX" || die "unpacking $f failed"; done
+    for f in "$CARRY"/debs-fallback/*.deb; do deb_x "$f" "$WORK/fallback" || die "unpacking $f failed"; done
     touch "$PREFIX/.unpacked"
   fi
   say "prefix: $(ls "$CARRY"/debs/*.deb | wc -l) core .debs in $PREFIX, $(ls "$CARRY"/debs-fallback/*.deb | wc -l) fallback .debs aside"
