@@ -71,7 +71,8 @@ import json, sys, time
 results = [json.loads(l) for l in open(sys.argv[1])]
 json.dump({"date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "dry": sys.argv[3] != "0",
            "seconds": int(sys.argv[4]), "gpu": sys.argv[5], "results": results,
-           "pass": all(r["status"] in ("PASS", "SKIP", "INFO") for r in results)},
+           "pass": all(r["status"] in ("PASS", "SKIP", "INFO") for r in results),
+           "complete": all(r["status"] != "SKIP" for r in results)},
           open(sys.argv[2], "w"), indent=1)
 EOF
 }
