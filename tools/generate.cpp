@@ -87,7 +87,7 @@ static int run(int argc, char** argv) {
   std::string model_path, adapter, prompt, tokenizer_spec, prompt_ids, precision = "fp32";
   sm::GenerateOptions g;
   int threads = 0;
-  bool print_ids = false, no_stop = false;
+  bool print_ids = false, no_stop = false, print_logits = false;
   CLI::App app{"Sample from a causal LM (Hugging Face folder or llama2.c .bin) with a KV cache."};
   app.add_option("--model", model_path, "HF model folder (config.json + safetensors) or llama2.c .bin")->required();
   app.add_option("--adapter", adapter,
@@ -109,6 +109,8 @@ static int run(int argc, char** argv) {
       ->capture_default_str();
   app.add_flag("--print-ids", print_ids, "print the generated ids instead of text");
   app.add_flag("--no-stop", no_stop, "do not stop at the EOS token");
+  app.add_flag("--print-logits", print_logits,
+               "print the prompt's logits (one forward, no generation) as one JSON line {ids, shape, logits} and exit");
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& e) {
@@ -117,6 +119,8 @@ static int run(int argc, char** argv) {
   ST_CHECK((!prompt.empty()) + (!prompt_ids.empty()) + (!prompts_file.empty()) == 1,
            "give exactly one of --prompt, --prompt-ids or --prompts-file",
            "--prompt and --prompts-file need --tokenizer; --prompt-ids takes space- or comma-separated ids");
+  ST_CHECK(!print_logits || prompts_file.empty(), "--print-logits takes one prompt, not --prompts-file",
+           "give --prompt-ids (or --prompt with --tokenizer)");
   check_sampling_options(g, threads);
   // Ids are checked for syntax now and against the vocabulary once the model is loaded.
   std::vector<int64_t> ids = prompt_ids.empty() ? std::vector<int64_t>{} : parse_prompt_ids(prompt_ids);
@@ -200,6 +204,17 @@ static int run(int argc, char** argv) {
              "prompt id " + std::to_string(ids[i]) + " (item " + std::to_string(i + 1) +
                  ") is outside the vocabulary [0, " + std::to_string(V) + ")",
              "the model " + model_path + " has " + std::to_string(V) + " token ids");
+  if (print_logits) {
+    // For comparisons with other implementations (tools/gpu-check/hf_interop.py): [T, V] row-major, fp32.
+    at::NoGradGuard no_grad;
+    sm::AutocastGuard ac(at::kCPU, sm::parse_precision(precision));
+    const at::Tensor lg =
+        model->logits(at::tensor(ids, at::kLong).unsqueeze(0)).squeeze(0).to(at::kFloat).contiguous();
+    const float* p = lg.data_ptr<float>();
+    nlohmann::json j{{"ids", ids}, {"shape", {lg.size(0), lg.size(1)}}, {"logits", std::vector<float>(p, p + lg.numel())}};
+    std::cout << j.dump() << "\n";
+    return 0;
+  }
   if (!no_stop) {
     g.stop_id = model->config().eos_token_id;
 #ifdef ST_HAVE_TOKENIZER

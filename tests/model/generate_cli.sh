@@ -2,6 +2,7 @@
 # shardtune-generate end to end, against tests/model/reference.py (independent PyTorch code):
 #  - greedy ids (--temperature 0) equal the reference's greedy ids for the same weights: a random HF
 #    Llama (the model_ref fixture, prompt given comma-separated) and the real stories260K (llama2.c);
+#  - --print-logits equals the reference's fp32 logits (1e-4) and refuses --prompts-file;
 #  - top-p sampling: every sampled first token lies in the nucleus computed from the reference logits;
 #    top-p 1e-6 equals greedy; the same seed repeats the ids, another seed changes them;
 #  - bad options exit 1 naming the option or the offending item, never with a LibTorch backtrace, and an
@@ -67,6 +68,26 @@ if [ -n "$hf" ]; then
   done
   [ $(echo $seen | wc -w) -ge 2 ] || fail "6 seeds sampled only {$seen}: the seed does not reach the sampler"
   echo "random llama: greedy = reference ($want); top-p 0.2 samples {$seen} within the $n-token nucleus"
+  # --print-logits (tools/gpu-check's interop checks read it): the reference's fp32 logits of row 0.
+  row0=$(st ids "$hf/ref.safetensors" | cut -d' ' -f1-24 | tr ' ' ',')
+  "$gen" --model "$hf/hf" --prompt-ids "$row0" --print-logits > "$tmp/logits.json" 2>/dev/null || fail "--print-logits failed"
+  "$py" - "$tmp/logits.json" "$hf/ref.safetensors" <<'PY' || fail "--print-logits differs from reference.py's logits"
+import json, struct, sys
+import numpy as np
+j = json.load(open(sys.argv[1]))
+with open(sys.argv[2], "rb") as f:
+    n = struct.unpack("<Q", f.read(8))[0]
+    e = json.loads(f.read(n))["logits"]
+    f.seek(8 + n + e["data_offsets"][0])
+    ref = np.frombuffer(f.read(e["data_offsets"][1] - e["data_offsets"][0]), np.float32).reshape(e["shape"])[0]
+got = np.array(j["logits"], np.float32).reshape(j["shape"])
+assert got.shape == ref.shape, (got.shape, ref.shape)
+d = float(np.abs(got - ref).max())
+print(f"random llama: --print-logits = reference.py logits (max abs diff {d:.1e} over {got.shape})")
+sys.exit(0 if d <= 1e-4 else 1)
+PY
+  "$gen" --model "$hf/hf" --prompts-file "$tmp/none.jsonl" --print-logits > /dev/null 2> "$tmp/err" && fail "--print-logits with --prompts-file accepted"
+  grep -q "print-logits takes one prompt" "$tmp/err" || fail "--print-logits + --prompts-file: $(cat "$tmp/err")"
 fi
 
 if [ -n "$stories" ] && [ $have_py = 1 ] && "$py" -c "import torch" 2>/dev/null; then
