@@ -1,6 +1,8 @@
 // Trainer: the flat parameter buffer, autograd hooks that hand each finished gradient to the stage's
 // GradSync (grad_sync.h: bucket communication overlapping backward), global-norm clipping, the
 // non-finite check, AdamW in place on the parameters this rank updates, and the all-gather after it.
+// Device-agnostic: the same code runs on CPU and CUDA tensors; the trainer reads the device once per
+// step (its scalars, reduced in one collective), not per micro-batch or per metric.
 #include "shardtune/train/trainer.h"
 
 #include <torch/csrc/autograd/function.h>
