@@ -37,6 +37,17 @@ int cuda_device_count() {
 #endif
 }
 
+bool cuda_bf16_supported() {
+#ifdef SHARDTUNE_HAVE_CUDART
+  int dev = 0, major = 0;
+  if (cudaGetDevice(&dev) != cudaSuccess) return false;
+  if (cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) != cudaSuccess) return false;
+  return major >= 8;
+#else
+  return false;
+#endif
+}
+
 int pick_cuda_device(int rank, const NodePlace& place, int visible_devices) {
   const std::string where = "rank " + std::to_string(rank) + (place.host.empty() ? "" : " on " + place.host);
   ST_CHECK(visible_devices > 0, where + ": --device cuda but no CUDA device is visible",

@@ -33,9 +33,14 @@ Precision parse_precision(const std::string& s) {
   ST_FAIL("unknown precision '" + s + "'", "use auto, fp32 or bf16");
 }
 
-PrecisionChoice resolve_precision(const std::string& s, at::DeviceType device) {
+PrecisionChoice resolve_precision(const std::string& s, at::DeviceType device, bool cuda_bf16) {
   if (s != "auto") return {parse_precision(s), "given explicitly"};
-  if (device != at::kCPU) return {Precision::FP32, "native bf16 detection covers the CPU only so far"};
+  if (device == at::kCUDA) {
+    if (cuda_bf16) return {Precision::BF16, "this GPU computes bf16 natively (compute capability 8.0 or newer)"};
+    return {Precision::FP32, "this GPU has no native bf16 (compute capability below 8.0)"};
+  }
+  ST_CHECK(device == at::kCPU, std::string("--precision auto: no rule for device ") + c10::DeviceTypeName(device),
+           "give --precision fp32 or bf16");
   const hw::Flags& flags = hw::cpu().flags;
   std::string have;
   for (const char* f : {"avx512_bf16", "amx_bf16"})

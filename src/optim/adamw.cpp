@@ -9,11 +9,14 @@
 
 namespace shardtune::optim {
 
-FlatAdamW::FlatAdamW(std::vector<OwnedRange> owned, int64_t owned_elems, const std::vector<ParamSlot>& params, AdamWConfig cfg)
+FlatAdamW::FlatAdamW(std::vector<OwnedRange> owned, int64_t owned_elems, const std::vector<ParamSlot>& params, AdamWConfig cfg,
+                     const at::TensorOptions& state)
     : owned_(std::move(owned)), cfg_(cfg) {
   for (const auto& r : owned_) decay_.push_back(params[r.param].decay);
-  m_ = at::zeros({owned_elems}, at::kFloat);
-  v_ = at::zeros({owned_elems}, at::kFloat);
+  // Only device and dtype count: the state is a plain buffer, never part of an autograd graph.
+  const at::TensorOptions opts = at::TensorOptions().dtype(state.dtype()).device(state.device());
+  m_ = at::zeros({owned_elems}, opts);
+  v_ = at::zeros({owned_elems}, opts);
 }
 
 void FlatAdamW::step(at::Tensor& p, const at::Tensor& g, double lr) { update(p, g, lr, false); }
@@ -23,10 +26,10 @@ void FlatAdamW::step_in_place(at::Tensor& flat_params, const at::Tensor& g, doub
 // `flat`: parameter element j of an owned range sits at flat_offset (the whole flat buffer), else at
 // shard_offset (an owned buffer laid out like g). Gradients, m and v are always at shard_offset.
 void FlatAdamW::update(at::Tensor& p, const at::Tensor& g, double lr, bool flat) {
-  if (m_.device() != p.device()) {
-    m_ = m_.to(p.device());
-    v_ = v_.to(p.device());
-  }
+  ST_CHECK(p.device() == m_.device() && g.device() == m_.device(),
+           "internal: AdamW state is on " + m_.device().str() + " but the parameters are on " + p.device().str() +
+               " and the gradients on " + g.device().str(),
+           "create FlatAdamW with the flat parameters' options (its state is never moved)");
   ++t_;
   const double bc1 = 1.0 - std::pow(cfg_.beta1, static_cast<double>(t_));
   const double bc2 = 1.0 - std::pow(cfg_.beta2, static_cast<double>(t_));
@@ -34,7 +37,7 @@ void FlatAdamW::update(at::Tensor& p, const at::Tensor& g, double lr, bool flat)
   const double bc2_sqrt = std::sqrt(bc2);
   at::NoGradGuard no_grad;
   const bool cpu_fp32 = p.device().is_cpu() && p.scalar_type() == at::kFloat && g.scalar_type() == at::kFloat &&
-                        p.is_contiguous() && g.is_contiguous();
+                        m_.scalar_type() == at::kFloat && p.is_contiguous() && g.is_contiguous();
   if (fused_ && cpu_fp32) {
     step_fused_cpu(p, g, lr, step_size, bc2_sqrt, flat);
     return;

@@ -69,6 +69,10 @@ void TrainConfig::bind(CLI::App& app) {
       ->capture_default_str();
   app.add_option("--device", device, "cpu | cuda")->capture_default_str();
   app.add_option("--bucket-mb", bucket_mb, "gradient bucket size for overlapped communication")->capture_default_str();
+  app.add_option("--grad-reduce-dtype", grad_reduce_dtype,
+                 "fp32 | bf16: dtype gradient buckets travel in between ranks (bf16: half the traffic, summed in "
+                 "fp32; weights and optimizer stay fp32)")
+      ->capture_default_str();
   app.add_option("--save-dtype", save_dtype, "dtype of the saved model: F32 | BF16 | F16 (default: as loaded)");
   app.add_option("--on-nonfinite", on_nonfinite, "a NaN/Inf loss or gradient norm: error (stop) | skip (skip that update)")
       ->capture_default_str();
@@ -218,6 +222,9 @@ void TrainConfig::validate() const {
            "use auto, fp32 or bf16");
   ST_CHECK(device == "cpu" || device == "cuda", "unknown --device '" + device + "'", "use cpu or cuda");
   ST_CHECK(bucket_mb > 0, "--bucket-mb must be positive");
+  ST_CHECK(grad_reduce_dtype == "fp32" || grad_reduce_dtype == "bf16",
+           "unknown --grad-reduce-dtype '" + grad_reduce_dtype + "'",
+           "use fp32 (the default) or bf16 (buckets travel in bf16, summed in fp32)");
   ST_CHECK(save_dtype.empty() || save_dtype == "F32" || save_dtype == "BF16" || save_dtype == "F16",
            "unknown --save-dtype '" + save_dtype + "'", "use F32, BF16 or F16");
 }
@@ -257,6 +264,8 @@ std::string TrainConfig::table() const {
   row("precision", precision);
   row("device", device);
   row("bucket-mb", bucket_mb);
+  // Only when not the default: the table of a run without it (its checkpoints' fingerprint) is unchanged.
+  if (grad_reduce_dtype != "fp32") row("grad-reduce-dtype", grad_reduce_dtype);
   row("save-dtype", save_dtype.empty() ? "(as loaded)" : save_dtype);
   row("on-nonfinite", on_nonfinite);
   row("max-consecutive-skips", max_consecutive_skips);

@@ -12,6 +12,13 @@ ZeroStage zero_stage_from_int(int zero) {
   return static_cast<ZeroStage>(zero);
 }
 
+ReduceDtype reduce_dtype_from_string(const std::string& s) {
+  if (s == "fp32") return ReduceDtype::FP32;
+  if (s == "bf16") return ReduceDtype::BF16;
+  ST_FAIL("unknown --grad-reduce-dtype '" + s + "'",
+          "use fp32 (the default) or bf16 (buckets travel in bf16, summed in fp32: half the gradient traffic)");
+}
+
 std::unique_ptr<GradSync> make_grad_sync(ZeroStage stage, FlatModel m) {
   switch (stage) {
     case ZeroStage::Ddp: return std::make_unique<DdpSync>(m);
@@ -23,7 +30,35 @@ std::unique_ptr<GradSync> make_grad_sync(ZeroStage stage, FlatModel m) {
 
 // ---- the shared launcher ----
 
-GradSync::GradSync(FlatModel m) : m_(m), rank_(m.comm.rank()), remaining_(m.layout.buckets.size(), 0) {}
+GradSync::GradSync(FlatModel m)
+    : m_(m),
+      rank_(m.comm.rank()),
+      bf16_wire_(m.reduce_dtype == ReduceDtype::BF16 && m.comm.world() > 1),
+      remaining_(m.layout.buckets.size(), 0) {}
+
+void GradSync::start_reduce_scatter(Op& op, const at::Tensor& in, at::Tensor out) {
+  op.out = out;
+  if (!bf16_wire_) {
+    op.pending = m_.comm.start_reduce_scatter_sum(in, std::move(out));
+    return;
+  }
+  at::NoGradGuard no_grad;
+  op.wire_in = in.scalar_type() == at::kBFloat16 ? in : in.to(at::kBFloat16);
+  op.wire_out = at::empty_like(op.wire_in);
+  op.pending = m_.comm.start_all_to_all(op.wire_in, op.wire_out);
+}
+
+void GradSync::finish_reduce_scatter(Op& op) {
+  if (!bf16_wire_) return;
+  at::NoGradGuard no_grad;
+  // Chunk i of wire_out is rank i's bf16 copy of this rank's slice: summed in fp32, in rank order (the
+  // same order on every rank), without a full-size fp32 temporary.
+  const int64_t s = op.out.numel(), world = m_.comm.world();
+  op.out.copy_(op.wire_out.narrow(0, 0, s));
+  for (int64_t i = 1; i < world; ++i) op.out.add_(op.wire_out.narrow(0, i * s, s));
+  op.wire_in = at::Tensor();
+  op.wire_out = at::Tensor();
+}
 
 void GradSync::begin_backward(bool last_micro) {
   communicate_now_ = last_micro || every_backward_;
@@ -107,12 +142,13 @@ GradSync::Op DdpSync::launch(int b) {
   Op op;
   op.bucket = b;
   op.temp = at::empty({m_.layout.slice(b)}, m_.flat_params.options());
-  op.pending = m_.comm.start_reduce_scatter_sum(flat_grad_.narrow(0, bk.offset, bk.size), op.temp);
+  start_reduce_scatter(op, flat_grad_.narrow(0, bk.offset, bk.size), op.temp);
   return op;
 }
 
 void DdpSync::complete(Op& op) {
   at::NoGradGuard no_grad;
+  finish_reduce_scatter(op);
   flat_grad_.narrow(0, m_.layout.owned_offset(op.bucket, rank_), m_.layout.slice(op.bucket)).copy_(op.temp);
   op.temp = at::Tensor();
 }
@@ -139,10 +175,12 @@ GradSync::Op Zero1Sync::launch(int b) {
   const auto& bk = m_.layout.buckets[b];
   Op op;
   op.bucket = b;
-  op.pending = m_.comm.start_reduce_scatter_sum(flat_grad_.narrow(0, bk.offset, bk.size),
-                                               owned_grad_.narrow(0, m_.layout.shard_offset(b), m_.layout.slice(b)));
+  start_reduce_scatter(op, flat_grad_.narrow(0, bk.offset, bk.size),
+                       owned_grad_.narrow(0, m_.layout.shard_offset(b), m_.layout.slice(b)));
   return op;
 }
+
+void Zero1Sync::complete(Op& op) { finish_reduce_scatter(op); }
 
 // ---- ZeRO-2 ----
 
@@ -167,7 +205,8 @@ at::Tensor Zero2Sync::take_buffer(int64_t n) {
       free_buffers_.erase(free_buffers_.begin() + static_cast<std::ptrdiff_t>(i));
       return t.numel() == n ? t : t.narrow(0, 0, n);
     }
-  return at::empty({n}, m_.flat_params.options());
+  // The packing dtype is the wire's: a bf16 wire packs straight into bf16 (no fp32 copy of the bucket).
+  return at::empty({n}, m_.flat_params.options().dtype(bf16_wire() ? at::kBFloat16 : at::kFloat));
 }
 
 GradSync::Op Zero2Sync::launch(int b) {
@@ -189,12 +228,13 @@ GradSync::Op Zero2Sync::launch(int b) {
   Op op;
   op.bucket = b;
   op.temp = at::empty({m_.layout.slice(b)}, m_.flat_params.options());
-  op.pending = m_.comm.start_reduce_scatter_sum(bucket_grad_[b], op.temp);
+  start_reduce_scatter(op, bucket_grad_[b], op.temp);
   return op;
 }
 
 void Zero2Sync::complete(Op& op) {
   at::NoGradGuard no_grad;
+  finish_reduce_scatter(op);
   owned_grad_.narrow(0, m_.layout.shard_offset(op.bucket), m_.layout.slice(op.bucket)).add_(op.temp);
   free_buffers_.push_back(std::move(bucket_grad_[op.bucket]));  // reused by a later bucket, not freed
   bucket_grad_[op.bucket] = at::Tensor();

@@ -9,6 +9,14 @@
 //
 // Sizes below: P = layout.total (all trainable elements, padded), S = layout.shard_size() = P / N,
 // B = one bucket (layout.buckets[b].size), s = its slice B / N. Elements are fp32 (4 bytes).
+//
+// --grad-reduce-dtype bf16 (ReduceDtype::BF16, more than one rank): a bucket's reduce-scatter sends bf16
+// and accumulates in fp32: the fp32 bucket is cast to bf16 (2B bytes), moved by all-to-all (chunk j to
+// rank j; 2B bytes received), and the world's N bf16 chunks of this rank's slice are summed in fp32 into
+// the fp32 destination, when the all-to-all is done (from the same polling as every other collective, so
+// it overlaps backward as before). Every stage keeps its fp32 buffers; what it gathers afterwards (DDP:
+// the summed fp32 gradient slices; ZeRO-1/2: the updated parameters) travels in fp32, so every rank ends
+// with identical values. On one rank nothing travels and nothing is rounded (identical to fp32).
 #pragma once
 
 #include <ATen/ATen.h>
@@ -26,12 +34,17 @@ enum class ZeroStage { Ddp = 0, Zero1 = 1, Zero2 = 2 };
 
 ZeroStage zero_stage_from_int(int zero);  // Error naming --zero when out of range
 
+// The dtype gradient buckets travel in (--grad-reduce-dtype); sums are fp32 either way.
+enum class ReduceDtype { FP32, BF16 };
+ReduceDtype reduce_dtype_from_string(const std::string& s);  // Error naming --grad-reduce-dtype
+
 // What every stage works on; all owned by the trainer and alive as long as the GradSync.
 struct FlatModel {
   const optim::FlatLayout& layout;
   std::vector<at::Tensor>& params;  // in layout.params order, views into flat_params
   at::Tensor& flat_params;          // [P], every rank holds all parameters
   dist::Communicator& comm;
+  ReduceDtype reduce_dtype = ReduceDtype::FP32;
 };
 
 class GradSync {
@@ -68,7 +81,17 @@ class GradSync {
     std::unique_ptr<dist::Pending> pending;
     int bucket = 0;
     at::Tensor temp;  // reduce-scatter output where the stage needs one
+    at::Tensor out;   // where the reduced fp32 slice goes (temp, or the stage's own buffer)
+    at::Tensor wire_in, wire_out;  // BF16: the bf16 bucket sent and the world's chunks received
   };
+  // Starts one bucket's reduce-scatter: `in` [B] (fp32; bf16 when the stage packed it so for a bf16
+  // wire) summed over ranks, this rank's slice into `out` [s] fp32. FP32: one reduce-scatter straight
+  // into `out`. BF16 wire: `in` as bf16 goes out by all-to-all; finish_reduce_scatter() sums.
+  void start_reduce_scatter(Op& op, const at::Tensor& in, at::Tensor out);
+  // After op's collective finished: `out` holds the fp32 sum (the BF16 wire sums the chunks here).
+  void finish_reduce_scatter(Op& op);
+  // Buckets travel in bf16 (--grad-reduce-dtype bf16 on more than one rank).
+  bool bf16_wire() const { return bf16_wire_; }
   // Starts bucket b's collective (called in bucket order only).
   virtual Op launch(int b) = 0;
   // Bucket b's collective finished (called from polling in any order, or from finish_backward).
@@ -82,6 +105,7 @@ class GradSync {
 
   FlatModel m_;
   int rank_;
+  bool bf16_wire_ = false;
   bool sharded_ = false;
   bool every_backward_ = false;   // collectives after every micro-batch's backward, not only the last
   bool communicate_now_ = false;  // this backward starts collectives
@@ -129,7 +153,7 @@ class Zero1Sync final : public GradSync {
 
  private:
   Op launch(int b) override;
-  void complete(Op&) override {}
+  void complete(Op& op) override;
   at::Tensor flat_grad_, owned_grad_;
 };
 
@@ -138,6 +162,8 @@ class Zero1Sync final : public GradSync {
 // [B], releases the parameters' gradients and reduce-scatters the buffer into a temporary [s], added into
 // owned_grad when done. Packing buffers are live only while their bucket is in flight and are recycled
 // (no allocation or zero-fill per bucket on the backward path). Optimizer and all-gather as ZeRO-1.
+// With a bf16 wire the gradients are packed straight into bf16 buffers [B] (2B bytes, the same rounding
+// as casting an fp32 bucket) and the chunks received are summed in fp32 into the temporary [s].
 class Zero2Sync final : public GradSync {
  public:
   explicit Zero2Sync(FlatModel m);

@@ -6,6 +6,7 @@
 #include "shardtune/core/hw.h"
 #include "shardtune/core/log.h"
 #include "shardtune/core/threads.h"
+#include "shardtune/dist/device.h"
 #include "shardtune/dist/mpi_runtime.h"
 
 namespace shardtune::train {
@@ -32,11 +33,18 @@ std::string who(const std::vector<int>& ids, size_t world) {
 
 }  // namespace
 
+model::PrecisionChoice run_precision(const TrainConfig& cfg) {
+  const bool cuda = cfg.device == "cuda";
+  // The CUDA query only where it decides something (auto on CUDA).
+  return model::resolve_precision(cfg.precision, cuda ? at::kCUDA : at::kCPU,
+                                  cuda && cfg.precision == "auto" && dist::cuda_bf16_supported());
+}
+
 Launch resolve_launch(const dist::MpiRuntime& rt, const TrainConfig& cfg) {
   Launch L;
   const hw::Affinity mask = hw::affinity();
   const hw::BlasStatus blas = hw::blas_status();
-  L.precision = model::resolve_precision(cfg.precision);
+  L.precision = run_precision(cfg);
   const std::string prec = (cfg.precision == "auto" ? "auto -> " : "") +
                            std::string(L.precision.precision == model::Precision::BF16 ? "bf16" : "fp32");
   const std::string me = hw::hostname() + kSep + std::to_string(mask.count) + kSep + mask.list + kSep + blas.core +

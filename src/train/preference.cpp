@@ -91,9 +91,10 @@ Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& id
   // Rewards: beta x the log-ratio to the reference; reference-free, beta x the (averaged) log-prob (TRL).
   const at::Tensor chosen = o_.beta * (ref.defined() ? pc.detach() - rc : pc.detach());
   const at::Tensor rejected = o_.beta * (ref.defined() ? pr.detach() - rr : pr.detach());
-  auto sum = [](const at::Tensor& t) { return t.sum().item<double>(); };
-  r.metric_sums = {sum(chosen), sum(rejected), sum((chosen > rejected).to(at::kFloat)), sum(chosen - rejected),
-                   sum(pc.detach()), sum(pr.detach())};
+  // fp32 sums widened to float64 (as item<double>() did), stacked on the device: no host read here.
+  auto sum = [](const at::Tensor& t) { return t.sum().to(at::kDouble); };
+  r.metric_sums = at::stack({sum(chosen), sum(rejected), sum((chosen > rejected).to(at::kFloat)),
+                             sum(chosen - rejected), sum(pc.detach()), sum(pr.detach())});
   return r;
 }
 

@@ -52,9 +52,10 @@ Objective::Result RewardObjective::forward(model::CausalLM& m, const at::Tensor&
   Result out;
   out.sum = reward_losses(rc, rr, center_).sum();
   torch::NoGradGuard no_grad;
-  auto sum = [](const at::Tensor& t) { return t.sum().item<double>(); };
+  // fp32 sums widened to float64, stacked on the device: the trainer reads them once per step.
+  auto sum = [](const at::Tensor& t) { return t.sum().to(at::kDouble); };
   const at::Tensor c = rc.detach(), j = rr.detach();
-  out.metric_sums = {sum(c), sum(j), sum((c > j).to(at::kFloat)), sum(c - j)};
+  out.metric_sums = at::stack({sum(c), sum(j), sum((c > j).to(at::kFloat)), sum(c - j)});
   return out;
 }
 

@@ -1,6 +1,8 @@
 // Trainer: the flat parameter buffer, autograd hooks that hand each finished gradient to the stage's
 // GradSync (grad_sync.h: bucket communication overlapping backward), global-norm clipping, the
 // non-finite check, AdamW in place on the parameters this rank updates, and the all-gather after it.
+// Device-agnostic: the same code runs on CPU and CUDA tensors; the trainer reads the device once per
+// step (its scalars, reduced in one collective), not per micro-batch or per metric.
 #include "shardtune/train/trainer.h"
 
 #include <torch/csrc/autograd/function.h>
@@ -23,6 +25,7 @@
 #include "shardtune/model/runtime.h"
 #include "shardtune/optim/adamw.h"
 #include "shardtune/optim/layout.h"
+#include "shardtune/train/launch.h"
 
 namespace shardtune::train {
 
@@ -84,7 +87,7 @@ struct Trainer::Impl {
 
   Impl(const TrainConfig& c, std::shared_ptr<model::CausalLM> m, dist::Communicator& cm)
       : cfg(c), model(std::move(m)), comm(cm), world(cm.world()), rank(cm.rank()), stage(zero_stage_from_int(c.zero)),
-        precision(model::parse_precision(c.precision)) {
+        precision(run_precision(c).precision) {
     if (cfg.device == "cuda") device = at::Device(at::kCUDA);
     if (const char* v = std::getenv("SHARDTUNE_TEST_NAN")) {
       const std::string s(v), mine = std::to_string(rank) + ":";
@@ -128,9 +131,11 @@ struct Trainer::Impl {
     // Fresh adapters come from a seeded generator on every rank; rank 0's are the ones every rank trains.
     // So is a fresh reward head (score.weight).
     if ((model->has_lora() || model->has_score_head()) && world > 1) comm.broadcast(flat_params, 0);
-    sync = make_grad_sync(stage, FlatModel{layout, params, flat_params, comm});
+    sync = make_grad_sync(stage, FlatModel{layout, params, flat_params, comm, reduce_dtype_from_string(cfg.grad_reduce_dtype)});
+    // m and v are created where the parameters live, with their dtype (fp32): never on the CPU, then moved.
     adam = std::make_unique<optim::FlatAdamW>(sync->optimizer_ranges(), sync->optimizer_elems(), layout.params,
-                                              optim::AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay});
+                                              optim::AdamWConfig{cfg.beta1, cfg.beta2, cfg.eps, cfg.weight_decay},
+                                              flat_params.options());
   }
 
   void install_hooks() {
@@ -148,8 +153,9 @@ struct Trainer::Impl {
 
   int64_t units(const data::HostBatch& hb) const { return objective ? objective->units(hb) : hb.loss_tokens; }
 
-  // Forward of one host batch: (loss sum tensor, count); an Objective's metric sums are added to `metrics`.
-  model::LossResult forward(const data::HostBatch& hb, std::vector<double>* metrics = nullptr) {
+  // Forward of one host batch: (loss sum tensor, count); an Objective's metric sums (float64, on the
+  // device) are added into `metrics` when given.
+  model::LossResult forward(const data::HostBatch& hb, at::Tensor* metrics = nullptr) {
     at::Tensor ids = to_device(hb.ids, hb.B, hb.T);
     at::Tensor mask = at::from_blob(const_cast<uint8_t*>(hb.mask.data()), {hb.B, hb.T}, at::kByte).clone().to(device);
     model::Packing pack;
@@ -157,16 +163,21 @@ struct Trainer::Impl {
     model::AutocastGuard autocast(device, precision);
     if (objective) {
       Objective::Result o = objective->forward(*model, ids, mask, hb);
-      if (metrics) {
-        metrics->resize(o.metric_sums.size(), 0.0);
-        for (size_t i = 0; i < o.metric_sums.size(); ++i) (*metrics)[i] += o.metric_sums[i];
-      }
+      if (metrics) metrics->add_(o.metric_sums);
       return {o.sum, objective->units(hb)};
     }
     model::LossResult r = model->loss(ids, mask, pack);
     ST_CHECK(r.count == hb.loss_tokens, "internal: batch holds " + std::to_string(hb.loss_tokens) +
                                             " target tokens but the loss counted " + std::to_string(r.count));
     return r;
+  }
+
+  // The step's scalars live in one small float64 tensor on the parameters' device: [loss sum, metric sums
+  // ..., squared gradient norm] (evaluate: [loss sum, metric sums..., count]). They are accumulated there
+  // without reading anything back, summed over ranks by one collective (MPI for a CPU tensor, NCCL for a
+  // CUDA one) and read to the host once: on a GPU every .item() would synchronize the device.
+  at::Tensor step_scalars(size_t n_metrics) const {
+    return at::zeros({static_cast<int64_t>(n_metrics) + 2}, flat_params.options().dtype(at::kDouble));
   }
 
   // "loss (nan) and gradient norm (nan)", plus the ranks whose own part was already non-finite when
@@ -227,12 +238,17 @@ struct Trainer::Impl {
       local_tokens += hb.B * hb.T;
     }
     // Normalize by the targets of the whole global batch, so any split over ranks gives the same gradient.
-    const double total = comm.all_reduce(static_cast<double>(local_targets), dist::ReduceOp::Sum);
+    // Both counts are host values: one host reduction (a CPU tensor travels over MPI) before backward.
+    at::Tensor counts = at::tensor(std::vector<int64_t>{local_targets, local_tokens}, at::kLong);
+    comm.all_reduce_sum(counts);
+    const double total = static_cast<double>(counts.data_ptr<int64_t>()[0]);
+    const int64_t global_tokens = counts.data_ptr<int64_t>()[1];
     ST_CHECK(total > 0, "step " + std::to_string(step) + ": the global batch has no target tokens",
              "check the data (shardtune-inspect) and --seq-len");
     sync->begin_step();
-    double loss_sum = 0;
-    std::vector<double> metric_sums(objective ? objective->metric_names().size() : 0, 0.0);
+    const size_t n_metrics = objective ? objective->metric_names().size() : 0;
+    at::Tensor scalars = step_scalars(n_metrics);  // [loss sum, metric sums..., squared gradient norm]
+    at::Tensor loss_acc = scalars.narrow(0, 0, 1), metric_acc = scalars.narrow(0, 1, int64_t(n_metrics));
     auto since = [](Clock::time_point& t) {
       auto now = Clock::now();
       double d = std::chrono::duration<double>(now - t).count();
@@ -242,9 +258,9 @@ struct Trainer::Impl {
     auto t = Clock::now();
     for (size_t a = 0; a < micro.size(); ++a) {
       sync->begin_backward(a + 1 == micro.size());
-      model::LossResult r = forward(micro[a], &metric_sums);
+      model::LossResult r = forward(micro[a], n_metrics ? &metric_acc : nullptr);
       if (step == nan_step) r.sum = r.sum * std::numeric_limits<float>::quiet_NaN();
-      loss_sum += r.sum.item<double>();
+      loss_acc.add_(r.sum.detach().to(at::kDouble));  // fp32 sum widened, as item<double>() did
       s.forward_s += since(t);
       (r.sum / total).backward();
       s.backward_s += since(t);
@@ -252,22 +268,28 @@ struct Trainer::Impl {
       s.drain_s += since(t);
     }
     at::NoGradGuard no_grad;
-    s.loss = comm.all_reduce(loss_sum, dist::ReduceOp::Sum) / total;
+    // Global gradient norm (no full-size temporary). A sharded gradient's squared norm is summed over the
+    // ranks; a replicated one is the same on every rank, so only rank 0 adds its square (the others add
+    // 0, not a multiple of theirs: NaN x 0 would be NaN), and the sum is exactly rank 0's value.
+    at::Tensor& g = sync->grad();
+    const at::Tensor local_norm = g.norm().to(at::kDouble);
+    const at::Tensor local_sq = local_norm * local_norm;
+    if (sync->grad_is_sharded() || rank == 0) scalars.narrow(0, int64_t(n_metrics) + 1, 1).copy_(local_sq);
+    const at::Tensor local = world > 1 ? scalars.clone() : scalars;  // this rank's own values (diagnostics)
+    comm.all_reduce_sum(scalars);
+    const at::Tensor host = scalars.to(at::kCPU);  // the step's one device-to-host read
+    const double* v = host.data_ptr<double>();
+    s.loss = v[0] / total;
     if (objective) {
       const auto names = objective->metric_names();
-      for (size_t i = 0; i < names.size(); ++i)
-        s.metrics.emplace_back(names[i], comm.all_reduce(metric_sums[i], dist::ReduceOp::Sum) / total);
+      for (size_t i = 0; i < names.size(); ++i) s.metrics.emplace_back(names[i], v[1 + i] / total);
     }
-    // Global gradient norm (no full-size temporary), then the non-finite check, then clipping.
-    at::Tensor& g = sync->grad();
-    const double local_norm = g.norm().item<double>();
-    double sq = local_norm * local_norm;
-    const double local_sq = sq;
-    if (sync->grad_is_sharded()) sq = comm.all_reduce(sq, dist::ReduceOp::Sum);
-    s.grad_norm = std::sqrt(sq);
+    s.grad_norm = std::sqrt(v[n_metrics + 1]);
     s.lr = optim::lr_at(step, total_steps, cfg.warmup_steps, cfg.lr, cfg.min_lr, optim::parse_schedule(cfg.schedule));
     if (!std::isfinite(s.loss) || !std::isfinite(s.grad_norm)) {
-      s.nonfinite = describe_nonfinite(s.loss, loss_sum, s.grad_norm, local_sq);
+      // Only on this failure path: this rank's own loss sum and squared norm, read to the host.
+      const double local_loss = local[0].item<double>();
+      s.nonfinite = describe_nonfinite(s.loss, local_loss, s.grad_norm, local_sq.item<double>());
       handle_nonfinite(step, total_steps, s.nonfinite);
       s.skipped = true;  // parameters unchanged (and still whole on every rank)
       s.optim_s = since(t);
@@ -280,7 +302,7 @@ struct Trainer::Impl {
       s.gather_s = since(t);
     }
     s.loss_tokens = static_cast<int64_t>(total);
-    s.tokens = static_cast<int64_t>(comm.all_reduce(static_cast<double>(local_tokens), dist::ReduceOp::Sum));
+    s.tokens = global_tokens;
     s.comm_wait_s = comm.take_blocked_seconds();
     s.seconds = std::chrono::duration<double>(Clock::now() - t0).count();
     return s;
@@ -302,24 +324,27 @@ std::pair<double, int64_t> Trainer::evaluate(const std::vector<data::HostBatch>&
     model::CausalLM& m;
     ~TrainAgain() { m.train(); }
   } train_again{*impl_->model};
-  double sum = 0;
-  int64_t count = 0;
   auto& obj = impl_->objective;
-  std::vector<double> metric_sums(obj ? obj->metric_names().size() : 0, 0.0);
+  const size_t n_metrics = obj ? obj->metric_names().size() : 0;
+  at::Tensor scalars = impl_->step_scalars(n_metrics);  // [loss sum, metric sums..., count]
+  at::Tensor metric_acc = scalars.narrow(0, 1, int64_t(n_metrics));
+  int64_t local_count = 0;
   for (const auto& hb : batches) {
-    model::LossResult r = impl_->forward(hb, &metric_sums);
-    sum += r.sum.item<double>();
-    count += r.count;
+    model::LossResult r = impl_->forward(hb, n_metrics ? &metric_acc : nullptr);
+    scalars.narrow(0, 0, 1).add_(r.sum.to(at::kDouble));
+    local_count += r.count;
   }
-  sum = impl_->comm.all_reduce(sum, dist::ReduceOp::Sum);
-  count = static_cast<int64_t>(impl_->comm.all_reduce(static_cast<double>(count), dist::ReduceOp::Sum));
+  scalars.narrow(0, int64_t(n_metrics) + 1, 1).fill_(static_cast<double>(local_count));  // exact below 2^53
+  impl_->comm.all_reduce_sum(scalars);
+  const at::Tensor host = scalars.to(at::kCPU);  // one device-to-host read per evaluation
+  const double* v = host.data_ptr<double>();
+  const double sum = v[0];
+  const auto count = static_cast<int64_t>(v[n_metrics + 1]);
   impl_->eval_metrics.clear();
   if (obj) {
     const auto names = obj->metric_names();
-    for (size_t i = 0; i < names.size(); ++i) {
-      const double m = impl_->comm.all_reduce(metric_sums[i], dist::ReduceOp::Sum);
-      impl_->eval_metrics.emplace_back(names[i], count > 0 ? m / double(count) : 0.0);
-    }
+    for (size_t i = 0; i < names.size(); ++i)
+      impl_->eval_metrics.emplace_back(names[i], count > 0 ? v[1 + i] / double(count) : 0.0);
   }
   return {sum, count};
 }

@@ -71,3 +71,40 @@ TEST(Schedule, WarmupThenDecay) {
   EXPECT_DOUBLE_EQ(lr_at(9, 10, 4, 1.0, 0.1, Schedule::Constant), 1.0);
   EXPECT_THROW(so::parse_schedule("exp"), std::exception);
 }
+
+TEST(AdamW, StateIsCreatedWithTheParametersOptions) {
+  // m and v are born with the device and dtype they are given (the trainer gives the flat parameters'
+  // options): float64 here, so following them is visible; CUDA too where this LibTorch has a GPU.
+  std::vector<so::ParamSpec> specs = {{"w", {8, 8}, true}, {"norm", {8}, false}};
+  so::FlatLayout L = so::plan_layout(specs, 1, 1000);
+  std::vector<at::TensorOptions> kinds = {at::TensorOptions().dtype(at::kFloat), at::TensorOptions().dtype(at::kDouble)};
+  if (at::hasCUDA()) kinds.push_back(at::TensorOptions().dtype(at::kFloat).device(at::kCUDA));
+  for (const auto& opts : kinds) {
+    at::Tensor p = at::ones({L.shard_size()}, opts);
+    so::FlatAdamW opt(L.owned_ranges(0), L.shard_size(), L.params, {0.9, 0.95, 1e-8, 0.0}, p.options());
+    for (at::Tensor* s : {&opt.exp_avg(), &opt.exp_avg_sq()}) {
+      EXPECT_EQ(s->device(), p.device());
+      EXPECT_EQ(s->scalar_type(), p.scalar_type());
+      EXPECT_EQ(s->numel(), L.shard_size());
+    }
+    EXPECT_EQ(opt.state_bytes(), 2 * L.shard_size() * int64_t(p.element_size()));
+    opt.step(p, at::full_like(p, 0.5), 0.1);
+    EXPECT_EQ(opt.exp_avg().device(), p.device()) << "the state stays where it was created";
+    EXPECT_NEAR(opt.exp_avg().max().item<double>(), 0.05, 1e-7);  // (1 - beta1) x 0.5
+    EXPECT_NEAR(p.max().item<double>(), 1.0 - 0.1, 1e-6);        // first step: -lr x sign
+  }
+}
+
+TEST(AdamW, RefusesParametersOnAnotherDevice) {
+  // The state is never moved after the fact: parameters elsewhere are an internal error, said so.
+  std::vector<so::ParamSpec> specs = {{"w", {4}, true}};
+  so::FlatLayout L = so::plan_layout(specs, 1, 1000);
+  so::FlatAdamW opt(L.owned_ranges(0), L.shard_size(), L.params, {}, at::TensorOptions().dtype(at::kFloat).device(at::kMeta));
+  at::Tensor p = at::zeros({L.shard_size()});
+  try {
+    opt.step(p, at::zeros_like(p), 0.1);
+    FAIL() << "parameters on another device than the state were accepted";
+  } catch (const std::exception& e) {
+    EXPECT_NE(std::string(e.what()).find("AdamW state is on meta"), std::string::npos) << e.what();
+  }
+}

@@ -1,7 +1,8 @@
 // Trainer internals in one process (no mpirun): the autograd hooks end with the Trainer (a graph built
 // while it lived, run after it is gone, reaches no freed trainer and leaves ordinary gradients), and
 // AdamW in place on the flat parameters equals AdamW on an owned copy, bit for bit (what ZeRO-1/2 did
-// before they dropped their fp32 master copy).
+// before they dropped their fp32 master copy). Also: AdamW state born on the flat parameters' device and
+// dtype, and the CUDA branch of the autocast guard (thread-local state, no GPU needed).
 #include <gtest/gtest.h>
 
 #include <torch/csrc/autograd/function.h>
@@ -16,6 +17,7 @@
 #include "shardtune/dist/mpi_runtime.h"
 #include "shardtune/model/config.h"
 #include "shardtune/model/model.h"
+#include "shardtune/model/runtime.h"
 #include "shardtune/optim/adamw.h"
 #include "shardtune/train/trainer.h"
 
@@ -131,4 +133,47 @@ TEST(FlatAdamW, InPlaceOnFlatParamsEqualsOwnedCopy) {
         EXPECT_TRUE(at::equal(flat.masked_select(touched.logical_not()), before.masked_select(touched.logical_not())));
       }
     }
+}
+
+TEST(Trainer, OptimizerStateFollowsTheFlatParameters) {
+  // AdamW's m and v are created with the flat parameters' device and dtype (on a GPU: born there, never
+  // moved), for every stage; the CPU here, the same code path as CUDA.
+  st::dist::Communicator comm(runtime());
+  for (int zero : {0, 1, 2}) {
+    auto m = tiny_model(5);
+    st::train::TrainConfig cfg;
+    cfg.zero = zero;
+    st::train::Trainer trainer(cfg, m, comm);
+    const at::Tensor p = m->trainable_parameters().front().second;
+    const auto pieces = trainer.optimizer_share();
+    ASSERT_FALSE(pieces.empty());
+    for (const auto& piece : pieces)
+      for (const at::Tensor& s : {piece.exp_avg, piece.exp_avg_sq}) {
+        EXPECT_EQ(s.device(), p.device()) << "ZeRO-" << zero << " " << piece.param;
+        EXPECT_EQ(s.scalar_type(), p.scalar_type()) << "ZeRO-" << zero << " " << piece.param;
+      }
+    EXPECT_EQ(p.scalar_type(), at::kFloat) << "trainable parameters are fp32 master weights";
+  }
+}
+
+TEST(Autocast, CudaGuardSetsTheCudaAutocastStateToBf16) {
+  // The CUDA branch of AutocastGuard: CUDA autocast is a thread-local flag and dtype, settable without a
+  // GPU, so the API used for it (1.13: set_enabled / set_autocast_gpu_dtype; 2.4+: by device type) is
+  // checked here; the CPU state is left alone, and everything is restored when the guard ends.
+  namespace sm = st::model;
+  ASSERT_EQ(sm::autocast_dtype(at::kCUDA), at::kFloat);
+  {
+    sm::AutocastGuard guard(at::Device(at::kCUDA), sm::Precision::BF16);
+    EXPECT_EQ(sm::autocast_dtype(at::kCUDA), at::kBFloat16);
+    EXPECT_EQ(sm::autocast_dtype(at::kCPU), at::kFloat) << "CUDA autocast must not switch the CPU's on";
+  }
+  EXPECT_EQ(sm::autocast_dtype(at::kCUDA), at::kFloat);
+  {
+    sm::AutocastGuard fp32(at::Device(at::kCUDA), sm::Precision::FP32);
+    EXPECT_EQ(sm::autocast_dtype(at::kCUDA), at::kFloat);
+  }
+  // --precision auto on CUDA: bf16 where the GPU has it (compute capability >= 8), else fp32.
+  EXPECT_EQ(sm::resolve_precision("auto", at::kCUDA, true).precision, sm::Precision::BF16);
+  EXPECT_EQ(sm::resolve_precision("auto", at::kCUDA, false).precision, sm::Precision::FP32);
+  EXPECT_EQ(sm::resolve_precision("fp32", at::kCUDA, true).precision, sm::Precision::FP32);
 }

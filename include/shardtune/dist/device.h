@@ -23,6 +23,11 @@ NodePlace node_place(const MpiRuntime& rt);
 // CUDA devices this process sees (after CUDA_VISIBLE_DEVICES); 0 when built without CUDA or none.
 int cuda_device_count();
 
+// Whether the current CUDA device (device 0 until one is chosen) computes bf16 natively: compute
+// capability 8.0 or newer (Ampere, Hopper, ...). --precision auto resolves to bf16 on CUDA then
+// (train/launch.h). False when built without CUDA or no device answers.
+bool cuda_bf16_supported();
+
 // The CUDA device index for a rank: local_rank, when there are at least as many visible devices as
 // ranks on the node. Throws an Error naming the rank, the host, the ranks per node and the visible
 // devices, with a hint (one rank per GPU: srun --ntasks-per-node=GPUS / --gpus-per-task=1, or

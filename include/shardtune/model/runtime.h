@@ -13,18 +13,23 @@ namespace shardtune::model {
 void setup_runtime(int threads);
 
 enum class Precision { FP32, BF16 };
-// "fp32" | "bf16" | "auto" (resolved by resolve_precision on the CPU).
+// "fp32" | "bf16" | "auto" (resolved by resolve_precision on the CPU; for another device call that).
 Precision parse_precision(const std::string& s);
 
-// "auto": bf16 where the device computes it natively (CPU: AVX512_BF16 or AMX-BF16), else fp32.
+// "auto": bf16 where the device computes it natively, else fp32. CPU: AVX512_BF16 or AMX-BF16 (from the
+// CPU flags). CUDA: `cuda_bf16`, which the caller asks the CUDA runtime for (compute capability >= 8.0:
+// dist::cuda_bf16_supported(); this library does not link the CUDA runtime).
 // `reason` says why, for the log ("this CPU computes bf16 natively: avx512_bf16 amx_bf16").
 struct PrecisionChoice {
   Precision precision;
   std::string reason;
 };
-PrecisionChoice resolve_precision(const std::string& s, at::DeviceType device = at::kCPU);
+PrecisionChoice resolve_precision(const std::string& s, at::DeviceType device = at::kCPU, bool cuda_bf16 = false);
 
 // Enables autocast to bf16 on `device` for the guard's lifetime when precision is BF16 (no-op for FP32).
+// CUDA: the CUDA autocast state (LibTorch 1.13-2.3: at::autocast::set_enabled / set_autocast_gpu_dtype;
+// 2.4+: set_autocast_enabled / set_autocast_dtype by device type), CPU: the CPU one. Both are
+// thread-local flags, so the CUDA branch works (and is unit-tested) without a GPU.
 class AutocastGuard {
  public:
   AutocastGuard(at::Device device, Precision precision);

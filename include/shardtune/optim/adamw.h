@@ -19,7 +19,11 @@ struct AdamWConfig {
 class FlatAdamW {
  public:
   // `owned` lists the owned pieces (FlatLayout::owned_ranges, or one range per param for ZeRO-0).
-  FlatAdamW(std::vector<OwnedRange> owned, int64_t owned_elems, const std::vector<ParamSlot>& params, AdamWConfig cfg);
+  // `state`: device and dtype of m and v, allocated there directly: the flat parameters' options (the
+  // trainer passes flat_params.options(), so on a GPU the state is born on it). step() refuses
+  // parameters or gradients on another device.
+  FlatAdamW(std::vector<OwnedRange> owned, int64_t owned_elems, const std::vector<ParamSlot>& params, AdamWConfig cfg,
+            const at::TensorOptions& state = at::TensorOptions().dtype(at::kFloat));
 
   // params/grads: the rank's owned buffers, laid out as in `owned` (shard_offset indexes them).
   void step(at::Tensor& params, const at::Tensor& grads, double lr);
@@ -31,7 +35,7 @@ class FlatAdamW {
   at::Tensor& exp_avg() { return m_; }
   at::Tensor& exp_avg_sq() { return v_; }
   void set_steps(int64_t t) { t_ = t; }
-  int64_t state_bytes() const { return (m_.numel() + v_.numel()) * 4; }
+  int64_t state_bytes() const { return (m_.numel() + v_.numel()) * static_cast<int64_t>(m_.element_size()); }
   // CPU fp32 buffers take a fused single-pass loop; off = the tensor-op form (for tests and benchmarks).
   void set_fused(bool on) { fused_ = on; }
 

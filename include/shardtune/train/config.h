@@ -30,6 +30,7 @@ struct TrainConfig {
   std::string precision = "auto";   // auto = bf16 where the hardware computes it natively, else fp32
   std::string device = "cpu";
   double bucket_mb = 25.0;
+  std::string grad_reduce_dtype = "fp32";  // fp32 | bf16: gradient buckets' dtype on the wire (sums in fp32)
   std::string save_dtype;  // "" = as loaded
   std::string on_nonfinite = "error";  // a non-finite loss or gradient norm: "error" stops, "skip" skips the update
   int64_t max_consecutive_skips = 10;  // --on-nonfinite skip: stop after more skipped steps than this in a row

@@ -25,6 +25,11 @@ struct Launch {
   void report() const;
 };
 
+// cfg.precision resolved for cfg.device: "auto" is bf16 where that device computes it natively (CPU:
+// AVX512_BF16/AMX-BF16; CUDA: compute capability >= 8.0), else fp32. The trainer and resolve_launch both
+// use it, so the log and the run agree.
+model::PrecisionChoice run_precision(const TrainConfig& cfg);
+
 // Collective (every rank calls it at the same point): gathers each rank's host, affinity mask, BLAS
 // core and resolved precision.
 Launch resolve_launch(const dist::MpiRuntime& rt, const TrainConfig& cfg);

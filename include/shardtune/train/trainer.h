@@ -46,8 +46,11 @@ class Objective {
   virtual ~Objective() = default;
   virtual int64_t units(const data::HostBatch& hb) const = 0;
   struct Result {
-    at::Tensor sum;                    // scalar fp32, differentiable
-    std::vector<double> metric_sums;   // summed over this micro-batch's units, in metric_names() order
+    at::Tensor sum;          // scalar fp32, differentiable
+    // [metric_names().size()] float64 on the batch's device, detached: each metric summed over this
+    // micro-batch's units. A tensor, not host doubles: the trainer reads every scalar of a step to the
+    // host once (one device synchronization per step, not one per metric and micro-batch).
+    at::Tensor metric_sums;
   };
   // ids/mask: the batch on the trainer's device; runs under the trainer's autocast.
   virtual Result forward(model::CausalLM& m, const at::Tensor& ids, const at::Tensor& mask,
