@@ -51,4 +51,16 @@ int pick_cuda_device(int rank, const NodePlace& place, int visible_devices) {
   return place.local_rank;
 }
 
+void check_cuda_build(bool nccl_built, bool torch_cuda, const std::string& torch_version) {
+  ST_CHECK(nccl_built,
+           "--device cuda, but this shardtune was built without the NCCL backend (CMake found no CUDA toolkit and "
+           "NCCL, or was given -DSHARDTUNE_WITH_CUDA=OFF)",
+           "rebuild with -DSHARDTUNE_WITH_CUDA=ON where the CUDA toolkit and NCCL are installed (CUDAToolkit_ROOT, "
+           "NCCL_HOME), against a CUDA LibTorch; or use --device cpu");
+  ST_CHECK(torch_cuda,
+           "--device cuda, but the LibTorch " + torch_version + " this shardtune was built against is a CPU-only build",
+           "rebuild against a CUDA LibTorch, e.g. the one of a CUDA PyTorch wheel: cmake -DCMAKE_PREFIX_PATH=\"$(python3 "
+           "-c 'import torch; print(torch.utils.cmake_prefix_path)')\" ...; or use --device cpu");
+}
+
 }  // namespace shardtune::dist

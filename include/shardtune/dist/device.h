@@ -29,4 +29,10 @@ int cuda_device_count();
 // CUDA_VISIBLE_DEVICES), when visible_devices < local_size or there are none.
 int pick_cuda_device(int rank, const NodePlace& place, int visible_devices);
 
+// What this build needs for --device cuda, checked before anything touches a GPU: the NCCL backend
+// (`nccl_built`) and a LibTorch compiled with CUDA (`torch_cuda`; whether it can use a GPU here is asked
+// after the device count, so that "no GPU" is named as such). Throws an
+// Error saying which is missing and how to build with it; `torch_version` is named in the message.
+void check_cuda_build(bool nccl_built, bool torch_cuda, const std::string& torch_version);
+
 }  // namespace shardtune::dist
