@@ -265,39 +265,45 @@ class Nccl final : public NcclBackend {
 
   std::unique_ptr<Pending> all_reduce_sum(at::Tensor t, double* blocked) override {
     NcclOpInfo info = describe("AllReduce", t);
+    const ncclDataType_t type = nccl_type(t.scalar_type());
     auto done = issue(info, {t}, [&](cudaStream_t s) {
-      return ncclAllReduce(t.data_ptr(), t.data_ptr(), size_t(t.numel()), nccl_type(t.scalar_type()), ncclSum, comm_, s);
+      return ncclAllReduce(t.data_ptr(), t.data_ptr(), size_t(t.numel()), type, ncclSum, comm_, s);
     });
     return pending(std::move(done), {t}, std::move(info), blocked);
   }
 
   std::unique_ptr<Pending> reduce_scatter_sum(at::Tensor in, at::Tensor out, double* blocked) override {
     NcclOpInfo info = describe("ReduceScatter", out);
+    describe("ReduceScatter", in);
+    const ncclDataType_t type = nccl_type(in.scalar_type());
     auto done = issue(info, {in, out}, [&](cudaStream_t s) {
-      return ncclReduceScatter(in.data_ptr(), out.data_ptr(), size_t(out.numel()), nccl_type(in.scalar_type()), ncclSum,
-                               comm_, s);
+      return ncclReduceScatter(in.data_ptr(), out.data_ptr(), size_t(out.numel()), type, ncclSum, comm_, s);
     });
     return pending(std::move(done), {in, out}, std::move(info), blocked);
   }
 
   std::unique_ptr<Pending> all_gather(at::Tensor in, at::Tensor out, double* blocked) override {
     NcclOpInfo info = describe("AllGather", in);
+    describe("AllGather", out);
+    const ncclDataType_t type = nccl_type(in.scalar_type());
     auto done = issue(info, {in, out}, [&](cudaStream_t s) {
-      return ncclAllGather(in.data_ptr(), out.data_ptr(), size_t(in.numel()), nccl_type(in.scalar_type()), comm_, s);
+      return ncclAllGather(in.data_ptr(), out.data_ptr(), size_t(in.numel()), type, comm_, s);
     });
     return pending(std::move(done), {in, out}, std::move(info), blocked);
   }
 
   void broadcast(at::Tensor& t, int root, double* blocked) override {
     NcclOpInfo info = describe("Broadcast (root " + std::to_string(root) + ")", t);
+    const ncclDataType_t type = nccl_type(t.scalar_type());
     auto done = issue(info, {t}, [&](cudaStream_t s) {
-      return ncclBroadcast(t.data_ptr(), t.data_ptr(), size_t(t.numel()), nccl_type(t.scalar_type()), root, comm_, s);
+      return ncclBroadcast(t.data_ptr(), t.data_ptr(), size_t(t.numel()), type, root, comm_, s);
     });
     pending(std::move(done), {t}, std::move(info), blocked)->wait();
   }
 
   std::unique_ptr<Pending> all_to_all(at::Tensor in, at::Tensor out, double* blocked) override {
     NcclOpInfo info = describe("AllToAll (grouped Send/Recv)", in);
+    describe("AllToAll (grouped Send/Recv)", out);
     const size_t chunk = size_t(in.numel()) / size_t(world_), bytes = chunk * in.element_size();
     const ncclDataType_t type = nccl_type(in.scalar_type());
     auto done = issue(info, {in, out}, [&](cudaStream_t s) {
