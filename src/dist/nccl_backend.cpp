@@ -346,6 +346,7 @@ class Nccl final : public NcclBackend {
   cudaStream_t stream_{};  // the communication stream
   cudaEvent_t ready_{};    // recorded on the compute stream before each operation (re-recorded each time)
   OpsInFlight ops_;
+  std::mutex issue_mu_;
   std::atomic<bool> failed_{false};  // an issuing thread saw an error (its exception reports it)
   std::atomic<bool> ending_{false};  // the watchdog is ending the job: the communicator is its alone
   std::mutex stop_mu_;
@@ -383,6 +384,9 @@ class Nccl final : public NcclBackend {
   std::shared_ptr<Event> issue(const NcclOpInfo& info, const std::vector<at::Tensor>& tensors, Call&& call) {
     ST_CHECK(!failed_.load() && !ending_.load(), nccl_op_label(rank_, info) + ": the NCCL communicator failed earlier",
              kPeerHint);
+    // One issuer at a time (the main thread, or autograd's device thread while the main one is in
+    // backward): every rank must enqueue its operations in the same order, and ready_ is shared.
+    std::lock_guard<std::mutex> issuing(issue_mu_);
     DeviceGuard guard(device_);
     cuda_check(cudaEventRecord(ready_, compute_stream()), "cudaEventRecord");
     cuda_check(cudaStreamWaitEvent(stream_, ready_, 0), "cudaStreamWaitEvent");
