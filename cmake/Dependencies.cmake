@@ -24,6 +24,14 @@ if(SHARDTUNE_WITH_TORCH)
   target_link_libraries(shardtune_torch INTERFACE ${TORCH_LIBRARIES})
   separate_arguments(TORCH_CXX_FLAGS_LIST UNIX_COMMAND "${TORCH_CXX_FLAGS}")
   target_compile_options(shardtune_torch INTERFACE ${TORCH_CXX_FLAGS_LIST})
+  # A LibTorch built with CUDA names its CUDA libraries (targets torch_cuda / c10_cuda, TORCH_CUDA_LIBRARIES);
+  # Debian's 1.13 is CPU-only (its c10/cuda headers are there, the libraries are not). The NCCL backend then
+  # uses LibTorch's current CUDA stream and caching allocator (SHARDTUNE_TORCH_CUDA), else the legacy
+  # default stream.
+  set(SHARDTUNE_TORCH_CUDA OFF)
+  if(TARGET torch_cuda OR TARGET c10_cuda OR TORCH_CUDA_LIBRARIES)
+    set(SHARDTUNE_TORCH_CUDA ON)
+  endif()
 endif()
 
 # CUDA + NCCL backend: AUTO builds it where both are found; a CPU build always works.
@@ -32,14 +40,28 @@ if(NOT SHARDTUNE_WITH_CUDA STREQUAL "OFF")
   find_package(CUDAToolkit QUIET)
   find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS} ENV NCCL_HOME PATH_SUFFIXES include)
   find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR} ENV NCCL_HOME PATH_SUFFIXES lib lib64)
-  if(CUDAToolkit_FOUND AND NCCL_INCLUDE_DIR AND NCCL_LIBRARY)
+  # The backend needs non-blocking communicators (NCCL 2.14+).
+  set(_nccl_version "")
+  if(NCCL_INCLUDE_DIR)
+    file(STRINGS "${NCCL_INCLUDE_DIR}/nccl.h" _nccl_defs REGEX "^#define NCCL_(MAJOR|MINOR|PATCH) +[0-9]+")
+    foreach(_part MAJOR MINOR PATCH)
+      string(REGEX MATCH "NCCL_${_part} +([0-9]+)" _m "${_nccl_defs}")
+      set(_nccl_${_part} "${CMAKE_MATCH_1}")
+    endforeach()
+    set(_nccl_version "${_nccl_MAJOR}.${_nccl_MINOR}.${_nccl_PATCH}")
+  endif()
+  if(CUDAToolkit_FOUND AND NCCL_INCLUDE_DIR AND NCCL_LIBRARY AND _nccl_version VERSION_GREATER_EQUAL 2.14)
     set(SHARDTUNE_HAVE_NCCL ON)
   elseif(SHARDTUNE_WITH_CUDA STREQUAL "ON")
-    message(FATAL_ERROR "SHARDTUNE_WITH_CUDA=ON but CUDA toolkit or NCCL was not found "
-                        "(set CUDAToolkit_ROOT / NCCL_HOME, or use -DSHARDTUNE_WITH_CUDA=OFF)")
+    message(FATAL_ERROR "SHARDTUNE_WITH_CUDA=ON but the CUDA toolkit or NCCL 2.14+ was not found (CUDA toolkit: "
+                        "${CUDAToolkit_FOUND}, nccl.h: ${NCCL_INCLUDE_DIR} (version ${_nccl_version}), libnccl: "
+                        "${NCCL_LIBRARY}); set CUDAToolkit_ROOT / NCCL_HOME, or use -DSHARDTUNE_WITH_CUDA=OFF")
+  elseif(NCCL_INCLUDE_DIR AND _nccl_version VERSION_LESS 2.14)
+    message(STATUS "shardtune: NCCL ${_nccl_version} found, but the NCCL backend needs 2.14 or newer: not built")
   endif()
 endif()
-message(STATUS "shardtune: LibTorch=${SHARDTUNE_WITH_TORCH} NCCL backend=${SHARDTUNE_HAVE_NCCL}")
+message(STATUS "shardtune: LibTorch=${SHARDTUNE_WITH_TORCH} (CUDA: ${SHARDTUNE_TORCH_CUDA}) "
+               "NCCL backend=${SHARDTUNE_HAVE_NCCL} ${_nccl_version}")
 
 if(SHARDTUNE_BUILD_TESTS)
   find_package(GTest REQUIRED)

@@ -278,6 +278,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   train::TrainConfig cfg;
   CLI::App app{"shardtune: data-parallel fine-tuning (launch with mpirun/srun; see README)"};
   cfg.bind(app);
+  app.set_version_flag("--version", "shardtune " SHARDTUNE_VERSION "\n" + dist::Communicator::build_summary());
   if (int rc = cli::parse(app, argc, argv, "shardtune", rt.rank() == 0); rc >= 0) return rc;  // --config: FILE:LINE errors
   cfg.validate();
   check_same_config(rt, cfg.table());
@@ -287,11 +288,14 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   const train::Launch launch = train::resolve_launch(rt, cfg);  // threads, BLAS core, precision of every rank
   model::setup_runtime(launch.threads);
   log::info("shardtune " + std::to_string(world) + " rank(s), configuration:\n" + cfg.table());
+  log::info("build: " + dist::Communicator::build_summary());
   launch.report();  // BLAS core, threads and affinity per rank, precision; warnings
-  ST_CHECK(cfg.device == "cpu" || at::hasCUDA(), "--device cuda but this LibTorch has no CUDA",
-           "build against a CUDA LibTorch (CMAKE_PREFIX_PATH) or use --device cpu");
-  ST_CHECK(cfg.device == "cpu", "--device cuda is not supported by the trainer yet", "use --device cpu");
   dist::Communicator comm(rt);
+  // --device cuda: the build is checked, this rank's GPU picked by its place on the node (one rank per
+  // GPU) and the NCCL communicator created on it, on this (main) thread before the model loads.
+  const at::Device device =
+      cfg.device == "cuda" ? at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(dist::start_cuda(comm, cfg.collective_timeout)))
+                           : at::Device(at::kCPU);
 
   // ---- model and data ----
   // ---- resume: the newest checkpoint that verifies (--resume auto), a given one, or none ----
@@ -347,6 +351,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
   model->seed_dropout(cfg.seed + uint64_t(resumed ? resumed->step : 0), rank);
   if (resumed && resumed->world == world && size_t(rank) < resumed->dropout_rngs.size())
     model->set_dropout_rng_state(resumed->dropout_rngs[size_t(rank)]);
+  if (device.is_cuda()) model->move_to(device);  // the trainer then builds its buffers on the GPU
   const int64_t vocab = model->config().vocab_size;
   auto train_set = data::ShardSet::open(cfg.data, "train", vocab);
   auto val_set = data::ShardSet::open(cfg.data, "val", vocab);

@@ -3,6 +3,8 @@
 
 #include <mpi.h>
 
+#include <torch/version.h>
+
 #include <chrono>
 #include <exception>
 
@@ -137,11 +139,27 @@ Communicator::~Communicator() = default;
 
 bool Communicator::has_nccl() { return nccl_available(); }
 
-void Communicator::start_nccl(int cuda_device) {
+bool Communicator::torch_cuda_built() {
+#ifdef SHARDTUNE_TORCH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+std::string Communicator::build_summary() {
+  const std::string torch = std::string("LibTorch ") + TORCH_VERSION + (torch_cuda_built() ? " with CUDA" : " (CPU only)");
+  const std::string nccl = has_nccl() ? "NCCL backend: built (" + nccl_build_info() + ")" : "NCCL backend: not built";
+  return torch + "; " + nccl + "; --device cuda " +
+         (has_nccl() && torch_cuda_built() ? "available" : "unavailable in this build");
+}
+
+void Communicator::start_nccl(int cuda_device, double timeout_s) {
   ST_CHECK(!nccl_, "internal: start_nccl called twice");
   auto n = std::make_unique<Nccl>();
-  n->backend = make_nccl_backend(rt_, cuda_device);
+  n->backend = make_nccl_backend(rt_, cuda_device, &abandoned_, timeout_s);
   nccl_ = std::move(n);
+  cuda_device_ = cuda_device;
 }
 
 Communicator::Nccl& Communicator::nccl() {

@@ -4,7 +4,8 @@
 
 namespace shardtune::dist {
 bool nccl_available() { return false; }
-std::unique_ptr<NcclBackend> make_nccl_backend(const MpiRuntime&, int) {
+std::string nccl_build_info() { return {}; }
+std::unique_ptr<NcclBackend> make_nccl_backend(const MpiRuntime&, int, bool*, double) {
   ST_FAIL("this shardtune was built without the NCCL backend, so CUDA tensors cannot be communicated",
           "rebuild with CUDA and NCCL available (-DSHARDTUNE_WITH_CUDA=ON, NCCL_HOME=...) or train on CPU");
 }

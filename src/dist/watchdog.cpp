@@ -50,6 +50,8 @@ void start_watchdog(double timeout_s, int rank) {
   if (timeout_s > 0 && !g_started.exchange(true)) std::thread(watch).detach();
 }
 
+double collective_timeout_s() { return double(g_limit_ms.load()) / 1000.0; }
+
 WatchedOp::WatchedOp(const char* what) {
   if (g_depth.fetch_add(1) == 0) {
     g_what.store(what);

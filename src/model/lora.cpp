@@ -317,7 +317,9 @@ std::vector<at::Tensor> CausalLM::project(const std::vector<const Projection*>& 
       const double keep = 1.0 - lora_.dropout;
       std::vector<at::Tensor> xas;
       for (size_t i : with) {
-        const at::Tensor mask = at::empty(x2.sizes(), x2.options()).bernoulli_(keep, dropout_gen_) / keep;
+        // Drawn on the CPU whatever the device: the generator (and so a checkpoint's state of it) is a CPU one.
+        const at::Tensor mask =
+            at::empty(x2.sizes(), x2.options().device(at::kCPU)).bernoulli_(keep, dropout_gen_).to(x2.device()) / keep;
         xas.push_back(at::mm(x2 * mask, ps[i]->lora_a.t()));
       }
       xa = k == 1 ? xas[0] : at::cat(xas, 1);

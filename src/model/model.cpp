@@ -163,6 +163,36 @@ at::Tensor CausalLM::add(const std::string& hf_name, std::vector<int64_t> shape)
   return reg;
 }
 
+void CausalLM::move_to(at::Device device) {
+  at::NoGradGuard no_grad;
+  for (const Projection* p : projections())
+    ST_CHECK(!p->q, "--device " + device.str() + ": the NF4 (QLoRA) weight of " + p->module + " cannot be moved there yet",
+             "use --method lora (a bf16 or fp32 frozen base) on the GPU, or --device cpu for QLoRA");
+  auto move = [&](at::Tensor& t) {
+    if (t.defined() && t.device() != device) t.set_data(t.to(device));
+  };
+  // The fused groups first: their members are views of them and must stay views of the moved buffer.
+  auto move_fused = [&](std::vector<Projection*> ps, at::Tensor& fused) {
+    if (!fused.defined()) return;
+    fused = fused.to(device);
+    int64_t row = 0;
+    for (Projection* p : ps) {
+      p->w.set_data(fused.narrow(0, row, p->out));
+      row += p->out;
+    }
+  };
+  for (Layer& L : layers_) {
+    move_fused({&L.q, &L.k, &L.v}, L.qkv_fused);
+    move_fused({&L.gate, &L.up}, L.gate_up_fused);
+  }
+  for (auto& [name, t] : params_) move(t);
+  for (Projection* p : mutable_projections()) {
+    move(p->lora_a);
+    move(p->lora_b);
+  }
+  if (inv_freq_.defined()) inv_freq_ = inv_freq_.to(device);
+}
+
 void CausalLM::init_random(uint64_t seed, double std) {
   at::NoGradGuard no_grad;
   auto gen = at::detail::createCPUGenerator(seed);

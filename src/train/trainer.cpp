@@ -88,7 +88,7 @@ struct Trainer::Impl {
   Impl(const TrainConfig& c, std::shared_ptr<model::CausalLM> m, dist::Communicator& cm)
       : cfg(c), model(std::move(m)), comm(cm), world(cm.world()), rank(cm.rank()), stage(zero_stage_from_int(c.zero)),
         precision(run_precision(c).precision) {
-    if (cfg.device == "cuda") device = at::Device(at::kCUDA);
+    if (cfg.device == "cuda") device = at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(comm.cuda_device()));
     if (const char* v = std::getenv("SHARDTUNE_TEST_NAN")) {
       const std::string s(v), mine = std::to_string(rank) + ":";
       if (s.rfind(mine, 0) == 0) nan_step = std::stoll(s.substr(mine.size()));

@@ -324,3 +324,43 @@ TEST(model_unit, IntegerKeysAreCheckedNotConverted) {
   llama["model_type"] = 5;  // a wrong JSON type anywhere is our Error, not a raw library exception
   EXPECT_NE(err(llama).find("cfg.json: bad or missing config key"), std::string::npos) << err(llama);
 }
+
+// --device cuda moves the model with move_to (CPU -> CUDA, checked on a GPU by tools/gpu-check.sh). Here,
+// without a GPU: a move to where the model already is changes nothing (same tensors, fused q/k/v and
+// gate/up members still views of one buffer, same logits), and NF4 weights are refused before anything
+// moves. (The meta device cannot stand in for a GPU: set_data refuses CPU -> meta.)
+TEST(model_unit, MoveToSameDeviceKeepsEverythingAndRefusesNf4) {
+  sm::CausalLM m(tiny_llama());
+  m.init_random(1);
+  sm::AdapterConfig c;
+  c.r = 4;
+  c.alpha = 8;
+  c.target_modules = {"all-linear"};
+  m.add_lora(c, 7);
+  m.freeze_base(at::kFloat);  // re-lays q/k/v and gate/up into one buffer each
+  at::NoGradGuard no_grad;
+  const at::Tensor ids = at::randint(0, 32, {2, 5}, at::kLong);
+  const at::Tensor before = m.logits(ids);
+  const auto* q_impl = m.param("model.layers.0.self_attn.q_proj.weight").unsafeGetTensorImpl();
+  m.move_to(at::Device(at::kCPU));
+  EXPECT_EQ(m.param("model.layers.0.self_attn.q_proj.weight").unsafeGetTensorImpl(), q_impl);
+  auto storage = [&](const std::string& n) { return m.param(n).storage().unsafeGetStorageImpl(); };
+  EXPECT_EQ(storage("model.layers.0.self_attn.q_proj.weight"), storage("model.layers.0.self_attn.v_proj.weight"));
+  EXPECT_EQ(storage("model.layers.1.mlp.gate_proj.weight"), storage("model.layers.1.mlp.up_proj.weight"));
+  EXPECT_TRUE(at::equal(m.logits(ids), before));
+
+  sm::CausalLM q(tiny_llama());
+  q.init_random(1);
+  c.target_modules = {"q_proj"};
+  q.add_lora(c, 7);
+  q.quantize_base(false);
+  try {
+    q.move_to(at::Device(at::kCUDA, 0));
+    ADD_FAILURE() << "NF4 weights were not refused";
+  } catch (const shardtune::Error& e) {
+    EXPECT_NE(std::string(e.what()).find("q_proj"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("NF4"), std::string::npos) << e.what();
+    EXPECT_NE(e.hint().find("--method lora"), std::string::npos) << e.hint();
+  }
+  EXPECT_EQ(q.param("model.layers.0.self_attn.o_proj.weight").device(), at::Device(at::kCPU));  // nothing moved
+}

@@ -21,7 +21,9 @@ enum class ReduceOp { Sum, Max };
 // (std::uncaught_exceptions() > 0) or after abandon(): then it never blocks, so a failing rank reaches
 // its error message and MPI_Abort instead of hanging on peers that will never join. An abandoned
 // collective's buffers are leaked on purpose (MPI may still write them; the process is about to end).
-// (The NCCL backend's event-based Pending does not do this yet: its destructor synchronizes.)
+// A CUDA tensor's Pending (NCCL) never blocks the host: done() polls its completion event, wait() makes
+// the caller's compute stream wait for it and returns at once (the results are then safe to use on that
+// stream); destroying an unfinished one does the same, or abandons it while unwinding.
 class Pending {
  public:
   virtual ~Pending() = default;
@@ -64,9 +66,13 @@ class Communicator {
   // Creates the NCCL communicator now, on the calling (main) thread, for CUDA device `cuda_device`:
   // collective over all ranks (rank 0's ncclUniqueId goes out by MPI_Bcast). CUDA tensors can be
   // communicated only after it; without it their collectives throw (never a lazy init inside an
-  // autograd hook). Throws where the build has no NCCL.
-  void start_nccl(int cuda_device);
+  // autograd hook). Throws where the build has no NCCL. Creation is bounded by `timeout_s` (0: unbounded;
+  // --device cuda passes --collective-timeout). Also starts the communicator's watchdog (NCCL errors, and
+  // operations older than the limit dist::start_watchdog set, end the job naming rank and operation).
+  void start_nccl(int cuda_device, double timeout_s = 0);
   bool nccl_started() const { return nccl_ != nullptr; }
+  // The CUDA device given to start_nccl, or -1 before it.
+  int cuda_device() const { return cuda_device_; }
 
   // Seconds spent blocked in wait()/blocking collectives since the last call (communication that was
   // not hidden behind compute). Resets the counter.
@@ -74,6 +80,10 @@ class Communicator {
 
   // Whether the NCCL backend was compiled in (CUDA tensors need it).
   static bool has_nccl();
+  // Whether the LibTorch this was built against has CUDA (CMake found its CUDA libraries).
+  static bool torch_cuda_built();
+  // One line for --version and the start log: LibTorch version and CUDA, NCCL backend and its versions.
+  static std::string build_summary();
 
   // Whether a collective of this communicator was abandoned (Pending::abandon or unwinding): every
   // further collective then throws.
@@ -84,10 +94,18 @@ class Communicator {
   const MpiRuntime& rt_;
   double blocked_s_ = 0;
   bool abandoned_ = false;
+  int cuda_device_ = -1;
   void check_usable(const char* what) const;
   struct Nccl;
   std::unique_ptr<Nccl> nccl_;
   Nccl& nccl();
 };
+
+// --device cuda, on the main thread before the model loads (collective: every rank calls it): checks
+// the build (NCCL backend, CUDA LibTorch), picks this rank's GPU by its place on the node (one rank per
+// GPU), and creates the NCCL communicator on it (comm.start_nccl, bounded by `timeout_s`). Every rank
+// hears of the first rank's problem, so all stop with the same Error before any GPU work. Returns the
+// CUDA device index.
+int start_cuda(Communicator& comm, double timeout_s);
 
 }  // namespace shardtune::dist

@@ -12,6 +12,10 @@ constexpr int kCollectiveTimeoutExit = 124;
 // Starts the watchdog thread (once; later calls change the limit). 0 seconds: off.
 void start_watchdog(double timeout_s, int rank);
 
+// The limit start_watchdog set, in seconds (0: off, or not started yet). The NCCL backend's own watchdog
+// (one thread per NCCL communicator, nccl_backend.cpp) applies it to the operations on the GPU.
+double collective_timeout_s();
+
 // RAII: marks a blocking collective in progress on this rank.
 class WatchedOp {
  public:

@@ -142,6 +142,10 @@ class CausalLM : public torch::nn::Module {
   void set_dropout_rng_state(const std::vector<uint8_t>& s);
   // Parameters the base holds (logical sizes: quantized weights count their elements).
   int64_t base_param_count() const;
+  // Moves every weight (HF parameters, LoRA adapters, the fused frozen groups, whose members stay views
+  // of them) and the rope table to `device`, in place (set_data: aliases follow). The LoRA dropout
+  // generator stays on the CPU (its masks are drawn there, the same as on CPU). Error for NF4 weights.
+  void move_to(at::Device device);
 
   // Dtype each tensor had in the file it was loaded from ("F32", "BF16", "F16"), used by save by default.
   std::map<std::string, std::string> source_dtypes;
