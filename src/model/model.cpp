@@ -195,8 +195,10 @@ at::Tensor CausalLM::lm_head_weight() const {
   return lm_head_;
 }
 
-void CausalLM::add_score_head(uint64_t seed, double std) {
+void CausalLM::add_score_head(uint64_t seed, double std, int64_t pad_id) {
   if (score_.defined()) return;
+  if (pad_id >= 0 && cfg_.raw.is_object() && (!cfg_.raw.contains("pad_token_id") || cfg_.raw["pad_token_id"].is_null()))
+    cfg_.raw["pad_token_id"] = pad_id;
   at::NoGradGuard no_grad;  // GPT-2's head is tied to wte (no lm_head.weight): only the score head is added
   if (auto it = index_.find("lm_head.weight"); it != index_.end()) {
     params_.erase(params_.begin() + std::ptrdiff_t(it->second));

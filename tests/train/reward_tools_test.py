@@ -260,7 +260,7 @@ def t_gpt2(tmp):
     # from the causal LM: a fresh head (and pad_token_id given as HF needs it for batches), LoRA too
     rm_train(tmp, "g_full", 1, 4, 0.0, model=f"{tmp}/gpt2", steps=2)
     c = json.load(open(f"{tmp}/g_full/config.json"))
-    assert c["architectures"] == ["GPT2ForSequenceClassification"] and c.get("pad_token_id") is not None, c
+    assert c["architectures"] == ["GPT2ForSequenceClassification"] and c["pad_token_id"] == 258, c  # the data's pad
     lines = rm_train(tmp, "g_lora", 1, 4, 0.0, model=f"{tmp}/gpt2", steps=4, lr=1e-2,
                      extra=["--method", "lora", "--lora-targets", "c_attn,c_proj,c_fc"])
     assert lines[-1]["loss"] < lines[0]["loss"], lines
