@@ -140,6 +140,11 @@ Plan plan_hf(const stdfs::path& base, const MergeOptions& o) {
   if (p.score.defined()) {  // as the trainer's full save writes a reward model (num_labels 1, pad_token_id, ...)
     sm::ModelConfig rc = mcfg;
     rc.num_labels = 1;
+    // pad_token_id as the trainer sets it: the base's, else the data's pad id (the adapter's tokenizer record).
+    const auto rec = read_record_file(o.adapter);
+    if (rec && rec->record.pad_id >= 0 && rc.raw.is_object() &&
+        (!rc.raw.contains("pad_token_id") || rc.raw["pad_token_id"].is_null()))
+      rc.raw["pad_token_id"] = rec->record.pad_id;
     nlohmann::ordered_json j = nlohmann::ordered_json::parse(rc.to_json().dump());
     if (!o.dtype.empty()) j["torch_dtype"] = torch_dtype_name(o.dtype);
     p.config_text = j.dump(2) + "\n";

@@ -283,7 +283,7 @@ def t_export(tmp):
     run([EXPORT, "checkpoint", "--ckpt", f"{tmp}/full/checkpoints", "--out", f"{tmp}/full_x"])
     c = json.load(open(f"{tmp}/full_x/config.json"))
     assert c["architectures"] == ["LlamaForSequenceClassification"] and c["num_labels"] == 1, c
-    assert c.get("pad_token_id") is not None and c["id2label"] == {"0": "LABEL_0"}, c
+    assert c["pad_token_id"] == 258 and c["id2label"] == {"0": "LABEL_0"}, c
     T = read_safetensors(f"{tmp}/full_x/model.safetensors")
     assert "score.weight" in T and "lm_head.weight" not in T, sorted(T)
     assert os.path.exists(f"{tmp}/full_x/shardtune_tokenizer.json")
@@ -300,6 +300,7 @@ def t_export(tmp):
     run([EXPORT, "merge", "--model", f"{tmp}/model", "--adapter", f"{tmp}/lora", "--out", f"{tmp}/merged"])
     c = json.load(open(f"{tmp}/merged/config.json"))
     assert c["architectures"] == ["LlamaForSequenceClassification"] and c["num_labels"] == 1, c
+    assert c["pad_token_id"] == 258 and c["id2label"] == {"0": "LABEL_0"}, c  # the data's pad id, as the trainer's
     T = read_safetensors(f"{tmp}/merged/model.safetensors")
     assert "score.weight" in T and "lm_head.weight" not in T, sorted(T)
     got = score(["--model", f"{tmp}/merged", *data])
