@@ -7,7 +7,8 @@ found through the trained folder's shardtune_tokenizer.json. score_errors: bad l
 file and line (bad JSON, missing member, identical chosen/rejected, longer than the model's positions, mixed
 kinds), non-zero exit, nothing on stdout. qlora: --objective reward --method qlora trains (the loss falls), saves
 the head beside the adapter, and shardtune-score on base + adapter equals torch's rewards of those weights.
-gpt2: a GPT2ForSequenceClassification folder trains with the torch loss, saves with the HF config, scores.
+gpt2: a GPT2ForSequenceClassification folder trains with the torch loss, saves with the HF config, scores;
+from a GPT-2 LM (fresh head, full and LoRA); the LoRA adapter merged scores as base + adapter; gguf refuses it.
 export: `shardtune-export checkpoint` of a reward run (full and LoRA) and `merge` of a LoRA reward adapter
 score as the trainer's output does; `gguf` refuses a reward model and a reward adapter, naming score.weight.
 Usage: reward_tools_test.py CASE   (exit 77 = skipped)"""
@@ -269,6 +270,14 @@ def t_gpt2(tmp):
     rows = score(["--model", f"{tmp}/gpt2", "--adapter", f"{tmp}/g_lora", "--data", f"{tmp}/data", "--split", "train"])
     want = [head_reward(cfg, W, h, c, cm, lora) for c, cm, _, _ in pairs]
     close([r["chosen"] for r in rows[:-1]], want, 1e-5, "GPT-2 base + reward adapter: shardtune-score vs torch")
+    # merged: a complete GPT2ForSequenceClassification folder scoring as base + adapter; gguf refuses it
+    run([EXPORT, "merge", "--model", f"{tmp}/gpt2", "--adapter", f"{tmp}/g_lora", "--out", f"{tmp}/g_merged"])
+    c = json.load(open(f"{tmp}/g_merged/config.json"))
+    assert c["architectures"] == ["GPT2ForSequenceClassification"] and c["num_labels"] == 1, c
+    merged = score(["--model", f"{tmp}/g_merged", "--data", f"{tmp}/data", "--split", "train"])
+    close([r["chosen"] for r in merged[:-1]], want, 1e-5, "GPT-2 merged reward model vs torch")
+    p = run([EXPORT, "gguf", "--model", f"{tmp}/g_merged", "--tokenizer", "byte", "--out", f"{tmp}/g.gguf"], ok=False)
+    assert p.returncode != 0 and "score.weight" in p.stderr and "'gpt2'" in p.stderr, p.stderr
 
 
 def t_export(tmp):
