@@ -23,7 +23,7 @@ void append(Sample& to, const Sample& from) {
 
 }  // namespace
 
-TokenizedPair build_pair(const Record& rec, const PromptTemplate& tpl, const Tokenizer& tok) {
+TokenizedPair build_pair(const Record& rec, const PromptTemplate& tpl, const Tokenizer& tok, bool distinct) {
   const PairFields& f = rec.pair;
   Sample prompt;
   if (tok.add_bos && tok.bos_id) {
@@ -59,7 +59,7 @@ TokenizedPair build_pair(const Record& rec, const PromptTemplate& tpl, const Tok
     }
   if (prompt.tokens.empty())
     throw RecordError{"the prompt is empty and the tokenizer adds no BOS, so the response's first token has no context"};
-  if (resp[0].tokens == resp[1].tokens)
+  if (distinct && resp[0].tokens == resp[1].tokens)
     throw RecordError{"\"chosen\" and \"rejected\" are identical after tokenization (" +
                       std::to_string(resp[0].tokens.size()) + " response tokens), so the pair expresses no preference"};
   TokenizedPair p;

@@ -20,8 +20,9 @@ struct TokenizedPair {
 // one (as the instruction format does). Chat: the prompt messages rendered with the template's chat
 // turns (all mask 0, earlier assistant turns included) plus the assistant turn's opening (the generation
 // prompt); the response is the assistant turn's response text of the last message, then EOS likewise.
-// Throws RecordError when chosen and rejected tokenize identically or the prompt has no token.
-TokenizedPair build_pair(const Record& rec, const PromptTemplate& tpl, const Tokenizer& tok);
+// Throws RecordError when chosen and rejected tokenize identically (unless `distinct` is false: a
+// completion of shardtune-score, both sides the same text) or the prompt has no token.
+TokenizedPair build_pair(const Record& rec, const PromptTemplate& tpl, const Tokenizer& tok, bool distinct = true);
 
 enum class PairFit { Fits, Truncated, Dropped, DroppedIdentical, NoResponse };
 

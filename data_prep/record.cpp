@@ -101,22 +101,27 @@ std::vector<Message> parse_messages(simdjson::dom::element m, const std::string&
 // The preference forms: {"prompt": str, "chosen": str, "rejected": str}; {"chosen": [msgs],
 // "rejected": [msgs]} (the shared leading messages are the prompt); {"prompt": [msgs], "chosen": [msgs]
 // or {msg}, "rejected": likewise} (TRL's conversational form: prompt + chosen is the conversation).
-PairFields parse_pair(simdjson::dom::object obj) {
+// `ck`/`rk` name the two response fields: "chosen"/"rejected", or "completion" twice for shardtune-score's
+// completions (one response: the pair's two sides are the same, and every check between them holds).
+PairFields parse_pair(simdjson::dom::object obj, const char* ck = "chosen", const char* rk = "rejected") {
   using T = simdjson::dom::element_type;
   auto get = [&](const char* key) {
     auto f = obj[key];
     if (f.error()) bad(std::string("missing field \"") + key + "\"");
     return f.value_unsafe();
   };
-  simdjson::dom::element chosen = get("chosen"), rejected = get("rejected");
+  simdjson::dom::element chosen = get(ck), rejected = get(rk);
+  const std::string C = std::string("\"") + ck + "\"", R = std::string("\"") + rk + "\"";
+  const bool one = std::string(ck) == rk;
+  const std::string both = one ? C + " is" : C + " and " + R + " are";
   PairFields p;
   if (chosen.type() == T::STRING) {
     if (rejected.type() != T::STRING)
-      bad(std::string("field \"rejected\" must be a string like \"chosen\", found ") + type_name(rejected.type()));
+      bad("field " + R + " must be a string like " + C + ", found " + type_name(rejected.type()));
     auto pr = obj["prompt"];
-    if (pr.error()) bad("missing field \"prompt\" (\"chosen\" and \"rejected\" are strings, so the prompt is its own field)");
+    if (pr.error()) bad("missing field \"prompt\" (" + both + " strings, so the prompt is its own field)");
     if (!pr.value_unsafe().is_string())
-      bad(std::string("field \"prompt\" must be a string like \"chosen\", found ") + type_name(pr.value_unsafe().type()));
+      bad("field \"prompt\" must be a string like " + C + ", found " + type_name(pr.value_unsafe().type()));
     p.prompt = std::string(pr.value_unsafe().get_string().value_unsafe());
     p.chosen = std::string(chosen.get_string().value_unsafe());
     p.rejected = std::string(rejected.get_string().value_unsafe());
@@ -136,18 +141,18 @@ PairFields parse_pair(simdjson::dom::object obj) {
           type_name(el.type()));
     return parse_messages(el, name);
   };
-  std::vector<Message> c = messages_of(chosen, "chosen"), r = messages_of(rejected, "rejected");
+  std::vector<Message> c = messages_of(chosen, ck), r = messages_of(rejected, rk);
   std::vector<Message> prompt;
   auto pr = obj["prompt"];
   if (!pr.error()) {
     if (!pr.value_unsafe().is_array())
-      bad(std::string("field \"prompt\" must be a message list when \"chosen\" holds messages, found ") +
+      bad("field \"prompt\" must be a message list when " + C + " holds messages, found " +
           type_name(pr.value_unsafe().type()));
     prompt = parse_messages(pr.value_unsafe(), "prompt");
   }
   c.insert(c.begin(), prompt.begin(), prompt.end());
   r.insert(r.begin(), prompt.begin(), prompt.end());
-  for (auto [conv, name] : {std::pair{&c, "chosen"}, std::pair{&r, "rejected"}}) {
+  for (auto [conv, name] : {std::pair{&c, ck}, std::pair{&r, rk}}) {
     if (conv->empty()) bad(std::string("\"") + name + "\" has no messages");
     if (conv->back().role != "assistant")
       bad(std::string("the last message of \"") + name + "\" must be the assistant's response, found role \"" +
@@ -160,7 +165,7 @@ PairFields parse_pair(simdjson::dom::object obj) {
     if (c[i].role != r[i].role || c[i].content != r[i].content)
       bad("\"chosen\" and \"rejected\" must share every message before their last (the prompt), but message " +
           std::to_string(i) + " of the conversation differs");
-  if (c.size() < 2) bad("no prompt: \"chosen\" and \"rejected\" hold only the response (give the shared prompt messages, or a \"prompt\" message list)");
+  if (c.size() < 2) bad("no prompt: " + std::string(one ? C + " holds" : C + " and " + R + " hold") + " only the response (give the shared prompt messages, or a \"prompt\" message list)");
   p.chat = true;
   p.chosen_message = c.back();
   p.rejected_message = r.back();
@@ -169,9 +174,8 @@ PairFields parse_pair(simdjson::dom::object obj) {
   return p;
 }
 
-}  // namespace
-
-Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format want) {
+// One line as a JSON object (valid while `parser` parses nothing else), or a RecordError saying why not.
+simdjson::dom::object parse_object(simdjson::dom::parser& parser, std::string_view line) {
   simdjson::dom::element doc;
   auto err = parser.parse(line.data(), line.size(), true).get(doc);
   if (err == simdjson::UTF8_ERROR) bad("invalid UTF-8");
@@ -185,8 +189,13 @@ Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format
     bad(std::string("malformed JSON: ") + simdjson::error_message(err));
   }
   if (!doc.is_object()) bad(std::string("expected a JSON object, found ") + type_name(doc.type()));
-  simdjson::dom::object obj = doc.get_object().value_unsafe();
+  return doc.get_object().value_unsafe();
+}
 
+}  // namespace
+
+Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format want) {
+  simdjson::dom::object obj = parse_object(parser, line);
   Format f = want;
   if (f == Format::Auto) {
     if (has(obj, "chosen") || has(obj, "rejected"))  // no other format has these keys
@@ -226,6 +235,28 @@ Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format
     }
     case Format::Preference: r.pair = parse_pair(obj); break;
     case Format::Auto: break;
+  }
+  return r;
+}
+
+Record parse_score_line(simdjson::dom::parser& parser, std::string_view line, ScoreLine& kind) {
+  simdjson::dom::object obj = parse_object(parser, line);
+  Record r;
+  r.format = Format::Preference;
+  if (has(obj, "chosen") || has(obj, "rejected")) {
+    kind = ScoreLine::Pair;
+    r.pair = parse_pair(obj);
+  } else if (has(obj, "completion")) {
+    kind = ScoreLine::Completion;
+    r.pair = parse_pair(obj, "completion", "completion");
+  } else if (has(obj, "text")) {
+    kind = ScoreLine::Text;
+    r.format = Format::Text;
+    r.text = get_string(obj, "text", true);
+  } else {
+    bad("cannot tell what to score from the fields (found " + keys_of(obj) +
+        "); expected a pair {\"prompt\", \"chosen\", \"rejected\"}, a completion {\"prompt\", \"completion\"} or "
+        "{\"text\"}");
   }
   return r;
 }

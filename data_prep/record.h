@@ -52,6 +52,13 @@ struct RecordError {
 // fields. Throws RecordError.
 Record parse_record(simdjson::dom::parser& parser, std::string_view line, Format want);
 
+// shardtune-score --input: what one line holds. Pair: parse_record's preference forms. Completion:
+// {"prompt", "completion"} in the plain or the chat form (the completion a string, a message list or an
+// assistant message object), returned as a pair whose chosen and rejected are both the completion, so it
+// tokenizes exactly as a pair's chosen side. Text: {"text"} (Format::Text). Throws RecordError.
+enum class ScoreLine { Pair, Completion, Text };
+Record parse_score_line(simdjson::dom::parser& parser, std::string_view line, ScoreLine& kind);
+
 // A tokenized training sample: tokens and, per token, 1 when it is a training target.
 struct Sample {
   std::vector<TokenId> tokens;

@@ -341,7 +341,7 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     const auto& raw = model->config().raw;
     const double init_std = raw.contains("initializer_range") && raw["initializer_range"].is_number()
                                 ? raw["initializer_range"].get<double>() : 0.02;
-    model->add_score_head(cfg.seed, init_std);
+    model->add_score_head(cfg.seed, init_std, data::read_manifest(cfg.data).pad_id);  // the data's pad id for HF
     if (lora && !method_cfg.adapter.empty() && train::load_score_from_adapter(*model, method_cfg.adapter))
       log::info("reward head score.weight loaded from " + method_cfg.adapter);
   }

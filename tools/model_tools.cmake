@@ -18,5 +18,7 @@ target_link_libraries(shardtune-export PRIVATE shardtune_export shardtune_core C
 # shardtune-score: a reward model's rewards for the pairs of a preference folder (--objective reward).
 if(TARGET shardtune_train)
   add_executable(shardtune-score ${CMAKE_CURRENT_LIST_DIR}/score.cpp)
-  target_link_libraries(shardtune-score PRIVATE shardtune_train shardtune_model shardtune_data shardtune_core CLI11::CLI11)
+  # shardtune_prep_records: prep's parsing and templating for --input (no SentencePiece: see data_prep/prep.cmake).
+  target_link_libraries(shardtune-score PRIVATE shardtune_train shardtune_model shardtune_data shardtune_prep_records
+                        shardtune_hf_tokenizer shardtune_tokenizer shardtune_core CLI11::CLI11)
 endif()

@@ -120,7 +120,8 @@ class WeightSource {
 
  private:
   std::string canonical(const std::string& n) const {  // GPT-2 checkpoints may omit "transformer."
-    if (cfg_.arch == sm::Arch::GPT2 && n.rfind("transformer.", 0) != 0 && n.rfind("lm_head.", 0) != 0)
+    if (cfg_.arch == sm::Arch::GPT2 && n.rfind("transformer.", 0) != 0 && n.rfind("lm_head.", 0) != 0 &&
+        n != "score.weight")
       return "transformer." + n;
     return n;
   }
@@ -384,6 +385,15 @@ GgufResult export_gguf(const GgufOptions& opts) {
   const WeightSource src(model);
   const sm::ModelConfig& cfg = src.config();
   const std::string arch = gguf_arch(cfg);
+  // A reward model (--objective reward): llama.cpp's llama and gpt2 architectures have no
+  // sequence-classification head, so its score.weight has no GGUF tensor that llama.cpp would use.
+  const char* reward_hint =
+      "export the base causal LM instead (the --model the reward run started from), or score with the Hugging Face "
+      "folder (shardtune-score, transformers' AutoModelForSequenceClassification)";
+  ST_CHECK(cfg.num_labels != 1,
+           model.string() + " is a reward model (*ForSequenceClassification, num_labels 1): GGUF cannot hold its "
+               "head score.weight, since llama.cpp's '" + arch + "' architecture has no sequence-classification head",
+           reward_hint);
 
   // Every stored tensor must have a llama.cpp name (or be a known non-weight buffer / a tied head).
   for (const std::string& n : src.names()) {
@@ -401,6 +411,10 @@ GgufResult export_gguf(const GgufOptions& opts) {
     ST_CHECK(stdfs::is_directory(opts.adapter), "--adapter '" + opts.adapter.string() + "': no such folder",
              "give a PEFT LoRA folder (adapter_config.json + adapter_model.safetensors)");
     acfg = sm::read_adapter_config(opts.adapter);
+    ST_CHECK(!sm::read_adapter_score(opts.adapter).defined(),
+             opts.adapter.string() + " is a reward model's adapter (its head base_model.model.score.weight): GGUF cannot "
+                 "hold score.weight, since llama.cpp's '" + arch + "' architecture has no sequence-classification head",
+             reward_hint);
     adapter = sm::read_adapter_weights(opts.adapter, acfg);
     std::map<std::string, std::vector<int64_t>> shapes;
     for (const auto& e : cfg.expected_tensors()) shapes[e.name] = e.shape;

@@ -43,6 +43,15 @@ bool is_float(st::DType d) {
   return d == st::DType::F32 || d == st::DType::BF16 || d == st::DType::F16 || d == st::DType::F64;
 }
 
+// The reward head has no base tensor to take a dtype from: fp32 as the adapter holds it, unless --dtype.
+st::DType score_dtype(const std::string& dtype) { return dtype.empty() ? st::DType::F32 : st::parse_dtype(dtype, "--dtype"); }
+
+std::string shape_text(const at::Tensor& t) {
+  std::string s;
+  for (int64_t i = 0; i < t.dim(); ++i) s += (i ? "x" : "") + std::to_string(t.size(i));
+  return s;
+}
+
 std::string torch_dtype_name(const std::string& d) {
   return d == "BF16" ? "bfloat16" : d == "F16" ? "float16" : "float32";
 }
@@ -65,6 +74,10 @@ struct Plan {
   int64_t max_positions = 0;                     // the base's context (tokenizer_config.json's model_max_length)
   uint64_t total_bytes = 0;                      // tensor bytes of the output
   int64_t total_tensors = 0;
+  // A reward adapter's head (--objective reward): the output is a *ForSequenceClassification folder, the
+  // base's lm_head.weight (and a base reward model's own score.weight) left out, this head written last.
+  at::Tensor score;
+  std::set<std::string> dropped;
 };
 
 st::DType output_dtype(const st::TensorInfo& t, const std::string& dtype) {
@@ -99,6 +112,23 @@ Plan plan_hf(const stdfs::path& base, const MergeOptions& o) {
   const auto targets = sm::match_adapter_to_base(p.acfg, p.adapter, shapes, mcfg.arch == sm::Arch::GPT2, o.adapter,
                                                  "the base model " + base.string());
   for (const auto& [module, weight] : targets) p.module_of[weight] = module;
+  p.score = sm::read_adapter_score(o.adapter);
+  if (p.score.defined()) {
+    ST_CHECK(p.score.dim() == 2 && p.score.size(0) == 1 && p.score.size(1) == mcfg.hidden_size,
+             o.adapter.string() + ": the reward head base_model.model.score.weight has shape " + shape_text(p.score) +
+                 ", the base's hidden size is " + std::to_string(mcfg.hidden_size),
+             "merge the adapter into the base model it was trained on");
+    for (const char* n : {"lm_head.weight", "score.weight"})
+      if (shapes.count(n)) p.dropped.insert(n);
+    p.total_bytes = uint64_t(p.score.numel()) * st::dtype_size(score_dtype(o.dtype));
+    p.total_tensors = 1;
+    for (const auto& f : p.files)
+      for (const auto& t : f->tensors())
+        if (!p.dropped.count(t.name)) {
+          p.total_bytes += uint64_t(t.numel()) * st::dtype_size(output_dtype(t, o.dtype));
+          ++p.total_tensors;
+        }
+  }
   for (const auto& f : p.files)
     for (const auto& t : f->tensors())
       ST_CHECK(!p.module_of.count(t.name) || is_float(t.dtype),
@@ -107,7 +137,18 @@ Plan plan_hf(const stdfs::path& base, const MergeOptions& o) {
 
   // config.json byte for byte, or with torch_dtype saying what --dtype made of the weights.
   p.config_text = fs::read_file(cfg_path);
-  if (!o.dtype.empty()) {
+  if (p.score.defined()) {  // as the trainer's full save writes a reward model (num_labels 1, pad_token_id, ...)
+    sm::ModelConfig rc = mcfg;
+    rc.num_labels = 1;
+    // pad_token_id as the trainer sets it: the base's, else the data's pad id (the adapter's tokenizer record).
+    const auto rec = read_record_file(o.adapter);
+    if (rec && rec->record.pad_id >= 0 && rc.raw.is_object() &&
+        (!rc.raw.contains("pad_token_id") || rc.raw["pad_token_id"].is_null()))
+      rc.raw["pad_token_id"] = rec->record.pad_id;
+    nlohmann::ordered_json j = nlohmann::ordered_json::parse(rc.to_json().dump());
+    if (!o.dtype.empty()) j["torch_dtype"] = torch_dtype_name(o.dtype);
+    p.config_text = j.dump(2) + "\n";
+  } else if (!o.dtype.empty()) {
     check_json_depth(p.config_text, cfg_path.string());
     nlohmann::ordered_json j = nlohmann::ordered_json::parse(p.config_text);  // from_file parsed it already
     j["torch_dtype"] = torch_dtype_name(o.dtype);
@@ -132,14 +173,27 @@ MergeResult write_hf(const Plan& p, const MergeOptions& o, const stdfs::path& st
     const std::string fname = f->path().filename().string();
     std::vector<st::TensorRef> layout;
     for (const st::TensorInfo& t : f->tensors()) {
+      if (p.dropped.count(t.name)) continue;
       const st::DType d = output_dtype(t, o.dtype);
       layout.push_back({t.name, d, t.shape, nullptr, uint64_t(t.numel()) * st::dtype_size(d)});
       weight_map[t.name] = fname;
+    }
+    const bool head_here = p.score.defined() && &f == &p.files.back();  // the reward head ends the last file
+    at::Tensor head;
+    if (head_here) {
+      const st::DType d = score_dtype(o.dtype);
+      head = p.score.to(sm::to_scalar_type(d)).contiguous();
+      layout.push_back({"score.weight", d, p.score.sizes().vec(), nullptr, uint64_t(head.nbytes())});
+      weight_map["score.weight"] = fname;
     }
     std::map<std::string, std::string> meta = f->metadata();
     meta.emplace("format", "pt");  // transformers expects it; keep the base's other metadata
     st::StreamWriter w(staging / fname, layout, meta);
     for (const st::TensorInfo& t : f->tensors()) {
+      if (p.dropped.count(t.name)) {
+        f->release(t);
+        continue;
+      }
       const st::DType d = output_dtype(t, o.dtype);
       auto it = p.module_of.find(t.name);
       if (it == p.module_of.end() && d == t.dtype) {
@@ -171,6 +225,11 @@ MergeResult write_hf(const Plan& p, const MergeOptions& o, const stdfs::path& st
       if (r.tensors % every == 0 || r.tensors == p.total_tensors)
         log::info("merge: " + std::to_string(r.tensors) + "/" + std::to_string(p.total_tensors) + " tensors, " +
                   std::to_string(r.merged) + " merged, " + log::human_bytes(double(r.bytes)) + " written");
+    }
+    if (head_here) {
+      w.write(head.data_ptr(), uint64_t(head.nbytes()));
+      ++r.tensors;
+      r.bytes += uint64_t(head.nbytes());
     }
     w.finish(/*sync=*/true);
     ++r.files;
@@ -234,6 +293,10 @@ MergeResult merge_adapter(const MergeOptions& opts) {
               base.string() + " (" + std::to_string(p.total_tensors) + " tensors in " + std::to_string(p.files.size()) +
               " file(s)) -> " + out.string() + (o.dtype.empty() ? "" : " as " + o.dtype));
   } else {
+    ST_CHECK(!sm::read_adapter_score(o.adapter).defined(),
+             o.adapter.string() + " is a reward model's adapter (its head base_model.model.score.weight), and a llama2.c "
+             ".bin base has no reward-model form",
+             "merge it into a Hugging Face folder of the base (config.json + model.safetensors)");
     whole = sm::load_model(base.string());
     merged_whole = sm::merge_lora(*whole, o.adapter);  // checks everything before it adds a delta
     log::info("merged the LoRA adapter " + o.adapter.string() + " into " + std::to_string(merged_whole) +

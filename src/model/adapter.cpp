@@ -260,6 +260,12 @@ void write_adapter_weights(const stdfs::path& dir, const AdapterWeights& w) {
   write_safetensors(dir / kWeightsName, tensors);  // atomic: temporary sibling + rename
 }
 
+at::Tensor read_adapter_score(const stdfs::path& dir) {
+  const auto tensors = read_safetensors(dir / kWeightsName);
+  auto it = tensors.find(std::string(kPrefix) + "score.weight");
+  return it == tensors.end() ? at::Tensor() : it->second.to(at::kFloat);
+}
+
 at::Tensor lora_delta(const LoraPair& p, double scale, bool fan_in_fan_out) {
   ST_CHECK(p.A.dim() == 2 && p.B.dim() == 2 && p.B.size(1) == p.A.size(0),
            "LoRA pair " + shape_str(p.A.sizes()) + " (A) and " + shape_str(p.B.sizes()) + " (B) do not form B @ A");

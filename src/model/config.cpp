@@ -40,6 +40,21 @@ int64_t opt_int(const json& j, const char* key, int64_t fallback, const std::str
   auto it = j.find(key);
   return it == j.end() || it->is_null() ? fallback : as_int(*it, key, source);
 }
+// 1 for a reward model (architectures "*ForSequenceClassification" with one label), else 0; a classifier
+// with more labels is refused. Llama family and GPT-2 alike (GPT2ForSequenceClassification).
+int64_t sequence_labels(const json& j, const std::string& source) {
+  if (!(j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
+        j["architectures"][0].is_string()))
+    return 0;
+  const std::string a = j["architectures"][0].get<std::string>();
+  const std::string seq_cls = "ForSequenceClassification";
+  if (a.size() <= seq_cls.size() || a.compare(a.size() - seq_cls.size(), seq_cls.size(), seq_cls) != 0) return 0;
+  const int64_t n = j.contains("id2label") && j["id2label"].is_object() ? int64_t(j["id2label"].size())
+                                                                          : opt_int(j, "num_labels", 2, source);
+  ST_CHECK(n == 1, source + ": " + a + " with " + std::to_string(n) + " labels is not supported",
+           "shardtune trains reward models (num_labels 1, --objective reward); use a causal LM or a 1-label model");
+  return 1;
+}
 std::optional<int64_t> opt_id(const json& j, const char* key) {
   auto it = j.find(key);
   if (it == j.end() || !it->is_number_integer()) return std::nullopt;  // null or a list (multi-eos): ignored
@@ -80,18 +95,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       c.norm_eps = get_or<double>(j, "rms_norm_eps", 1e-6);
       c.rope_theta = get_or<double>(j, "rope_theta", 10000.0);
       c.tie_word_embeddings = get_or<bool>(j, "tie_word_embeddings", false);
-      if (j.contains("architectures") && j["architectures"].is_array() && !j["architectures"].empty() &&
-          j["architectures"][0].is_string()) {
-        const std::string a = j["architectures"][0].get<std::string>();
-        const std::string seq_cls = "ForSequenceClassification";
-        if (a.size() > seq_cls.size() && a.compare(a.size() - seq_cls.size(), seq_cls.size(), seq_cls) == 0) {
-          const int64_t n = j.contains("id2label") && j["id2label"].is_object() ? int64_t(j["id2label"].size())
-                                                                                  : opt_int(j, "num_labels", 2, source);
-          ST_CHECK(n == 1, source + ": " + a + " with " + std::to_string(n) + " labels is not supported",
-                   "shardtune trains reward models (num_labels 1, --objective reward); use a causal LM or a 1-label model");
-          c.num_labels = 1;
-        }
-      }
+      c.num_labels = sequence_labels(j, source);
       c.attention_bias = get_or<bool>(j, "attention_bias", false);
       c.mlp_bias = get_or<bool>(j, "mlp_bias", false);
       c.qkv_bias = (mt == "qwen2");
@@ -128,6 +132,7 @@ ModelConfig ModelConfig::from_json(const json& j, const std::string& source) {
       c.hidden_act = get_or<std::string>(j, "activation_function", "gelu_new");
       ST_CHECK(c.hidden_act == "gelu_new" || c.hidden_act == "gelu_pytorch_tanh",
                source + ": activation_function '" + c.hidden_act + "' is not supported", "GPT-2 uses \"gelu_new\"");
+      c.num_labels = sequence_labels(j, source);
       ST_CHECK(c.tie_word_embeddings, source + ": untied GPT-2 lm_head is not supported",
                "GPT-2 ties lm_head to wte (tie_word_embeddings: true)");
       ST_CHECK(get_or<bool>(j, "scale_attn_weights", true) && !get_or<bool>(j, "scale_attn_by_inverse_layer_idx", false) &&
@@ -256,6 +261,7 @@ std::vector<ExpectedTensor> ModelConfig::expected_tensors() const {
   }
   add("transformer.ln_f.weight", {C}, {"n_embd"});
   add("transformer.ln_f.bias", {C}, {"n_embd"});
+  if (num_labels == 1) add("score.weight", {1, C}, {"num_labels", "n_embd"});
   return out;
 }
 
@@ -266,8 +272,17 @@ json ModelConfig::to_json() const {
   j["tie_word_embeddings"] = tie_word_embeddings;
   if (bos_token_id) j["bos_token_id"] = *bos_token_id;
   if (eos_token_id) j["eos_token_id"] = *eos_token_id;
+  if (num_labels == 1) {
+    // As HF writes a num_labels 1 classifier. Its reward is read at the last non-pad token, and HF refuses
+    // batches of more than one row without pad_token_id, so it is set (the EOS id when the model has none).
+    j["num_labels"] = 1;
+    j["id2label"] = {{"0", "LABEL_0"}};
+    j["label2id"] = {{"LABEL_0", 0}};
+    if (!j.contains("pad_token_id") || j["pad_token_id"].is_null())
+      j["pad_token_id"] = eos_token_id ? json(*eos_token_id) : json(0);
+  }
   if (arch == Arch::GPT2) {
-    j["architectures"] = {"GPT2LMHeadModel"};
+    j["architectures"] = {num_labels == 1 ? "GPT2ForSequenceClassification" : "GPT2LMHeadModel"};
     j["model_type"] = "gpt2";
     j["n_embd"] = hidden_size;
     j["n_layer"] = num_layers;
@@ -283,14 +298,6 @@ json ModelConfig::to_json() const {
   j["model_type"] = mt;
   const std::string family = mt == "qwen2" ? "Qwen2" : mt == "mistral" ? "Mistral" : "Llama";
   j["architectures"] = {family + (num_labels == 1 ? "ForSequenceClassification" : "ForCausalLM")};
-  if (num_labels == 1) {
-    // As HF writes a num_labels 1 classifier; its reward is read at the last non-pad token, so pad_token_id is set.
-    j["num_labels"] = 1;
-    j["id2label"] = {{"0", "LABEL_0"}};
-    j["label2id"] = {{"LABEL_0", 0}};
-    if (!j.contains("pad_token_id") || j["pad_token_id"].is_null())
-      j["pad_token_id"] = eos_token_id ? json(*eos_token_id) : json(0);
-  }
   j["hidden_size"] = hidden_size;
   j["intermediate_size"] = intermediate_size;
   j["num_hidden_layers"] = num_layers;

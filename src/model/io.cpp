@@ -42,7 +42,9 @@ std::string shape_str(const std::vector<int64_t>& s) { return shape_str(at::IntA
 
 // The HF name a weight of `t` is known by (GPT-2 checkpoints may omit the "transformer." prefix).
 std::string canonical_name(const ModelConfig& cfg, const std::string& name) {
-  if (cfg.arch == Arch::GPT2 && name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0)
+  // score.weight: GPT2ForSequenceClassification's head sits beside "transformer.", not in it.
+  if (cfg.arch == Arch::GPT2 && name.rfind("transformer.", 0) != 0 && name.rfind("lm_head.", 0) != 0 &&
+      name != "score.weight")
     return "transformer." + name;
   return name;
 }

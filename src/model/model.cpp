@@ -122,7 +122,8 @@ CausalLM::CausalLM(ModelConfig config) : torch::nn::Module("CausalLM"), cfg_(std
     }
     norm_w_ = add("transformer.ln_f.weight", {C});
     norm_b_ = add("transformer.ln_f.bias", {C});
-    lm_head_ = embed_;
+    lm_head_ = embed_;                                        // tied: no tensor of its own
+    if (c.num_labels == 1) score_ = add("score.weight", {1, C});  // GPT2ForSequenceClassification
   }
 }
 
@@ -224,11 +225,11 @@ at::Tensor CausalLM::lm_head_weight() const {
   return lm_head_;
 }
 
-void CausalLM::add_score_head(uint64_t seed, double std) {
+void CausalLM::add_score_head(uint64_t seed, double std, int64_t pad_id) {
   if (score_.defined()) return;
-  ST_CHECK(cfg_.arch == Arch::Llama, "--objective reward: the reward head is implemented for the Llama family "
-           "(LlamaForSequenceClassification), not " + cfg_.model_type, "use a Llama, Mistral or Qwen2 model");
-  at::NoGradGuard no_grad;
+  if (pad_id >= 0 && cfg_.raw.is_object() && (!cfg_.raw.contains("pad_token_id") || cfg_.raw["pad_token_id"].is_null()))
+    cfg_.raw["pad_token_id"] = pad_id;
+  at::NoGradGuard no_grad;  // GPT-2's head is tied to wte (no lm_head.weight): only the score head is added
   if (auto it = index_.find("lm_head.weight"); it != index_.end()) {
     params_.erase(params_.begin() + std::ptrdiff_t(it->second));
     index_.clear();

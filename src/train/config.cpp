@@ -148,8 +148,6 @@ void TrainConfig::validate() const {
            "TRL suggests 0.01; 0 turns the term off");
   ST_CHECK(!pack || objective != "reward", "--pack with --objective reward: a packed row would mix pairs",
            "drop --pack; pairs are padded to the longest sequence of each micro-batch");
-  ST_CHECK(objective != "reward" || method != "qlora", "--objective reward with --method qlora is not supported yet",
-           "use --method lora or full");
   if (objective == "dpo") {
     ST_CHECK(dpo_loss == "sigmoid" || dpo_loss == "ipo" || dpo_loss == "hinge" || dpo_loss == "robust" ||
                  dpo_loss == "simpo" || dpo_loss == "orpo",

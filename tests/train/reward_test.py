@@ -75,8 +75,8 @@ def torch_reward(cfg, W0, score0, pairs, center, lora0=None, o=PARITY):
 
 
 def rm_train(tmp, name, ranks, micro, center=0.0, zero=0, extra=(), steps=None, env=None, ok=True, gb=8,
-             model=None, eval_batches=0, opts=OPTS):
-    o = dict(opts, steps=steps or opts["steps"])
+             model=None, eval_batches=0, opts=OPTS, lr=None):
+    o = dict(opts, steps=steps or opts["steps"], **({"lr": lr, "min_lr": lr / 10} if lr else {}))
     p = run(([*MPI, str(ranks)] if ranks > 1 else []) + [
         TRAIN, "--model", model or f"{tmp}/model", "--data", f"{tmp}/data", "--out", f"{tmp}/{name}",
         "--objective", "reward", "--center-rewards", str(center), "--global-batch", str(gb),
@@ -268,7 +268,7 @@ def t_score(tmp):
 
 def t_eval_errors(tmp):
     """Evaluation on the val split writes val_loss and the val_ rewards metrics (moving the held-out margin the
-    chosen way); refusals name the option: --center-rewards without reward, --pack, QLoRA, a sequence folder."""
+    chosen way); refusals name the option: --center-rewards without reward, --pack, a sequence folder."""
     import shutil
     from dpo_test import PAIRS  # noqa: F401  (make_pairs wrote them to pairs.jsonl)
     from train_test import PREP, make_data
@@ -296,7 +296,6 @@ def t_eval_errors(tmp):
     fails(["--data", f"{tmp}/data", "--objective", "dpo", "--center-rewards", "0.1"], "--center-rewards applies to")
     fails(["--data", f"{tmp}/data", "--objective", "reward", "--center-rewards", "-1"], "must not be negative")
     fails(["--data", f"{tmp}/data", "--objective", "reward", "--pack"], "--pack with --objective reward")
-    fails(["--data", f"{tmp}/data", "--objective", "reward", "--method", "qlora"], "--method qlora is not supported")
 
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ using AdapterWeights = std::map<std::string, LoraPair>;
 // base_model.model.score.weight when adapter_config.json lists modules_to_save ["score"]: skipped here, read
 // by train::load_score_from_adapter). Error naming file and tensor.
 AdapterWeights read_adapter_weights(const std::filesystem::path& dir, const AdapterConfig& cfg);
+// A reward model's head in an adapter folder (--objective reward --method lora|qlora): the fp32 tensor
+// base_model.model.score.weight [1, hidden] of adapter_model.safetensors, or an undefined tensor when the
+// folder holds none (a plain LoRA adapter). For the exporters (merge, gguf), which must not drop it.
+at::Tensor read_adapter_score(const std::filesystem::path& dir);
 // Writes adapter_model.safetensors (fp32) with PEFT keys, atomically.
 void write_adapter_weights(const std::filesystem::path& dir, const AdapterWeights& w);
 

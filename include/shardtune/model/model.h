@@ -87,8 +87,10 @@ class CausalLM : public torch::nn::Module {
   // Turns this causal LM into a reward model: adds score.weight [1, C] ~ N(0, std) from a CPU generator
   // seeded `seed` (HF initializes it N(0, initializer_range)), and drops lm_head.weight from the
   // parameters (not trained, not saved). No-op when the model already has its head (loaded from a reward
-  // model folder, or a checkpoint). Llama family only.
-  void add_score_head(uint64_t seed, double std);
+  // model folder, or a checkpoint). Llama family and GPT-2 (its LM head is tied to wte: nothing dropped).
+  // `pad_id` >= 0 (the data's padding id): config.json's pad_token_id when the model has none, so HF's
+  // sequence classifier, which reads the last token that is not pad_token_id, finds the EOS ending a response.
+  void add_score_head(uint64_t seed, double std, int64_t pad_id = -1);
   bool has_score_head() const { return score_.defined(); }
   // The reward of each row: score.weight . (final hidden state at position last[b]); [B] fp32.
   at::Tensor rewards(const at::Tensor& ids, const at::Tensor& last);
