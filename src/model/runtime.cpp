@@ -107,7 +107,7 @@ at::Tensor host_to_device(const at::Tensor& host, at::Device device) {
   if (device.is_cpu()) return host.clone();
   at::Tensor pinned = at::empty(host.sizes(), host.options().pinned_memory(true));
   pinned.copy_(host);
-  return pinned.to(device, /*non_blocking=*/true);
+  return pinned.to(device, pinned.scalar_type(), /*non_blocking=*/true);
 }
 
 }  // namespace shardtune::model
