@@ -169,9 +169,9 @@ checkpoint::WeightsWriter model_writer(const model::CausalLM& m, const std::stri
     if (part != 0) return [](const stdfs::path&, std::vector<shardtune::st::WrittenFile>*) {};
     model::AdapterWeights w = m.lora_weights();
     if (snapshot)
-      for (auto& [k, p] : w) p = {p.A.detach().clone(), p.B.detach().clone()};
+      for (auto& [k, p] : w) p = {checkpoint::host_snapshot(p.A), checkpoint::host_snapshot(p.B)};
     at::Tensor score;  // a reward model's head, saved beside the adapter (PEFT modules_to_save ["score"])
-    if (m.has_score_head()) score = snapshot ? m.param("score.weight").detach().clone() : m.param("score.weight");
+    if (m.has_score_head()) score = snapshot ? checkpoint::host_snapshot(m.param("score.weight")) : m.param("score.weight");
     return [cfg = m.lora_config(), w, score](const stdfs::path& d, std::vector<shardtune::st::WrittenFile>* written) {
       model::write_adapter_config(d, cfg);
       model::write_adapter_weights(d, w);
@@ -191,7 +191,7 @@ checkpoint::WeightsWriter model_writer(const model::CausalLM& m, const std::stri
     for (size_t i : model::save_hf_reads(params, m.source_dtypes, so)) read[i] = true;
     for (size_t i = 0; i < params.size(); ++i) {
       at::Tensor& t = params[i].second;
-      t = read[i] ? t.detach().clone() : at::empty(t.sizes(), t.options().device(at::kMeta));
+      t = read[i] ? checkpoint::host_snapshot(t) : at::empty(t.sizes(), t.options().device(at::kMeta));
     }
   }
   return [cfg = m.config(), params, dtypes = m.source_dtypes, so](const stdfs::path& d,
@@ -497,7 +497,8 @@ int train_main(int argc, char** argv, const dist::MpiRuntime& rt) {
     if (cfg.async_save) {
       // The snapshot is taken now, on this thread; the files are written in the background.
       std::vector<checkpoint::StatePiece> pieces;
-      for (const auto& p : trainer.optimizer_share()) pieces.push_back({p.param, p.start, p.exp_avg.clone(), p.exp_avg_sq.clone()});
+      for (const auto& p : trainer.optimizer_share())  // host copies: no GPU memory held while writing
+        pieces.push_back({p.param, p.start, checkpoint::host_snapshot(p.exp_avg), checkpoint::host_snapshot(p.exp_avg_sq)});
       async_saver.start(std::move(st), std::move(pieces), with_tokenizer(model_writer(*model, "F32", true, rank, world), tok_record, rank));
       const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
       log::info("checkpoint of step " + std::to_string(done) + " is being written in the background (snapshot " +

@@ -87,19 +87,10 @@ std::pair<std::string, std::string> write_local(const stdfs::path& tmp, int rank
   const bool inject = fail && (fail == hook || fail == hook + std::to_string(state.step));
   std::string err, lines;
   try {
-    std::vector<st::TensorRef> tensors;
-    for (const auto& p : mine)
-      for (const auto& [what, t] : {std::pair{"exp_avg/", &p.exp_avg}, std::pair{"exp_avg_sq/", &p.exp_avg_sq}}) {
-        ST_CHECK(t->is_contiguous() && t->scalar_type() == at::kFloat && t->dim() == 1 && t->device().is_cpu(),
-                 "internal: optimizer state pieces must be contiguous 1-D fp32 CPU tensors");
-        tensors.push_back({what + p.param + "@" + std::to_string(p.start), st::DType::F32, {t->numel()},
-                           t->data_ptr(), uint64_t(t->nbytes())});
-      }
     const stdfs::path f = tmp / rank_file(rank);
     if (inject) ST_FAIL("injected failure writing " + f.string() + " (SHARDTUNE_TEST_FAIL)");
     std::vector<st::WrittenFile> files;
-    files.push_back(st::write_file_hashed(
-        f, tensors, {{"format", "pt"}, {"rank", std::to_string(rank)}, {"world", std::to_string(world)}}));
+    files.push_back(write_optimizer_file(f, rank, world, mine));
     write_weights(tmp, &files);
     if (rank == 0) {
       write_state(tmp / kStateFile, state);
@@ -185,6 +176,30 @@ stdfs::path commit(const dist::MpiRuntime& rt, const stdfs::path& dir, const std
 }
 
 }  // namespace
+
+at::Tensor host_snapshot(const at::Tensor& t) {
+  if (!t.defined()) return t;
+  if (t.device().is_cpu()) return t.detach().clone();
+  return t.detach().to(at::kCPU);  // a copy, waited for: the values of now
+}
+
+st::WrittenFile write_optimizer_file(const stdfs::path& file, int rank, int world, const std::vector<StatePiece>& pieces) {
+  std::vector<at::Tensor> keep;  // the host copies the refs point into, alive until the file is written
+  std::vector<st::TensorRef> tensors;
+  for (const auto& p : pieces)
+    for (const auto& [what, t] : {std::pair{"exp_avg/", &p.exp_avg}, std::pair{"exp_avg_sq/", &p.exp_avg_sq}}) {
+      ST_CHECK(t->defined() && t->scalar_type() == at::kFloat && t->dim() == 1,
+               "internal: optimizer state pieces must be 1-D fp32 tensors ('" + p.param + "')");
+      // The bytes as they are: a CPU contiguous piece is written in place, any other (a CUDA tensor, a
+      // strided view) through one contiguous host copy of the same values.
+      const at::Tensor& h = keep.emplace_back(t->device().is_cpu() && t->is_contiguous() ? *t
+                                                                                         : t->to(at::kCPU).contiguous());
+      tensors.push_back({what + p.param + "@" + std::to_string(p.start), st::DType::F32, {h.numel()}, h.data_ptr(),
+                         uint64_t(h.nbytes())});
+    }
+  return st::write_file_hashed(file, tensors,
+                               {{"format", "pt"}, {"rank", std::to_string(rank)}, {"world", std::to_string(world)}});
+}
 
 stdfs::path save(const dist::MpiRuntime& rt, const stdfs::path& dir, const TrainerState& state,
                  const std::vector<StatePiece>& mine, const WeightsWriter& write_weights, int keep_last) {
@@ -295,10 +310,17 @@ void load_optimizer(const stdfs::path& ckpt, const std::vector<StatePiece>& targ
   }
   for (const auto& tg : targets) {
     const int64_t n = tg.exp_avg.numel(), a = tg.start;
-    ST_CHECK(tg.exp_avg.is_contiguous() && tg.exp_avg_sq.is_contiguous() && tg.exp_avg.scalar_type() == at::kFloat,
-             "internal: optimizer targets must be contiguous fp32");
-    float* m = tg.exp_avg.data_ptr<float>();
-    float* v = tg.exp_avg_sq.data_ptr<float>();
+    ST_CHECK(tg.exp_avg.dim() == 1 && tg.exp_avg_sq.sizes() == tg.exp_avg.sizes() &&
+                 tg.exp_avg.scalar_type() == at::kFloat && tg.exp_avg_sq.scalar_type() == at::kFloat,
+             "internal: optimizer targets must be 1-D fp32 pairs of one size ('" + tg.param + "')");
+    // Filled in place when on the CPU and contiguous; otherwise (a CUDA tensor, a strided view) through a
+    // host buffer copied onto the target once it is complete.
+    auto staged = [](const at::Tensor& t) {
+      return t.device().is_cpu() && t.is_contiguous() ? t : at::empty(t.sizes(), t.options().device(at::kCPU));
+    };
+    const at::Tensor hm = staged(tg.exp_avg), hv = staged(tg.exp_avg_sq);
+    float* m = hm.data_ptr<float>();
+    float* v = hv.data_ptr<float>();
     int64_t covered = 0;
     for (const Piece& p : by_param[tg.param]) {
       const int64_t lo = std::max(a, p.start), hi = std::min(a + n, p.start + p.numel);
@@ -312,6 +334,8 @@ void load_optimizer(const stdfs::path& ckpt, const std::vector<StatePiece>& targ
     ST_CHECK(covered == n, ckpt.string() + ": the optimizer state of '" + tg.param + "' elements [" + std::to_string(a) +
                                ", " + std::to_string(a + n) + ") is not complete (" + std::to_string(covered) + " found)",
              "the checkpoint is damaged or was written by another configuration");
+    if (!hm.is_same(tg.exp_avg)) tg.exp_avg.copy_(hm);
+    if (!hv.is_same(tg.exp_avg_sq)) tg.exp_avg_sq.copy_(hv);
   }
 }
 

@@ -73,17 +73,25 @@ at::Tensor linear_target_logps(const at::Tensor& h, const at::Tensor& w, const a
   return LinearTargetLogps::apply(h, w, targets.to(at::kLong), chunk_tokens, static_cast<int64_t>(compute_dtype));
 }
 
-at::Tensor sequence_logps(CausalLM& m, const at::Tensor& ids_in, const at::Tensor& loss_mask, int64_t chunk_tokens) {
+at::Tensor sequence_logps(CausalLM& m, const at::Tensor& ids_in, const at::Tensor& loss_mask, int64_t chunk_tokens,
+                          const at::Tensor& target_index) {
   const at::Tensor w = m.lm_head_weight();
   const at::Tensor ids = ids_in.to(w.device(), at::kLong);
   ST_CHECK(ids.dim() == 2 && ids.size(1) >= 2, "sequence_logps needs ids [B,T] with T >= 2");
   const int64_t B = ids.size(0), T = ids.size(1);
   const at::Tensor target = loss_mask.to(ids.device()).to(at::kBool);
   ST_CHECK(target.sizes() == ids.sizes(), "sequence_logps: loss_mask must have the shape of ids [B,T]");
-  // valid[b,t]: hidden state t predicts token t+1, a target.
-  at::Tensor valid = at::zeros({B, T}, target.options());
-  valid.narrow(1, 0, T - 1).copy_(target.narrow(1, 1, T - 1));
-  const at::Tensor idx = valid.reshape({-1}).nonzero().reshape({-1});
+  at::Tensor idx;
+  if (target_index.defined()) {  // known on the host: no nonzero() (a device-to-host read on a GPU)
+    ST_CHECK(target_index.dim() == 1 && target_index.scalar_type() == at::kLong,
+             "internal: sequence_logps' target_index must be 1-D int64");
+    idx = target_index.device() == ids.device() ? target_index : host_to_device(target_index.contiguous(), ids.device());
+  } else {
+    // valid[b,t]: hidden state t predicts token t+1, a target.
+    at::Tensor valid = at::zeros({B, T}, target.options());
+    valid.narrow(1, 0, T - 1).copy_(target.narrow(1, 1, T - 1));
+    idx = valid.reshape({-1}).nonzero().reshape({-1});
+  }
   const at::Tensor h = m.hidden(ids);
   if (idx.numel() == 0) return h.sum() * 0.0 + at::zeros({B}, h.options().dtype(at::kFloat));
   const at::Tensor hsel = h.reshape({B * T, h.size(2)}).index_select(0, idx);

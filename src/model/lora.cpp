@@ -318,8 +318,9 @@ std::vector<at::Tensor> CausalLM::project(const std::vector<const Projection*>& 
       std::vector<at::Tensor> xas;
       for (size_t i : with) {
         // Drawn on the CPU whatever the device: the generator (and so a checkpoint's state of it) is a CPU one.
-        const at::Tensor mask =
-            at::empty(x2.sizes(), x2.options().device(at::kCPU)).bernoulli_(keep, dropout_gen_).to(x2.device()) / keep;
+        // To a GPU through pinned memory without a host wait (a pageable copy would synchronize).
+        const at::Tensor drawn = at::empty(x2.sizes(), x2.options().device(at::kCPU)).bernoulli_(keep, dropout_gen_);
+        const at::Tensor mask = (x2.device().is_cpu() ? drawn : host_to_device(drawn, x2.device())) / keep;
         xas.push_back(at::mm(x2 * mask, ps[i]->lora_a.t()));
       }
       xa = k == 1 ? xas[0] : at::cat(xas, 1);

@@ -75,6 +75,30 @@ at::Tensor positions_from_doc_ids(const at::Tensor& doc_ids) {
   return idx - start_idx;
 }
 
+std::vector<int64_t> target_index(const std::vector<uint8_t>& mask, const std::vector<int64_t>& doc_ids, int64_t B,
+                                  int64_t T) {
+  ST_CHECK(int64_t(mask.size()) == B * T && (doc_ids.empty() || int64_t(doc_ids.size()) == B * T),
+           "internal: target_index needs mask (and doc_ids) of B x T = " + std::to_string(B * T) + " values");
+  std::vector<int64_t> idx;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0; t + 1 < T; ++t) {
+      const size_t i = size_t(b * T + t);
+      if (mask[i + 1] && (doc_ids.empty() || doc_ids[i + 1] == doc_ids[i])) idx.push_back(b * T + t);
+    }
+  return idx;
+}
+
+int64_t max_position(const std::vector<int64_t>& doc_ids, int64_t B, int64_t T) {
+  if (doc_ids.empty() || T == 0) return T - 1;
+  int64_t longest = 0;
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t t = 0, run = 0; t < T; ++t) {
+      run = t > 0 && doc_ids[size_t(b * T + t)] == doc_ids[size_t(b * T + t - 1)] ? run + 1 : 0;
+      longest = std::max(longest, run);
+    }
+  return longest;
+}
+
 CausalLM::CausalLM(ModelConfig config) : torch::nn::Module("CausalLM"), cfg_(std::move(config)) {
   cfg_.validate("model config");
   const auto& c = cfg_;
@@ -364,8 +388,12 @@ at::Tensor CausalLM::hidden(const at::Tensor& ids_in, const Packing& pack, KVCac
   at::Tensor x = at::embedding(embed_, ids).to(at::kFloat);  // [B,T,C]; fp32 also for a bf16 frozen base
   at::Tensor cos, sin;
   if (cfg_.arch == Arch::GPT2) {
-    ST_CHECK(pos.max().item<int64_t>() < cfg_.max_position_embeddings,
-             "position " + std::to_string(pos.max().item<int64_t>()) + " is beyond n_positions " +
+    // Read from the device only when the host does not know it (it synchronizes a GPU).
+    const int64_t max_pos = !pack.positions.defined() && !doc.defined() ? off + T - 1
+                            : pack.max_position >= 0 && !pack.positions.defined() ? pack.max_position
+                                                                                : pos.max().item<int64_t>();
+    ST_CHECK(max_pos < cfg_.max_position_embeddings,
+             "position " + std::to_string(max_pos) + " is beyond n_positions " +
                  std::to_string(cfg_.max_position_embeddings),
              "GPT-2 has learned positions: use shorter sequences");
     x = x + at::embedding(pos_embed_, pos).to(at::kFloat);
@@ -404,15 +432,23 @@ LossResult CausalLM::loss(const at::Tensor& ids_in, const at::Tensor& loss_mask,
   at::Tensor target = loss_mask.defined() ? loss_mask.to(ids.device()).to(at::kBool)
                                           : at::ones({B, T}, ids.options().dtype(at::kBool));
   ST_CHECK(target.sizes() == ids.sizes(), "loss_mask must have the shape of ids [B,T]");
-  // valid[b,t]: hidden state t predicts token t+1.
-  at::Tensor valid = at::zeros({B, T}, target.options());
-  at::Tensor next = target.narrow(1, 1, T - 1);
-  if (pack.doc_ids.defined()) {
-    const at::Tensor d = pack.doc_ids.to(ids.device(), at::kLong);
-    next = next.logical_and(d.narrow(1, 1, T - 1) == d.narrow(1, 0, T - 1));
+  at::Tensor idx;
+  if (pack.target_index.defined()) {  // known on the host: no nonzero() (a device-to-host read on a GPU)
+    ST_CHECK(pack.target_index.dim() == 1 && pack.target_index.scalar_type() == at::kLong,
+             "internal: Packing::target_index must be 1-D int64");
+    idx = pack.target_index.device() == ids.device() ? pack.target_index
+                                                     : host_to_device(pack.target_index.contiguous(), ids.device());
+  } else {
+    // valid[b,t]: hidden state t predicts token t+1.
+    at::Tensor valid = at::zeros({B, T}, target.options());
+    at::Tensor next = target.narrow(1, 1, T - 1);
+    if (pack.doc_ids.defined()) {
+      const at::Tensor d = pack.doc_ids.to(ids.device(), at::kLong);
+      next = next.logical_and(d.narrow(1, 1, T - 1) == d.narrow(1, 0, T - 1));
+    }
+    valid.narrow(1, 0, T - 1).copy_(next);
+    idx = valid.reshape({-1}).nonzero().reshape({-1});
   }
-  valid.narrow(1, 0, T - 1).copy_(next);
-  const at::Tensor idx = valid.reshape({-1}).nonzero().reshape({-1});
   const at::Tensor h = hidden(ids, pack);
   LossResult r;
   r.count = idx.numel();

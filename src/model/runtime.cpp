@@ -102,4 +102,12 @@ AutocastGuard::~AutocastGuard() {
   set_autocast(device_, prev_enabled_, prev_dtype_);
 }
 
+at::Tensor host_to_device(const at::Tensor& host, at::Device device) {
+  ST_CHECK(host.device().is_cpu(), "internal: host_to_device needs a CPU tensor, got one on " + host.device().str());
+  if (device.is_cpu()) return host.clone();
+  at::Tensor pinned = at::empty(host.sizes(), host.options().pinned_memory(true));
+  pinned.copy_(host);
+  return pinned.to(device, pinned.scalar_type(), /*non_blocking=*/true);
+}
+
 }  // namespace shardtune::model

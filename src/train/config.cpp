@@ -219,6 +219,11 @@ void TrainConfig::validate() const {
   ST_CHECK(precision == "auto" || precision == "fp32" || precision == "bf16", "unknown --precision '" + precision + "'",
            "use auto, fp32 or bf16");
   ST_CHECK(device == "cpu" || device == "cuda", "unknown --device '" + device + "'", "use cpu or cuda");
+  // Refused here, before any rank loads a model or starts NCCL (CausalLM::move_to would refuse later).
+  ST_CHECK(device != "cuda" || method != "qlora",
+           "--device cuda with --method qlora is not supported yet: the NF4 base has no CUDA kernels here",
+           "use --method lora (a bf16 or fp32 frozen base, --base-dtype) on the GPU, or --device cpu for QLoRA "
+           "(docs/GPU.md, Limits)");
   ST_CHECK(bucket_mb > 0, "--bucket-mb must be positive");
   ST_CHECK(grad_reduce_dtype == "fp32" || grad_reduce_dtype == "bf16",
            "unknown --grad-reduce-dtype '" + grad_reduce_dtype + "'",

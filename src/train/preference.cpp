@@ -53,21 +53,26 @@ Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& id
   const int64_t n = hb.B / 2;
   ST_CHECK(hb.B == 2 * n && n > 0, "internal: a DPO batch holds 2n rows (chosen, then rejected), got " +
                                        std::to_string(hb.B));
-  at::Tensor logps = model::sequence_logps(m, ids, mask);  // [2n] fp32
+  // The target positions are known on the host: no nonzero() on the device (it would synchronize a GPU).
+  const std::vector<int64_t> targets = model::target_index(hb.mask, {}, hb.B, hb.T);
+  const at::Tensor idx = targets.empty() ? at::empty({0}, ids.options().dtype(at::kLong))
+                                         : model::host_to_device(at::tensor(targets, at::kLong), ids.device());
+  at::Tensor logps = model::sequence_logps(m, ids, mask, 0, idx);  // [2n] fp32
   at::Tensor ref;
   if (precomputed_) {
     ST_CHECK(int64_t(hb.ref_logps.size()) == hb.B, "internal: --precompute-ref but the batch carries " +
                                                         std::to_string(hb.ref_logps.size()) + " reference log-probs for " +
                                                         std::to_string(hb.B) + " rows");
-    ref = at::from_blob(const_cast<float*>(hb.ref_logps.data()), {hb.B}, at::kFloat).clone().to(logps.device());
+    ref = model::host_to_device(at::from_blob(const_cast<float*>(hb.ref_logps.data()), {hb.B}, at::kFloat),
+                                logps.device());
   } else if (!o_.reference_free()) {
     torch::NoGradGuard no_grad;
     if (reference_) {
-      ref = model::sequence_logps(*reference_, ids, mask);
+      ref = model::sequence_logps(*reference_, ids, mask, 0, idx);
     } else {
       ST_CHECK(m.has_lora(), "internal: DPO without a reference model needs LoRA adapters to disable");
       model::LoraDisabled off(m);
-      ref = model::sequence_logps(m, ids, mask);
+      ref = model::sequence_logps(m, ids, mask, 0, idx);
     }
   }
   if (o_.length_averaged()) {
@@ -75,7 +80,7 @@ Objective::Result DpoObjective::forward(model::CausalLM& m, const at::Tensor& id
     std::vector<float> count(size_t(hb.B), 0.f);
     for (int64_t b = 0; b < hb.B; ++b)
       for (int64_t t = 1; t < hb.T; ++t) count[size_t(b)] += hb.mask[size_t(b * hb.T + t)] ? 1.f : 0.f;
-    at::Tensor c = at::from_blob(count.data(), {hb.B}, at::kFloat).clone().to(logps.device()).clamp_min(1);
+    at::Tensor c = model::host_to_device(at::from_blob(count.data(), {hb.B}, at::kFloat), logps.device()).clamp_min(1);
     logps = logps / c;
     if (ref.defined()) ref = ref / c;
   }
@@ -104,7 +109,7 @@ at::ScalarType reference_dtype(const TrainConfig& cfg) {
   return bf16 ? at::kBFloat16 : at::kFloat;
 }
 
-std::shared_ptr<model::CausalLM> load_reference_copy(const TrainConfig& cfg) {
+std::shared_ptr<model::CausalLM> load_reference_copy(const TrainConfig& cfg, at::Device device) {
   auto reference = model::load_model(cfg.model);
   if (reference_dtype(cfg) == at::kBFloat16) {
     reference->freeze_base(at::kBFloat16);
@@ -114,6 +119,7 @@ std::shared_ptr<model::CausalLM> load_reference_copy(const TrainConfig& cfg) {
     for (auto& [name, t] : reference->hf_parameters()) t.set_requires_grad(false);
   }
   reference->eval();
+  if (device != at::Device(at::kCPU)) reference->move_to(device);  // on the policy's device, as its inputs
   return reference;
 }
 
@@ -130,7 +136,8 @@ std::shared_ptr<Objective> make_objective(const TrainConfig& cfg, const model::C
   DpoOptions o{cfg.dpo_loss, cfg.dpo_beta, cfg.label_smoothing, cfg.simpo_gamma};
   std::shared_ptr<model::CausalLM> reference;
   // Full fine-tuning: a frozen copy of the starting model (--model, also when resuming), loaded once.
-  if (!policy.has_lora() && !o.reference_free() && !cfg.precompute_ref) reference = load_reference_copy(cfg);
+  if (!policy.has_lora() && !o.reference_free() && !cfg.precompute_ref)
+    reference = load_reference_copy(cfg, policy.lm_head_weight().device());
   return std::make_shared<DpoObjective>(o, std::move(reference), cfg.precompute_ref);
 }
 

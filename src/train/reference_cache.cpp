@@ -67,12 +67,21 @@ at::Tensor compute_split(model::CausalLM& ref, bool lora_off, data::ShardSet& se
       ids = at::cat({ids, at::full({hb.B, 1}, plan.pad_id, ids.options())}, 1);
       mask = at::cat({mask, at::zeros({hb.B, 1}, mask.options())}, 1);
     }
+    // The target positions from the host mask (no nonzero() on the device), the batch on the model's device.
+    const at::Tensor m8 = mask.contiguous();
+    const at::Tensor idx = at::tensor(model::target_index(std::vector<uint8_t>(m8.data_ptr<uint8_t>(),
+                                                                               m8.data_ptr<uint8_t>() + m8.numel()),
+                                                          {}, m8.size(0), m8.size(1)),
+                                      at::kLong);
+    const at::Device device = ref.lm_head_weight().device();
+    ids = model::host_to_device(ids, device);
+    mask = model::host_to_device(mask, device);
     at::Tensor lp;
     if (lora_off) {
       model::LoraDisabled off(ref);
-      lp = model::sequence_logps(ref, ids, mask);
+      lp = model::sequence_logps(ref, ids, mask, 0, idx);
     } else {
-      lp = model::sequence_logps(ref, ids, mask);
+      lp = model::sequence_logps(ref, ids, mask, 0, idx);
     }
     lp = lp.to(at::kCPU, at::kDouble);
     for (size_t i = 0; i < k; ++i) {
@@ -137,9 +146,11 @@ ReferenceTable precompute_reference(const TrainConfig& cfg, model::CausalLM& pol
     torch::NoGradGuard no_grad;
     const bool was_training = policy.is_training();
     policy.eval();
-    model::AutocastGuard autocast(at::Device(at::kCPU), model::parse_precision(cfg.precision));
+    // On the training device, under its autocast: the same numerics as the live reference would have.
+    const at::Device device = policy.lm_head_weight().device();
+    model::AutocastGuard autocast(device, model::parse_precision(cfg.precision));
     std::shared_ptr<model::CausalLM> copy;
-    if (!policy.has_lora()) copy = load_reference_copy(cfg);  // in --ref-dtype; freed on return: training holds none
+    if (!policy.has_lora()) copy = load_reference_copy(cfg, device);  // in --ref-dtype; freed on return: training holds none
     model::CausalLM& ref = copy ? *copy : policy;
     tr = compute_split(ref, !copy, train, plan);
     va = compute_split(ref, !copy, val, plan);

@@ -13,6 +13,7 @@
 #include "shardtune/core/fs.h"
 #include "shardtune/data/dataset.h"
 #include "shardtune/model/io.h"
+#include "shardtune/model/runtime.h"
 
 namespace shardtune::train {
 
@@ -47,7 +48,7 @@ Objective::Result RewardObjective::forward(model::CausalLM& m, const at::Tensor&
   const int64_t n = hb.B / 2;
   ST_CHECK(hb.B == 2 * n && n > 0, "internal: a reward batch holds 2n rows (chosen, then rejected), got " +
                                        std::to_string(hb.B));
-  const at::Tensor r = m.rewards(ids, last_response_positions(hb).to(ids.device()));  // [2n] fp32
+  const at::Tensor r = m.rewards(ids, model::host_to_device(last_response_positions(hb), ids.device()));  // [2n] fp32
   const at::Tensor rc = r.narrow(0, 0, n), rr = r.narrow(0, n, n);
   Result out;
   out.sum = reward_losses(rc, rr, center_).sum();

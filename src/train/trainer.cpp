@@ -147,8 +147,11 @@ struct Trainer::Impl {
     }
   }
 
-  at::Tensor to_device(const std::vector<int64_t>& v, int64_t B, int64_t T) {
-    return at::from_blob(const_cast<int64_t*>(v.data()), {B, T}, at::kLong).clone().to(device);
+  // Host batch data on the training device (CPU: a copy, as before; CUDA: pinned staging, no host wait).
+  template <typename V>
+  at::Tensor to_device(const std::vector<V>& v, std::vector<int64_t> shape, at::ScalarType dtype) {
+    if (v.empty()) return at::empty(shape, at::TensorOptions().dtype(dtype).device(device));
+    return model::host_to_device(at::from_blob(const_cast<V*>(v.data()), shape, dtype), device);
   }
 
   int64_t units(const data::HostBatch& hb) const { return objective ? objective->units(hb) : hb.loss_tokens; }
@@ -156,16 +159,20 @@ struct Trainer::Impl {
   // Forward of one host batch: (loss sum tensor, count); an Objective's metric sums (float64, on the
   // device) are added into `metrics` when given.
   model::LossResult forward(const data::HostBatch& hb, at::Tensor* metrics = nullptr) {
-    at::Tensor ids = to_device(hb.ids, hb.B, hb.T);
-    at::Tensor mask = at::from_blob(const_cast<uint8_t*>(hb.mask.data()), {hb.B, hb.T}, at::kByte).clone().to(device);
+    at::Tensor ids = to_device(hb.ids, {hb.B, hb.T}, at::kLong);
+    at::Tensor mask = to_device(hb.mask, {hb.B, hb.T}, at::kByte);
     model::Packing pack;
-    if (!hb.doc_ids.empty()) pack.doc_ids = to_device(hb.doc_ids, hb.B, hb.T);
+    if (!hb.doc_ids.empty()) pack.doc_ids = to_device(hb.doc_ids, {hb.B, hb.T}, at::kLong);
     model::AutocastGuard autocast(device, precision);
     if (objective) {
       Objective::Result o = objective->forward(*model, ids, mask, hb);
       if (metrics) metrics->add_(o.metric_sums);
       return {o.sum, objective->units(hb)};
     }
+    // The targets and positions are known here, on the host: the loss reads nothing back from the device.
+    const std::vector<int64_t> targets = model::target_index(hb.mask, hb.doc_ids, hb.B, hb.T);
+    pack.target_index = to_device(targets, {int64_t(targets.size())}, at::kLong);
+    pack.max_position = model::max_position(hb.doc_ids, hb.B, hb.T);
     model::LossResult r = model->loss(ids, mask, pack);
     ST_CHECK(r.count == hb.loss_tokens, "internal: batch holds " + std::to_string(hb.loss_tokens) +
                                             " target tokens but the loss counted " + std::to_string(r.count));

@@ -46,6 +46,15 @@ struct StatePiece {
   at::Tensor exp_avg, exp_avg_sq;
 };
 
+// A copy of `t` that a background writer may read while training goes on (--async-save): CPU tensors are
+// cloned, CUDA ones copied to the host (no device memory held by the snapshot). Undefined stays undefined.
+at::Tensor host_snapshot(const at::Tensor& t);
+
+// Writes `pieces` as one optimizer-rankNNNNN.safetensors file (hashed while written, not fsynced). The
+// pieces may live on any device and be strided views: the file holds their values, the same bytes as for
+// contiguous CPU tensors of those values (a non-CPU or strided piece goes through one contiguous host copy).
+st::WrittenFile write_optimizer_file(const stdfs::path& file, int rank, int world, const std::vector<StatePiece>& pieces);
+
 // This rank's share of the model (or adapter) files: writes them into `folder` (which every rank writes at
 // once: only its own files, nothing removed) and lists each one in *written, with its SHA-256 when it was
 // hashed while written ("" otherwise: the checkpoint hashes that file by reading it). The checkpoint
@@ -99,7 +108,8 @@ struct Resume {
 Resume find_resume(const dist::MpiRuntime& rt, const stdfs::path& dir, const std::string& spec);
 
 // Fills every target piece from the optimizer files of `ckpt`, whatever partition wrote them. Error
-// naming the parameter when an element is missing.
+// naming the parameter when an element is missing. Targets may be on any device (a CUDA optimizer: the
+// values are assembled on the host, then copied onto the target) and strided.
 void load_optimizer(const stdfs::path& ckpt, const std::vector<StatePiece>& targets);
 
 // The options a resumed run must keep (model, data, batch, sequence, method and LoRA shape, seed...): one

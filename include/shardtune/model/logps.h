@@ -12,7 +12,10 @@ namespace shardtune::model {
 // token t is a target predicted from position t-1; column 0 is ignored). Returns [B] fp32, differentiable
 // w.r.t. the model's trainable parameters when grad mode is on. Never holds more than `chunk_tokens`
 // rows of [N,V] logits (0 = auto, as CausalLM::loss): backward recomputes each chunk's logits.
-at::Tensor sequence_logps(CausalLM& m, const at::Tensor& ids, const at::Tensor& loss_mask, int64_t chunk_tokens = 0);
+// `target_index` (optional, any device): the flat target indices target_index() gives for this batch, known
+// on the host; then none is computed on the device (nonzero() would synchronize a GPU).
+at::Tensor sequence_logps(CausalLM& m, const at::Tensor& ids, const at::Tensor& loss_mask, int64_t chunk_tokens = 0,
+                          const at::Tensor& target_index = {});
 
 // The fused, chunked op under it: out[n] = log_softmax(h[n] @ w^T)[targets[n]], h [N,C], w [V,C],
 // computed in `compute_dtype` with fp32 log-softmax; differentiable w.r.t. h and w.

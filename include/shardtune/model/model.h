@@ -62,7 +62,20 @@ struct LossResult {
 struct Packing {
   at::Tensor positions;  // [B,T] int64 or undefined (0..T-1, or per-document when doc_ids is set)
   at::Tensor doc_ids;    // [B,T] int64 or undefined (one document per row)
+  // What loss() and hidden() would otherwise read back from the device (nonzero(), max().item(): each one
+  // synchronizes a GPU), when the caller knows it from its host batch (target_index(), max_position()):
+  at::Tensor target_index;    // int64 [N], any device: flat indices b*T+t predicting a target, ascending
+  int64_t max_position = -1;  // the largest position of the batch (GPT-2's range check); -1: unknown
 };
+
+// From a host batch (row-major [B*T]; doc_ids empty: one document per row), the values loss() and
+// sequence_logps() compute on the device: the ascending flat indices b*T+t (t < T-1) whose hidden state
+// predicts a target (mask[b,t+1] set, token t+1 in the same document as t). Its size is the count.
+std::vector<int64_t> target_index(const std::vector<uint8_t>& mask, const std::vector<int64_t>& doc_ids, int64_t B,
+                                  int64_t T);
+// The largest position hidden() gives such a batch without a KV cache: T-1, or with doc_ids the longest
+// run of one document minus 1 (positions restart at each document).
+int64_t max_position(const std::vector<int64_t>& doc_ids, int64_t B, int64_t T);
 
 class CausalLM : public torch::nn::Module {
  public:

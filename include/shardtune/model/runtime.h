@@ -47,4 +47,10 @@ class AutocastGuard {
 // The dtype matmuls currently run in on `device` (kBFloat16/kHalf under autocast, else kFloat).
 at::ScalarType autocast_dtype(at::DeviceType device);
 
+// A host tensor (e.g. at::from_blob over a host batch, which it need not outlive) as an owning tensor on
+// `device`. CPU: a clone (the values as before, bit for bit). CUDA: staged through pinned host memory and
+// copied with non_blocking, so the host does not wait for the device to catch up (a copy from pageable
+// memory synchronizes the stream); LibTorch's pinned allocator keeps the staging block until the copy ran.
+at::Tensor host_to_device(const at::Tensor& host, at::Device device);
+
 }  // namespace shardtune::model

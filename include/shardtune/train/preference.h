@@ -51,7 +51,8 @@ at::ScalarType reference_dtype(const TrainConfig& cfg);
 // parameter requires grad; bf16 holds its matrices (embeddings, projections, head) in bf16 and its norms in
 // fp32 (CausalLM::freeze_base), its forward computing in fp32 from them without autocast; the log-probs are
 // summed in fp32 either way (model::sequence_logps). The live reference and the --precompute-ref pass.
-std::shared_ptr<model::CausalLM> load_reference_copy(const TrainConfig& cfg);
+// On `device` (the policy's: CausalLM::move_to), where its inputs are.
+std::shared_ptr<model::CausalLM> load_reference_copy(const TrainConfig& cfg, at::Device device = at::kCPU);
 // Bytes the model's weights occupy (every HF parameter: what a reference copy costs per rank).
 int64_t weight_bytes(const model::CausalLM& m);
 
