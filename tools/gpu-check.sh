@@ -7,6 +7,10 @@
 #   2. loss      a 1-GPU fine-tune of the tiny Llama (stories260K): per-step loss of --device cuda
 #                --precision bf16 against the CPU fp32 run of the same config, with a tolerance measured
 #                from the CPU's own bf16 run; and --device cuda --precision fp32 against CPU fp32
+#   2b. dpo-full DPO, --method full (a frozen reference copy on the GPU) live and --precompute-ref, 3 steps
+#                bf16 on the GPU against the CPU fp32 runs (the CPU half also runs dry)
+#   2c. ckpt-resume  on the GPU: --save-every 2, stopped after step 2 (SHARDTUNE_TEST_FAIL) and resumed with
+#                --resume auto = the uninterrupted (--async-save) run's losses; shardtune-inspect --verify
 #   3. interop   transformers loads our fine-tuned folder (logits equal ours, fp32, <= 1e-4), peft loads
 #                our LoRA adapter (logits equal our adapter model's), AutoTokenizer loads the tokenizer;
 #                and our logits equal tests/model/reference.py's forward (interop-ref; also runs here)
@@ -19,12 +23,13 @@
 #   GPU_CHECK_DRY=prefix ...           the same, but built against the carried debs (the prefix, the
 #                                      relocated Open MPI) as on the GPU machine: that half of it checked here
 #   GPU_CHECK_DRY=1 tools/gpu-check.sh here: system packages instead of the debs, no GPU; builds, runs the
-#                                      CPU halves (check 2's CPU runs, check 1's program skipping,
+#                                      CPU halves (check 2's and dpo-full's CPU runs, ckpt-resume on the CPU, check 1's program skipping,
 #                                      check 3 on CPU-trained outputs against reference.py, py_compile
 #                                      of the Python scripts) and prints the plan
-# Environment: GPU_CHECK_ONLY="nccl loss interop bench" (a subset), GPU_CHECK_BUDGET_S (570: seconds for
+# Environment: GPU_CHECK_ONLY="nccl loss dpo-full ckpt-resume interop bench" (a subset), GPU_CHECK_BUDGET_S (570: seconds for
 # everything; later checks are skipped, not cut, when too little is left), JOBS, GPU_CARRY, GPU_CHECK_BUILD,
-# GPU_CHECK_WORK, BENCH_STEPS (10), BENCH_MICRO (8), BENCH_GLOBAL (32; out of memory: retried at 4 / 16).
+# GPU_CHECK_WORK, BENCH_STEPS (10), BENCH_MICRO (8), BENCH_GLOBAL (32; out of memory: retried at 4 / 16),
+# CKPT_PRECISION (fp32: ckpt-resume's precision).
 set -uo pipefail
 START=$SECONDS
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -34,7 +39,7 @@ if [ "$DRY" = prefix ]; then BUILD="${GPU_CHECK_BUILD:-$ROOT/build-gpucheck-pref
 OUTDIR="${OUT:-$BUILD/out}"
 WORK="${GPU_CHECK_WORK:-$BUILD/work}"
 JOBS="${JOBS:-$(nproc)}"
-ONLY=" ${GPU_CHECK_ONLY:-nccl loss interop bench} "
+ONLY=" ${GPU_CHECK_ONLY:-nccl loss dpo-full ckpt-resume interop bench} "
 BUDGET="${GPU_CHECK_BUDGET_S:-570}"
 TOOLS="$ROOT/tools/gpu-check"
 mkdir -p "$OUTDIR" "$WORK"
@@ -237,7 +242,7 @@ fi
 MPI=("$MPIRUN" --allow-run-as-root --oversubscribe)
 
 # ---- 2. build ------------------------------------------------------------------------------------------
-TARGETS=(shardtune shardtune-prep shardtune-generate dist_nccl_check)
+TARGETS=(shardtune shardtune-prep shardtune-generate shardtune-inspect dist_nccl_check)
 BUILT=0
 build() {
   say "configure: cmake -S $ROOT -B $BUILD -G Ninja ${CMAKE_ARGS[*]}"
@@ -254,7 +259,7 @@ build() {
     record build FAIL "ninja failed after $((SECONDS - t0)) s (build.log)"; return 1
   fi
   local bin missing=""
-  for bin in src/shardtune data_prep/shardtune-prep tools/shardtune-generate tests/dist/dist_nccl_check; do
+  for bin in src/shardtune data_prep/shardtune-prep tools/shardtune-generate tools/shardtune-inspect tests/dist/dist_nccl_check; do
     missing+="$(ldd "$BUILD/$bin" | awk -v b="$bin" '/not found/ {printf " %s:%s", b, $1}')"
   done
   [ -z "$missing" ] || { record build FAIL "built, but libraries are not found at run time:$missing"; return 1; }
@@ -294,13 +299,16 @@ train_run() {  # NAME ARGS...: one trainer run into $WORK/loss/NAME(.jsonl)
   [ $rc = 0 ] || { say "$name: exit $rc"; tail -5 "$WORK/loss/$name.txt"; }
   return $rc
 }
+loss_data() {  # the byte-tokenized synthetic task in $WORK/loss/data (check 2's and ckpt-resume's)
+  mkdir -p "$WORK/loss"
+  [ -f "$WORK/loss/data/manifest.json" ] && return 0
+  $SYSPY "$ROOT/tools/demo/make_task.py" "$WORK/loss/task.jsonl" "$WORK/loss/held.jsonl" 600 > /dev/null &&
+    "$PREP" --input "$WORK/loss/task.jsonl" --output "$WORK/loss/data" --tokenizer byte --template plain \
+      --val-fraction 0.1 --max-seq-len 128 --quiet
+}
 if wants loss && need 60 loss; then
   mkdir -p "$WORK/loss"
-  if [ ! -f "$WORK/loss/data/manifest.json" ]; then
-    $SYSPY "$ROOT/tools/demo/make_task.py" "$WORK/loss/task.jsonl" "$WORK/loss/held.jsonl" 600 > /dev/null &&
-      "$PREP" --input "$WORK/loss/task.jsonl" --output "$WORK/loss/data" --tokenizer byte --template plain \
-        --val-fraction 0.1 --max-seq-len 128 --quiet || record loss FAIL "data preparation failed"
-  fi
+  loss_data || record loss FAIL "data preparation failed"
   T="$(nproc)"
   if train_run cpu-fp32 --device cpu --precision fp32 --threads "$T" && train_run cpu-bf16 --device cpu --precision bf16 --threads "$T"; then
     cpu="$($SYSPY "$TOOLS/compare_losses.py" "$WORK/loss/cpu-fp32.jsonl" "$WORK/loss/cpu-bf16.jsonl" cpu-bf16 | tail -1)"
@@ -332,6 +340,120 @@ if wants loss && need 60 loss; then
     fi
   else
     record loss FAIL "a CPU reference run failed (see the log above)"
+  fi
+fi
+
+# ---- checks 2b, 2c: DPO with a frozen reference on the GPU; checkpoint and resume on the GPU ------------------
+# Both are small (stories260K, a few steps each; seconds of GPU). While the bench is wanted they start only when
+# its 150 s stay free after them, so that they never push the bench out.
+BENCH_RESERVE=0; wants bench && BENCH_RESERVE=150
+jget() { $SYSPY -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }   # JSON KEY
+le() { $SYSPY -c "import sys; sys.exit(0 if $1 <= $2 else 1)"; }                                 # A <= B
+cmp_losses() { $SYSPY "$TOOLS/compare_losses.py" "$@" | tail -1; }                                # REF OTHER LABEL
+# dpo-full: --objective dpo --method full (the reference a frozen copy of the model on the training device),
+# live and --precompute-ref, 3 steps on the byte-tokenized pairs of tests/train/dpo_test.py. lr 5e-4: at 2e-3 step 2
+# moves so far that CPU bf16 differs from fp32 by 4e-2 (5e-4: 1.9e-3, measured on 2026-12-01).
+DPO_ARGS=(--objective dpo --dpo-loss sigmoid --beta 0.1 --method full --steps 3 --global-batch 8 --micro-batch 4
+          --seq-len 64 --lr 5e-4 --min-lr 1e-4 --warmup-steps 1 --schedule cosine --weight-decay 0.1 --grad-clip 1.0
+          --eval-batches 0 --seed 5)
+dpo_run() {  # NAME ARGS...: one DPO run into $WORK/dpo/NAME(.jsonl, .txt)
+  local name=$1; shift
+  rm -rf "$WORK/dpo/$name" "$WORK/dpo/$name.jsonl"
+  timeout 120 "$TRAIN" --model "$SHARED/models/stories260K.bin" --data "$WORK/dpo/data" --out "$WORK/dpo/$name" \
+    "${DPO_ARGS[@]}" --metrics "$WORK/dpo/$name.jsonl" "$@" > "$WORK/dpo/$name.txt" 2>&1
+  local rc=$?
+  [ $rc = 0 ] || { say "$name: exit $rc"; tail -5 "$WORK/dpo/$name.txt"; }
+  return $rc
+}
+if wants dpo-full && need $((40 + BENCH_RESERVE)) dpo-full; then
+  D="$WORK/dpo"; mkdir -p "$D"; T="$(nproc)"
+  $SYSPY - "$D/pairs.jsonl" <<'EOF'
+import json, sys
+pairs = [("Q: 2+2?\nA:", " 4", " 5, I think"), ("Name a color:", " blue", " seven"), ("Say hi.", " Hi there!", " no"),
+         ("Capital of France?", " Paris", " Lyon or so"), ("Count to 3:", " 1 2 3", " 1 2"),
+         ("Opposite of hot:", " cold", " warm-ish"), ("Spell cat:", " c-a-t", " k-a-t"), ("Is ice cold?", " Yes.", " Maybe not")]
+with open(sys.argv[1], "w") as f:
+    for p, c, r in pairs:
+        f.write(json.dumps({"prompt": p, "chosen": c, "rejected": r}) + "\n")
+EOF
+  rm -rf "$D/data"
+  if ! "$PREP" --input "$D/pairs.jsonl" --output "$D/data" --tokenizer byte --format preference --val-fraction 0 \
+         --max-seq-len 64 --quiet; then
+    record dpo-full FAIL "shardtune-prep --format preference failed"
+  elif dpo_run cpu-live --device cpu --precision fp32 --threads "$T" && dpo_run cpu-pre --device cpu --precision fp32 --threads "$T" --precompute-ref &&
+       dpo_run cpu-bf16 --device cpu --precision bf16 --threads "$T"; then
+    c_pre="$(cmp_losses "$D/cpu-live.jsonl" "$D/cpu-pre.jsonl" cpu-pre)"; c_b16="$(cmp_losses "$D/cpu-live.jsonl" "$D/cpu-bf16.jsonl" cpu-bf16)"
+    c_pre_rel="$(jget "$c_pre" max_rel)"; c_b16_rel="$(jget "$c_b16" max_rel)"
+    # The tolerance: the loss-bf16 check's (measured in this call; 1e-2 when it did not run), or 3x what bf16
+    # autocast alone moves this DPO loss on the CPU, whichever is larger.
+    dtol="$($SYSPY -c "print(max(${tol:-1e-2}, 3 * $c_b16_rel))")"
+    say "check dpo-full: CPU fp32 --precompute-ref vs live: max rel $c_pre_rel; CPU bf16 vs fp32: $c_b16_rel -> tolerance $dtol"
+    cp "$D/cpu-live.jsonl" "$OUTDIR/dpo-cpu-fp32.jsonl"
+    cpu_ok=1; le "$c_pre_rel" 1e-5 || cpu_ok=0
+    grep -q "reference log-probs computed into" "$D/cpu-pre.txt" || cpu_ok=0
+    cpu_json="{\"cpu_pre_vs_live\": $c_pre, \"cpu_bf16_vs_fp32\": $c_b16, \"threshold\": $dtol}"
+    if [ $cpu_ok = 0 ]; then
+      record dpo-full FAIL "CPU fp32: --precompute-ref vs the live reference max rel $c_pre_rel (> 1e-5, or no precompute pass logged)" "$cpu_json"
+    elif [ "$GPUS" -gt 0 ]; then
+      if dpo_run gpu-live --device cuda --precision bf16 --threads 4 && dpo_run gpu-pre --device cuda --precision bf16 --threads 4 --precompute-ref; then
+        g_live="$(cmp_losses "$D/cpu-live.jsonl" "$D/gpu-live.jsonl" gpu-live)"; g_pre="$(cmp_losses "$D/cpu-live.jsonl" "$D/gpu-pre.jsonl" gpu-pre)"
+        g_pl="$(cmp_losses "$D/gpu-live.jsonl" "$D/gpu-pre.jsonl" gpu-pre-vs-live)"
+        r1="$(jget "$g_live" max_rel)"; r2="$(jget "$g_pre" max_rel)"; r3="$(jget "$g_pl" max_rel)"
+        cp "$D/gpu-live.jsonl" "$OUTDIR/dpo-gpu-bf16.jsonl"; cp "$D/gpu-pre.jsonl" "$OUTDIR/dpo-gpu-bf16-precompute.jsonl"
+        st=PASS; for r in "$r1" "$r2" "$r3"; do le "$r" "$dtol" || st=FAIL; done
+        grep -q "reference log-probs computed into" "$D/gpu-pre.txt" || st=FAIL
+        record dpo-full "$st" "GPU bf16 vs CPU fp32, max rel loss diff over 3 steps: live reference $r1, --precompute-ref $r2; precompute vs live on the GPU $r3 (threshold $dtol)" \
+          "{\"gpu_live\": $g_live, \"gpu_pre\": $g_pre, \"gpu_pre_vs_live\": $g_pl, \"cpu_pre_vs_live\": $c_pre, \"cpu_bf16_vs_fp32\": $c_b16, \"threshold\": $dtol}"
+      else record dpo-full FAIL "a --device cuda DPO run failed (see the log above)"
+      fi
+    else
+      record dpo-full INFO "CPU half only (no GPU): CPU fp32 --precompute-ref = live within $c_pre_rel; CPU bf16 vs fp32 $c_b16_rel -> the GPU threshold would be $dtol" "$cpu_json"
+    fi
+  else record dpo-full FAIL "a CPU DPO reference run failed (see the log above)"
+  fi
+fi
+
+# ckpt-resume: --save-every 2, stopped at step 3's start (SHARDTUNE_TEST_FAIL="0:2", after step 2's checkpoint),
+# resumed with --resume auto: the per-step losses of the uninterrupted run, which writes with --async-save;
+# every checkpoint left verifies with shardtune-inspect --verify. fp32 by default (CKPT_PRECISION): bf16 casts
+# of the master weights would turn nondeterministic fp32 sums into loss differences unrelated to checkpointing.
+INSPECT="$BUILD/tools/shardtune-inspect"
+CK_PREC="${CKPT_PRECISION:-fp32}"
+ck_run() {  # NAME ARGS...: into $WORK/ckpt/NAME; the metrics file is appended to (a resumed run continues it)
+  local name=$1; shift
+  timeout 120 "$TRAIN" --model "$SHARED/models/stories260K.bin" --data "$WORK/loss/data" --out "$WORK/ckpt/$name" \
+    --steps 4 --global-batch 16 --micro-batch 4 --seq-len 128 --lr 3e-3 --warmup-steps 1 --eval-every 0 --seed 5 \
+    --save-every 2 --keep-last 0 --metrics "$WORK/ckpt/$name.jsonl" "$@" >> "$WORK/ckpt/$name.txt" 2>&1
+}
+if wants ckpt-resume && need $((40 + BENCH_RESERVE)) ckpt-resume; then
+  C="$WORK/ckpt"; rm -rf "$C"; mkdir -p "$C"
+  if [ "$GPUS" -gt 0 ]; then CDEV=(--device cuda --precision "$CK_PREC" --threads 4); else CDEV=(--device cpu --precision "$CK_PREC" --threads "$(nproc)"); fi
+  say "check ckpt-resume: ${CDEV[*]}, 4 steps, --save-every 2: uninterrupted (--async-save) vs stopped after step 2 and resumed"
+  loss_data
+  ok=1; why=""
+  [ -f "$WORK/loss/data/manifest.json" ] || { ok=0; why="no data"; }
+  [ $ok = 1 ] && { ck_run whole "${CDEV[@]}" --async-save || { ok=0; why="the uninterrupted --async-save run failed"; tail -5 "$C/whole.txt"; }; }
+  if [ $ok = 1 ]; then
+    SHARDTUNE_TEST_FAIL="0:2" ck_run cut "${CDEV[@]}"; rc=$?
+    [ $rc != 0 ] && grep -q "injected failure" "$C/cut.txt" || { ok=0; why="the run to stop at step 3 did not stop there (exit $rc)"; tail -5 "$C/cut.txt"; }
+  fi
+  [ $ok = 1 ] && { ck_run cut "${CDEV[@]}" --resume auto || { ok=0; why="the resumed run failed"; tail -5 "$C/cut.txt"; }; }
+  [ $ok = 1 ] && ! grep -q "resuming from" "$C/cut.txt" && { ok=0; why="the second run did not resume (no 'resuming from' line)"; }
+  if [ $ok = 1 ]; then
+    c="$($SYSPY "$TOOLS/compare_losses.py" "$C/whole.jsonl" "$C/cut.jsonl" resumed | tee "$C/cmp.txt" | tail -1)"
+    grep '^  step' "$C/cmp.txt"
+    rel="$(jget "$c" max_rel 2>/dev/null || echo 1)"
+    verified=""; vfail=""
+    for d in "$C"/whole/checkpoints/step-* "$C"/cut/checkpoints/step-*; do
+      if "$INSPECT" "$d" --verify > "$C/verify.txt" 2>&1; then verified+=" ${d#"$C"/}"
+      else vfail+=" ${d#"$C"/}"; tail -3 "$C/verify.txt"; fi
+    done
+    exact="$($SYSPY -c "print('true' if $rel == 0 else 'false')")"
+    st=PASS; le "$rel" 1e-6 || st=FAIL; [ -z "$vfail" ] && [ -n "$verified" ] || st=FAIL
+    [ "$GPUS" -gt 0 ] || { [ $st = PASS ] && st=INFO; }   # a CPU stand-in proves the script, not the GPU
+    record ckpt-resume "$st" "${CDEV[*]}: resumed vs uninterrupted max rel loss diff $rel (threshold 1e-6; bit-identical: $exact); --verify passed:${verified:- none}${vfail:+; FAILED:$vfail}$([ "$GPUS" -gt 0 ] || echo ' (CPU stand-in, no GPU)')" \
+      "{\"compare\": $c, \"exact\": $exact, \"precision\": \"$CK_PREC\", \"verified\": \"${verified# }\", \"verify_failed\": \"${vfail# }\"}"
+  else record ckpt-resume FAIL "$why"
   fi
 fi
 
