@@ -347,6 +347,13 @@ fi
 # Both are small (stories260K, a few steps each; seconds of GPU). While the bench is wanted they start only when
 # its 150 s stay free after them, so that they never push the bench out.
 BENCH_RESERVE=0; wants bench && BENCH_RESERVE=150
+need_small() {  # SECONDS NAME: need(), with the bench's share kept free
+  if [ "$BENCH_RESERVE" -gt 0 ] && [ "$(left)" -lt $(($1 + BENCH_RESERVE)) ] && [ "$(left)" -ge "$1" ]; then
+    record "$2" SKIP "not started: $(left) s left, it needs about $1 s and the bench's $BENCH_RESERVE s stay free (rerun with GPU_CHECK_ONLY=\"$2\")"
+    return 1
+  fi
+  need "$1" "$2"
+}
 jget() { $SYSPY -c 'import json,sys; print(json.loads(sys.argv[1])[sys.argv[2]])' "$1" "$2"; }   # JSON KEY
 le() { $SYSPY -c "import sys; sys.exit(0 if $1 <= $2 else 1)"; }                                 # A <= B
 cmp_losses() { $SYSPY "$TOOLS/compare_losses.py" "$@" | tail -1; }                                # REF OTHER LABEL
@@ -365,7 +372,7 @@ dpo_run() {  # NAME ARGS...: one DPO run into $WORK/dpo/NAME(.jsonl, .txt)
   [ $rc = 0 ] || { say "$name: exit $rc"; tail -5 "$WORK/dpo/$name.txt"; }
   return $rc
 }
-if wants dpo-full && need $((40 + BENCH_RESERVE)) dpo-full; then
+if wants dpo-full && need_small 40 dpo-full; then
   D="$WORK/dpo"; mkdir -p "$D"; T="$(nproc)"
   $SYSPY - "$D/pairs.jsonl" <<'EOF'
 import json, sys
@@ -425,7 +432,7 @@ ck_run() {  # NAME ARGS...: into $WORK/ckpt/NAME; the metrics file is appended t
     --steps 4 --global-batch 16 --micro-batch 4 --seq-len 128 --lr 3e-3 --warmup-steps 1 --eval-every 0 --seed 5 \
     --save-every 2 --keep-last 0 --metrics "$WORK/ckpt/$name.jsonl" "$@" >> "$WORK/ckpt/$name.txt" 2>&1
 }
-if wants ckpt-resume && need $((40 + BENCH_RESERVE)) ckpt-resume; then
+if wants ckpt-resume && need_small 40 ckpt-resume; then
   C="$WORK/ckpt"; rm -rf "$C"; mkdir -p "$C"
   if [ "$GPUS" -gt 0 ]; then CDEV=(--device cuda --precision "$CK_PREC" --threads 4); else CDEV=(--device cpu --precision "$CK_PREC" --threads "$(nproc)"); fi
   say "check ckpt-resume: ${CDEV[*]}, 4 steps, --save-every 2: uninterrupted (--async-save) vs stopped after step 2 and resumed"
