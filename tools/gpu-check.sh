@@ -290,15 +290,20 @@ fi
 # stories260K (llama2.c .bin) on the byte-tokenized synthetic task of tests/train; 20 steps.
 LOSS_ARGS=(--steps 20 --global-batch 16 --micro-batch 4 --seq-len 128 --lr 3e-3 --warmup-steps 3
            --weight-decay 0.1 --grad-clip 1.0 --eval-every 0 --seed 5)
-train_run() {  # NAME ARGS...: one trainer run into $WORK/loss/NAME(.jsonl)
-  local name=$1; shift
-  rm -rf "$WORK/loss/$name" "$WORK/loss/$name.jsonl"
-  timeout 300 "$TRAIN" --model "$SHARED/models/stories260K.bin" --data "$WORK/loss/data" --out "$WORK/loss/$name" \
-    "${LOSS_ARGS[@]}" --metrics "$WORK/loss/$name.jsonl" "$@" > "$WORK/loss/$name.txt" 2>&1
+# DIR SECONDS ARRAY NAME ARGS...: one trainer run of stories260K on DIR/data into DIR/NAME (+ .jsonl metrics,
+# .txt log), with the options of the array named ARRAY, then ARGS.
+stories_run() {
+  local dir=$1 secs=$2 name=$4
+  local -n opts=$3
+  shift 4
+  rm -rf "$dir/$name" "$dir/$name.jsonl"
+  timeout "$secs" "$TRAIN" --model "$SHARED/models/stories260K.bin" --data "$dir/data" --out "$dir/$name" \
+    "${opts[@]}" --metrics "$dir/$name.jsonl" "$@" > "$dir/$name.txt" 2>&1
   local rc=$?
-  [ $rc = 0 ] || { say "$name: exit $rc"; tail -5 "$WORK/loss/$name.txt"; }
+  [ $rc = 0 ] || { say "$name: exit $rc"; tail -5 "$dir/$name.txt"; }
   return $rc
 }
+train_run() { stories_run "$WORK/loss" 300 LOSS_ARGS "$@"; }  # NAME ARGS...
 loss_data() {  # the byte-tokenized synthetic task in $WORK/loss/data (check 2's and ckpt-resume's)
   mkdir -p "$WORK/loss"
   [ -f "$WORK/loss/data/manifest.json" ] && return 0
@@ -363,15 +368,7 @@ cmp_losses() { $SYSPY "$TOOLS/compare_losses.py" "$@" | tail -1; }              
 DPO_ARGS=(--objective dpo --dpo-loss sigmoid --beta 0.1 --method full --steps 3 --global-batch 8 --micro-batch 4
           --seq-len 64 --lr 5e-4 --min-lr 1e-4 --warmup-steps 1 --schedule cosine --weight-decay 0.1 --grad-clip 1.0
           --eval-batches 0 --seed 5)
-dpo_run() {  # NAME ARGS...: one DPO run into $WORK/dpo/NAME(.jsonl, .txt)
-  local name=$1; shift
-  rm -rf "$WORK/dpo/$name" "$WORK/dpo/$name.jsonl"
-  timeout 120 "$TRAIN" --model "$SHARED/models/stories260K.bin" --data "$WORK/dpo/data" --out "$WORK/dpo/$name" \
-    "${DPO_ARGS[@]}" --metrics "$WORK/dpo/$name.jsonl" "$@" > "$WORK/dpo/$name.txt" 2>&1
-  local rc=$?
-  [ $rc = 0 ] || { say "$name: exit $rc"; tail -5 "$WORK/dpo/$name.txt"; }
-  return $rc
-}
+dpo_run() { stories_run "$WORK/dpo" 120 DPO_ARGS "$@"; }  # NAME ARGS...: one DPO run
 if wants dpo-full && need_small 40 dpo-full; then
   D="$WORK/dpo"; mkdir -p "$D"; T="$(nproc)"
   $SYSPY - "$D/pairs.jsonl" <<'EOF'

@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "checker.h"
 #include "shardtune/core/error.h"
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/mpi_runtime.h"
@@ -25,16 +26,7 @@ namespace {
 
 const std::vector<int64_t> kSizes = {1, 3, 1023, 4097, 7919};  // 7919: prime, divisible by nothing nice
 
-struct Checker {
-  int rank = 0;
-  int checks = 0, failures = 0;
-  void expect(bool ok, const std::string& what) {
-    ++checks;
-    if (ok) return;
-    ++failures;
-    if (failures <= 20) std::fprintf(stderr, "rank %d: FAILED: %s\n", rank, what.c_str());
-  }
-};
+using shardtune::testing::Checker;
 
 MPI_Datatype raw_type(at::ScalarType t) {
   switch (t) {

@@ -26,6 +26,7 @@
 #include <vector>
 
 #include "nccl_backend.h"
+#include "checker.h"
 #include "shardtune/core/error.h"
 #include "shardtune/dist/communicator.h"
 #include "shardtune/dist/device.h"
@@ -37,16 +38,7 @@ namespace {
 
 const std::vector<int64_t> kSizes = {1, 3, 1023, 4097, 7919, (int64_t(1) << 20) + 7};
 
-struct Checker {
-  int rank = 0;
-  int checks = 0, failures = 0;
-  void expect(bool ok, const std::string& what) {
-    ++checks;
-    if (ok) return;
-    ++failures;
-    if (failures <= 30) std::fprintf(stderr, "rank %d: FAILED: %s\n", rank, what.c_str());
-  }
-};
+using shardtune::testing::Checker;
 
 bool same_bytes(const at::Tensor& a, const at::Tensor& b) {
   return a.scalar_type() == b.scalar_type() && a.numel() == b.numel() &&
@@ -216,6 +208,7 @@ int run(int argc, char** argv) {
   if (rt.world() > 1) comm.start_nccl(device);
   auto nccl = sd::make_nccl_backend(rt, device);
   Checker c;
+  c.print_limit = 30;
   c.rank = rt.rank();
   Suite(rt, comm, *nccl, device, c).run_all();
   const int64_t failures = rt.allreduce_sum(c.failures), checks = rt.allreduce_sum(c.checks);
