@@ -30,3 +30,12 @@ def run(args, ok=True, timeout=300, env=None):
     if ok and p.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
     return p
+
+
+def run_fails(args, *want, timeout=300, env=None):
+    """Runs a command that must fail: a non-zero exit, and every string of `want` in its stderr."""
+    p = run(args, ok=False, timeout=timeout, env=env)
+    assert p.returncode != 0, (p.returncode, p.stdout[-2000:])
+    for w in want:
+        assert w in p.stderr, (w, p.stderr[-3000:])
+    return p

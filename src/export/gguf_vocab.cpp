@@ -306,26 +306,6 @@ Vocab from_gpt2_files(const Tokenizer& tok) {
 
 // ---- the byte tokenizer ----
 
-// GPT-2's bytes_to_unicode (as tokenizer/unicode.cpp): printable Latin-1 bytes stand for themselves, the
-// others (controls, space, 0x7F-0xA0, 0xAD) for U+0100 onwards, in byte order.
-std::string byte_level_char(int b) {
-  const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-  uint32_t cp = static_cast<uint32_t>(b);
-  if (!printable) {
-    cp = 256;
-    for (int c = 0; c < b; ++c)
-      if (!((c >= '!' && c <= '~') || (c >= 0xA1 && c <= 0xAC) || (c >= 0xAE && c <= 0xFF))) ++cp;
-  }
-  std::string s;  // cp < 0x800: two UTF-8 bytes at most
-  if (cp < 0x80) {
-    s += static_cast<char>(cp);
-  } else {
-    s += static_cast<char>(0xC0 | (cp >> 6));
-    s += static_cast<char>(0x80 | (cp & 0x3F));
-  }
-  return s;
-}
-
 // ids 0..255 = the bytes, then <s>, </s>, <pad>. As a byte-level BPE ("gpt2") with one token per byte and no
 // merges, llama.cpp maps every byte of any text to its own token, whatever its pre-tokenizer splits. (The
 // SentencePiece form, <0xXX> byte tokens in a "llama" vocabulary, cannot: llama.cpp's "llama" tokenizer
@@ -340,7 +320,7 @@ Vocab from_byte(const Tokenizer& tok) {
   v.model = "gpt2";
   v.pre = "gpt-2";
   for (int b = 0; b < 256; ++b) {
-    v.tokens.push_back(byte_level_char(b));
+    v.tokens.push_back(byte_level_string(std::string(1, static_cast<char>(b))));
     v.types.push_back(static_cast<int32_t>(TokType::NORMAL));
   }
   for (TokenId id = 256; id < 259; ++id) {

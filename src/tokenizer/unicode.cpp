@@ -1,6 +1,8 @@
 // UTF-8 validation/sanitizing and the GPT-2 byte-level alphabet.
 #include "unicode.h"
 
+#include "shardtune/tokenizer/tokenizer.h"
+
 namespace shardtune::tok {
 
 namespace {
@@ -169,3 +171,7 @@ std::string byte_level_encode(std::string_view raw) {
 }
 
 }  // namespace shardtune::tok
+
+namespace shardtune {
+std::string byte_level_string(std::string_view raw) { return tok::byte_level_encode(raw); }
+}  // namespace shardtune

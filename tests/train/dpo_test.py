@@ -14,7 +14,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_test import MPI, PREP, SRC, TRAIN, close, make_model, small_cfg, train_lines  # noqa: E402
-from harness import run, run_case  # noqa: E402
+from harness import run, run_case, run_fails  # noqa: E402
 
 sys.path.insert(0, os.path.join(SRC, "tests", "model"))
 
@@ -353,10 +353,7 @@ def t_errors(tmp):
     base = [TRAIN, "--model", f"{tmp}/model", "--out", f"{tmp}/o", "--steps", "1", "--global-batch", "8"]
 
     def fails(args, *expect):
-        p = run(base + args, ok=False)
-        assert p.returncode != 0, p.stdout
-        for e in expect:
-            assert e in p.stderr, (e, p.stderr)
+        run_fails(base + args, *expect)
         assert not os.path.exists(f"{tmp}/o/config.json")
     fails(["--data", f"{tmp}/data"], "this folder holds preference pairs", "--objective sft trains sequences",
           "train the pairs with --objective dpo")

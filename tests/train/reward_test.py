@@ -14,7 +14,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from train_test import BIN, MPI, SRC, TRAIN, close, make_model, small_cfg, train_lines  # noqa: E402
-from harness import run, run_case  # noqa: E402
+from harness import run, run_case, run_fails  # noqa: E402
 from dpo_test import OPTS, lr_at, make_pairs, reference_adamw, trainable  # noqa: E402  (the same 8 pairs and loop)
 
 sys.path.insert(0, os.path.join(SRC, "tests", "model"))
@@ -287,10 +287,7 @@ def t_eval_errors(tmp):
     base = [TRAIN, "--model", f"{tmp}/model", "--out", f"{tmp}/o", "--steps", "1", "--global-batch", "4"]
 
     def fails(args, *expect):
-        p = run(base + args, ok=False)
-        assert p.returncode != 0, p.stdout
-        for e in expect:
-            assert e in p.stderr, (e, p.stderr)
+        run_fails(base + args, *expect)
         assert not os.path.exists(f"{tmp}/o/config.json")
     fails(["--data", seq, "--objective", "reward"], "--objective reward trains preference pairs")
     fails(["--data", f"{tmp}/data", "--objective", "dpo", "--center-rewards", "0.1"], "--center-rewards applies to")

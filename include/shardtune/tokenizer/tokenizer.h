@@ -59,4 +59,8 @@ class Tokenizer {
 // A ".model" SPEC throws an Error saying only shardtune-prep/shardtune-tokenize read SentencePiece models.
 std::unique_ptr<Tokenizer> load_tokenizer(const std::string& spec);
 
+// Raw bytes in GPT-2's byte-level form (bytes_to_unicode), as byte-level BPE vocabularies spell their
+// tokens: " the" -> "\u0120the".
+std::string byte_level_string(std::string_view raw);
+
 }  // namespace shardtune
